@@ -1,0 +1,35 @@
+# make setup  - create .venv and install everything (idempotent, quiet when already done)
+# make test   - setup, lint, then the whole test suite
+# make bench  - the speed / memory benchmark (CPU)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned environment into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+lint: setup
+	@$(PY) -m ruff check surgery_lib tests benchmarks
+	@$(PY) -m ruff format --check surgery_lib tests benchmarks
+
+format: setup
+	@$(PY) -m ruff format surgery_lib tests benchmarks
+	@$(PY) -m ruff check --fix surgery_lib tests benchmarks
+
+test: setup lint
+	@$(PY) -m pytest -q
+
+bench: setup
+	@$(PY) benchmarks/bench_surgery.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

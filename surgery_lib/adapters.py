@@ -1,0 +1,281 @@
+"""Model adapters: the only module that knows open_clip's internals.
+
+An adapter reads an open_clip image tower (``VisionTransformer`` with either block type, or
+``ModifiedResNet``) and exposes the pieces the surgery needs as plain functions over tensors. It
+never writes into the model: positional embeddings for other input sizes are interpolated into new
+tensors, and every call reads the current parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnsupportedModelError(TypeError):
+    """The model is not a CLIP, or its image tower is one the surgery cannot handle."""
+
+
+def _type_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def check_clip(model: object) -> nn.Module:
+    """Return ``model.visual`` after checking that ``model`` is an open_clip CLIP.
+
+    Raises:
+        UnsupportedModelError: naming the type when the model is not a CLIP (no image tower, no
+            text encoder).
+    """
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"expected an open_clip CLIP model (torch.nn.Module), got {_type_name(model)}")
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, nn.Module) or not callable(getattr(model, "encode_text", None)):
+        raise UnsupportedModelError(
+            f"{_type_name(model)} is not a CLIP model: it needs an image tower `.visual` and "
+            "`.encode_text()` (build it with open_clip, e.g. surgery_lib.load_clip)"
+        )
+    return visual
+
+
+def _interpolate_grid(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resample spatial positional embeddings ``(old_h·old_w, C)`` to ``(new_h·new_w, C)``."""
+    if old == new:
+        return pos
+    c = pos.shape[-1]
+    grid = pos.reshape(1, old[0], old[1], c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=new, mode="bilinear", align_corners=False).to(pos.dtype)
+    return grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], c)
+
+
+def _square_side(n: int, what: str) -> int:
+    side = round(n**0.5)
+    if side * side != n:
+        raise UnsupportedModelError(f"{what} has {n} spatial positions, which is not a square grid")
+    return side
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, N, C)`` -> ``(B, heads, N, C // heads)``."""
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """``(B, heads, N, d)`` -> ``(B, N, heads · d)``."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+class ViTAdapter:
+    """Pieces of an open_clip ``VisionTransformer`` (blocks of ``nn.MultiheadAttention`` or of
+    open_clip's own ``Attention``)."""
+
+    kind = "vit"
+
+    def __init__(self, visual: nn.Module) -> None:
+        from open_clip.transformer import Attention, VisionTransformer
+
+        if not isinstance(visual, VisionTransformer):
+            raise UnsupportedModelError(f"not an open_clip VisionTransformer: {_type_name(visual)}")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise UnsupportedModelError(
+                "VisionTransformer with an attentional pooler (CoCa-style) is not supported: "
+                "its tokens do not map to image-text similarities"
+            )
+        if visual.pool_type != "tok":
+            raise UnsupportedModelError(
+                f"VisionTransformer with pool_type={visual.pool_type!r} is not supported: CLIP Surgery "
+                "reads the class token ('tok' pooling)"
+            )
+        if visual.proj is None:
+            raise UnsupportedModelError("VisionTransformer without an output projection (proj is None)")
+        for i, block in enumerate(visual.transformer.resblocks):
+            attn = block.attn
+            if isinstance(attn, Attention):
+                if attn.logit_scale is not None:
+                    raise UnsupportedModelError(
+                        f"block {i}: open_clip Attention with scaled cosine attention is not supported"
+                    )
+            elif isinstance(attn, nn.MultiheadAttention):
+                if not attn._qkv_same_embed_dim or attn.in_proj_weight is None:
+                    raise UnsupportedModelError(f"block {i}: MultiheadAttention with separate q/k/v projections")
+            else:
+                raise UnsupportedModelError(f"block {i}: unsupported attention module {_type_name(attn)}")
+            if hasattr(block, "ln_1_kv"):
+                raise UnsupportedModelError(f"block {i}: cross-attention blocks are not supported")
+        self.visual = visual
+        self.blocks = list(visual.transformer.resblocks)
+        self.batch_first = bool(getattr(visual.transformer, "batch_first", True))
+        self.patch_size: tuple[int, int] = tuple(visual.conv1.kernel_size)  # type: ignore[assignment]
+        n_pos = visual.positional_embedding.shape[0] - 1
+        self.pos_grid: tuple[int, int] = tuple(visual.grid_size)  # type: ignore[assignment]
+        if self.pos_grid[0] * self.pos_grid[1] != n_pos:
+            side = _square_side(n_pos, "positional_embedding")
+            self.pos_grid = (side, side)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def width(self) -> int:
+        return int(self.visual.conv1.out_channels)
+
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for an input of ``image_hw`` pixels."""
+        return image_hw[0] // self.patch_size[0], image_hw[1] // self.patch_size[1]
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch + class embeddings, positional embedding (interpolated for other sizes), ``ln_pre``.
+
+        Args:
+            images: ``(B, 3, H, W)``.
+        Returns:
+            tokens ``(B, 1 + h·w, C)`` and the grid ``(h, w)``.
+        """
+        v = self.visual
+        x = v.conv1(images.to(self.dtype()))
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        pos = v.positional_embedding
+        pos = torch.cat([pos[:1], _interpolate_grid(pos[1:], self.pos_grid, grid)], dim=0)
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+        return v.ln_pre(x), grid
+
+    def run_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``i`` exactly as open_clip runs it. ``x``: ``(B, N, C)``."""
+        if self.batch_first:
+            return self.blocks[i](x)
+        return self.blocks[i](x.transpose(0, 1)).transpose(0, 1)
+
+    def ln_1(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[i].ln_1(x)
+
+    def heads(self, i: int) -> int:
+        return int(self.blocks[i].attn.num_heads)
+
+    def qkv(self, i: int, a: torch.Tensor, query_tokens: Union[slice, None] = None) -> tuple[torch.Tensor, ...]:
+        """Per-head q, k, v of block ``i`` for the normalised input ``a`` ``(B, N, C)``.
+
+        Returns three ``(B, heads, N, d_head)`` tensors (q/k after qk-norm where the block has it).
+        """
+        attn = self.blocks[i].attn
+        q, k, v = F.linear(a, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        h = self.heads(i)
+        q, k, v = _split_heads(q, h), _split_heads(k, h), _split_heads(v, h)
+        ln_q, ln_k = getattr(attn, "ln_q", None), getattr(attn, "ln_k", None)
+        if ln_q is not None:
+            q, k = ln_q(q), ln_k(k)
+        return q, k, v
+
+    def attention_residual(self, i: int, o: torch.Tensor) -> torch.Tensor:
+        """From per-head attention output ``(B, heads, N, d)`` to the residual update ``(B, N, C)``:
+        head scale, head merge, inner norm, output projection, post-attention norm, LayerScale."""
+        block = self.blocks[i]
+        attn = block.attn
+        head_scale = getattr(attn, "head_scale", None)
+        if head_scale is not None:
+            o = o * head_scale
+        o = _merge_heads(o)
+        o = getattr(attn, "ln_inner", nn.Identity())(o)
+        o = attn.out_proj(o)
+        o = getattr(block, "ln_attn", nn.Identity())(o)
+        return block.ls_1(o)
+
+    def ffn_residual(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The FFN's residual update ``ls_2(mlp(ln_2(x)))``, ``(B, N, C)``."""
+        block = self.blocks[i]
+        return block.ls_2(block.mlp(block.ln_2(x)))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``ln_post(x) @ proj``: ``(B, N, C)`` -> ``(B, N, D)``."""
+        return self.visual.ln_post(x) @ self.visual.proj
+
+
+class ResNetAdapter:
+    """Pieces of an open_clip ``ModifiedResNet``: the convolutional trunk and the attention pool."""
+
+    kind = "rn"
+    num_blocks = 1
+
+    def __init__(self, visual: nn.Module) -> None:
+        from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
+
+        if not isinstance(visual, ModifiedResNet):
+            raise UnsupportedModelError(f"not an open_clip ModifiedResNet: {_type_name(visual)}")
+        if not isinstance(getattr(visual, "attnpool", None), AttentionPool2d):
+            raise UnsupportedModelError("ModifiedResNet without its attention pool is not supported")
+        self.visual = visual
+        self.pool = visual.attnpool
+        side = _square_side(self.pool.positional_embedding.shape[0] - 1, "attnpool.positional_embedding")
+        self.pos_grid = (side, side)
+
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for an input of ``image_hw`` pixels (the trunk's stride 32)."""
+        h, w = (image_hw[0] + 1) // 2, (image_hw[1] + 1) // 2  # stem conv: k 3, stride 2, pad 1
+        return h // 16, w // 16  # stem avgpool, then the stride-2 stages 2, 3 and 4
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Stem and residual stages: ``(B, 3, H, W)`` -> ``(B, C, h, w)``."""
+        v = self.visual
+        x = v.stem(images.to(self.dtype()))
+        return v.layer4(v.layer3(v.layer2(v.layer1(x))))
+
+    def pool_tokens(self, feats: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens of the attention pool: mean token first, positional embedding added.
+
+        Args:
+            feats: ``(B, C, h, w)``.
+        Returns:
+            ``(B, 1 + h·w, C)`` and the grid ``(h, w)``.
+        """
+        grid = (feats.shape[-2], feats.shape[-1])
+        t = feats.flatten(2).transpose(1, 2)
+        t = torch.cat([t.mean(dim=1, keepdim=True), t], dim=1)
+        pos = self.pool.positional_embedding
+        pos = torch.cat([pos[:1], _interpolate_grid(pos[1:], self.pos_grid, grid)], dim=0)
+        return t + pos.to(t.dtype), grid
+
+    def heads(self, i: int = 0) -> int:
+        return int(self.pool.num_heads)
+
+    def qkv(self, i: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head q, k, v of the attention pool, each ``(B, heads, N, d_head)``."""
+        p, h = self.pool, self.heads()
+        return _split_heads(p.q_proj(t), h), _split_heads(p.k_proj(t), h), _split_heads(p.v_proj(t), h)
+
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        """Per-head attention output ``(B, heads, N, d)`` -> projected tokens ``(B, N, D)``."""
+        return self.pool.c_proj(_merge_heads(o))
+
+
+Adapter = Union[ViTAdapter, ResNetAdapter]
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for ``model``'s image tower, or an error that names what is unsupported."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import VisionTransformer
+
+    visual = check_clip(model)
+    if isinstance(visual, VisionTransformer):
+        return ViTAdapter(visual)
+    if isinstance(visual, ModifiedResNet):
+        return ResNetAdapter(visual)
+    hint = ""
+    if type(visual).__name__ == "TimmModel":
+        trunk = getattr(visual, "trunk", None)
+        hint = f" (timm trunk {_type_name(trunk)})" if trunk is not None else ""
+        hint += "; timm image towers are not supported: use an open_clip ViT or ModifiedResNet tower"
+    raise UnsupportedModelError(f"unsupported image tower {_type_name(visual)}{hint}")

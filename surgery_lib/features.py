@@ -1,0 +1,165 @@
+"""Feature surgery, similarity maps and text -> point prompts (plain functions over tensors)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_features(image_tokens: torch.Tensor, text_features: torch.Tensor) -> None:
+    if image_tokens.ndim != 3:
+        raise ValueError(f"image tokens must be (B, 1+N, D), got shape {tuple(image_tokens.shape)}")
+    if text_features.ndim != 2 or text_features.shape[0] == 0:
+        raise ValueError(f"text features must be (T, D) with T >= 1, got shape {tuple(text_features.shape)}")
+    if image_tokens.shape[-1] != text_features.shape[-1]:
+        raise ValueError(
+            f"feature sizes differ: image tokens have D={image_tokens.shape[-1]}, "
+            f"text features D={text_features.shape[-1]}"
+        )
+
+
+def cosine_similarity(image_tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """Raw CLIP similarity of normalised tokens and text features.
+
+    Args:
+        image_tokens: ``(B, 1+N, D)``; text_features: ``(T, D)``.
+    Returns:
+        ``(B, 1+N, T)``.
+    """
+    _check_features(image_tokens, text_features)
+    return image_tokens @ text_features.to(image_tokens.dtype).t()
+
+
+def class_weights(image_tokens: torch.Tensor, text_features: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Feature surgery's class weights ``w = p / mean(p)``, ``p = softmax(t · f_cls · textᵀ)``.
+
+    Returns:
+        ``(B, T)``.
+    """
+    p = torch.softmax(temperature * (image_tokens[:, 0] @ text_features.to(image_tokens.dtype).t()), dim=-1)
+    return p / p.mean(dim=-1, keepdim=True)
+
+
+def feature_surgery(
+    image_tokens: torch.Tensor,
+    text_features: torch.Tensor,
+    redundant_features: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Similarity with the redundant features removed.
+
+    Multi-class form (``redundant_features is None``)::
+
+        S[b, n, j] = w_j (f_n · t_j) − mean_j' (w_j' (f_n · t_j'))
+
+    computed in O(B·N·T) without the B×N×T×D product. With ``redundant_features`` ``r`` (``(1, D)``
+    or ``(D,)``, e.g. the empty prompt's features): ``S = f · (t − r)ᵀ``.
+
+    Args:
+        image_tokens: normalised ``(B, 1+N, D)``, class token first.
+        text_features: normalised ``(T, D)``.
+    Returns:
+        ``(B, 1+N, T)``.
+    """
+    _check_features(image_tokens, text_features)
+    t = text_features.to(image_tokens.dtype)
+    if redundant_features is not None:
+        return image_tokens @ (t - redundant_features.to(t.dtype).reshape(1, -1)).t()
+    weighted = (image_tokens @ t.t()) * class_weights(image_tokens, t).unsqueeze(1)
+    return weighted - weighted.mean(dim=-1, keepdim=True)
+
+
+def feature_surgery_naive(image_tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """The reference formulation that materialises the ``(B, 1+N, T, D)`` product.
+
+    Kept only to test and benchmark :func:`feature_surgery` against; needs O(B·N·T·D) memory.
+    """
+    _check_features(image_tokens, text_features)
+    t = text_features.to(image_tokens.dtype)
+    w = class_weights(image_tokens, t)
+    feats = image_tokens.unsqueeze(2) * t.reshape(1, 1, *t.shape)
+    feats = feats * w.reshape(w.shape[0], 1, -1, 1)
+    feats = feats - feats.mean(dim=2, keepdim=True)
+    return feats.sum(-1)
+
+
+def _grid_for(n: int, grid: Optional[tuple[int, int]]) -> tuple[int, int]:
+    if grid is None:
+        side = round(n**0.5)
+        if side * side != n:
+            raise ValueError(f"{n} patch tokens do not form a square grid: pass grid=(h, w)")
+        return side, side
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} cells but there are {n} patch tokens")
+    return int(grid[0]), int(grid[1])
+
+
+def _min_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    lo = x.amin(dim=dim, keepdim=True)
+    hi = x.amax(dim=dim, keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def similarity_map(
+    patch_similarity: torch.Tensor,
+    size: tuple[int, int],
+    grid: Optional[tuple[int, int]] = None,
+) -> torch.Tensor:
+    """Per-class maps: min-max normalised over tokens, upsampled bilinearly to ``size``.
+
+    Args:
+        patch_similarity: ``(B, N, T)`` similarities of the patch tokens (class token dropped).
+        size: output ``(H, W)``.
+        grid: token grid ``(h, w)`` with ``h·w = N``; square when omitted.
+    Returns:
+        ``(B, H, W, T)`` in [0, 1].
+    """
+    if patch_similarity.ndim != 3:
+        raise ValueError(f"patch similarity must be (B, N, T), got shape {tuple(patch_similarity.shape)}")
+    b, n, t = patch_similarity.shape
+    h, w = _grid_for(n, grid)
+    sm = _min_max(patch_similarity.float(), dim=1)
+    sm = sm.reshape(b, h, w, t).permute(0, 3, 1, 2)
+    sm = F.interpolate(sm, size=tuple(size), mode="bilinear", align_corners=False)
+    return sm.permute(0, 2, 3, 1)
+
+
+def similarity_to_points(
+    patch_similarity: torch.Tensor,
+    image_size: tuple[int, int],
+    grid: Optional[tuple[int, int]] = None,
+    threshold: float = 0.8,
+    downsample: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point prompts for SAM from one class's patch similarities.
+
+    The map is downsampled bilinearly to ``(h // downsample, w // downsample)``, min-max normalised
+    and sorted; ``num = min(#(>= threshold), cells // 2)``; positives are the ``num`` highest cells
+    (in ascending order), negatives the ``num`` lowest. A cell ``(r, c)`` maps to pixel
+    ``x = min((c + 0.5)·W/w', W−1)``, ``y = min((r + 0.5)·H/h', H−1)``, truncated to int.
+
+    Args:
+        patch_similarity: ``(N,)`` similarities of one class over the patch tokens.
+        image_size: ``(H, W)`` of the image the points are for.
+    Returns:
+        points ``(2·num, 2)`` int64 as ``[x, y]`` and labels ``(2·num,)`` int64 (1 then 0).
+    """
+    if patch_similarity.ndim != 1:
+        raise ValueError(f"patch similarity must be (N,) for one class, got shape {tuple(patch_similarity.shape)}")
+    h, w = _grid_for(patch_similarity.shape[0], grid)
+    dh, dw = h // downsample, w // downsample
+    if dh < 1 or dw < 1:
+        raise ValueError(f"token grid {(h, w)} is too small to downsample by {downsample}")
+    sm = patch_similarity.float().reshape(1, 1, h, w)
+    sm = F.interpolate(sm, size=(dh, dw), mode="bilinear", align_corners=False).reshape(-1)
+    sm = _min_max(sm, dim=0)
+    rank = torch.sort(sm, dim=0).indices
+    num = min(int((sm >= threshold).sum()), sm.shape[0] // 2)
+    chosen = torch.cat([rank[sm.shape[0] - num :], rank[:num]])
+    big_h, big_w = image_size
+    xs = torch.clamp((chosen % dw + 0.5) * (float(big_w) / dw), max=big_w - 1)
+    ys = torch.clamp((chosen // dw + 0.5) * (float(big_h) / dh), max=big_h - 1)
+    points = torch.stack([xs, ys], dim=1).to(torch.int64)
+    labels = torch.cat([torch.ones(num, dtype=torch.int64), torch.zeros(num, dtype=torch.int64)])
+    return points, labels
