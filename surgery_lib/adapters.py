@@ -8,8 +8,6 @@ tensors, and every call reads the current parameters.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +29,9 @@ def check_clip(model: object) -> nn.Module:
             text encoder).
     """
     if not isinstance(model, nn.Module):
-        raise UnsupportedModelError(f"expected an open_clip CLIP model (torch.nn.Module), got {_type_name(model)}")
+        raise UnsupportedModelError(
+            f"expected an open_clip CLIP model (torch.nn.Module), got {_type_name(model)}"
+        )
     visual = getattr(model, "visual", None)
     if not isinstance(visual, nn.Module) or not callable(getattr(model, "encode_text", None)):
         raise UnsupportedModelError(
@@ -102,7 +102,9 @@ class ViTAdapter:
                     )
             elif isinstance(attn, nn.MultiheadAttention):
                 if not attn._qkv_same_embed_dim or attn.in_proj_weight is None:
-                    raise UnsupportedModelError(f"block {i}: MultiheadAttention with separate q/k/v projections")
+                    raise UnsupportedModelError(
+                        f"block {i}: MultiheadAttention with separate q/k/v projections"
+                    )
             else:
                 raise UnsupportedModelError(f"block {i}: unsupported attention module {_type_name(attn)}")
             if hasattr(block, "ln_1_kv"):
@@ -162,7 +164,7 @@ class ViTAdapter:
     def heads(self, i: int) -> int:
         return int(self.blocks[i].attn.num_heads)
 
-    def qkv(self, i: int, a: torch.Tensor, query_tokens: Union[slice, None] = None) -> tuple[torch.Tensor, ...]:
+    def qkv(self, i: int, a: torch.Tensor, query_tokens: slice | None = None) -> tuple[torch.Tensor, ...]:
         """Per-head q, k, v of block ``i`` for the normalised input ``a`` ``(B, N, C)``.
 
         Returns three ``(B, heads, N, d_head)`` tensors (q/k after qk-norm where the block has it).
@@ -260,7 +262,7 @@ class ResNetAdapter:
         return self.pool.c_proj(_merge_heads(o))
 
 
-Adapter = Union[ViTAdapter, ResNetAdapter]
+Adapter = ViTAdapter | ResNetAdapter
 
 
 def adapter_for(model: nn.Module) -> Adapter:

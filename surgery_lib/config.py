@@ -55,9 +55,7 @@ class SurgeryConfig:
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
-            raise ValueError(
-                f"unknown attention kind {self.attention!r}; expected one of {ATTENTION_KINDS}"
-            )
+            raise ValueError(f"unknown attention kind {self.attention!r}; expected one of {ATTENTION_KINDS}")
         if self.redundant_features not in REDUNDANT_FEATURES:
             raise ValueError(
                 f"unknown redundant_features {self.redundant_features!r}; "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +30,9 @@ def cosine_similarity(image_tokens: torch.Tensor, text_features: torch.Tensor) -
     return image_tokens @ text_features.to(image_tokens.dtype).t()
 
 
-def class_weights(image_tokens: torch.Tensor, text_features: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def class_weights(
+    image_tokens: torch.Tensor, text_features: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
     """Feature surgery's class weights ``w = p / mean(p)``, ``p = softmax(t · f_cls · textᵀ)``.
 
     Returns:
@@ -45,7 +45,7 @@ def class_weights(image_tokens: torch.Tensor, text_features: torch.Tensor, tempe
 def feature_surgery(
     image_tokens: torch.Tensor,
     text_features: torch.Tensor,
-    redundant_features: Optional[torch.Tensor] = None,
+    redundant_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Similarity with the redundant features removed.
 
@@ -84,7 +84,7 @@ def feature_surgery_naive(image_tokens: torch.Tensor, text_features: torch.Tenso
     return feats.sum(-1)
 
 
-def _grid_for(n: int, grid: Optional[tuple[int, int]]) -> tuple[int, int]:
+def _grid_for(n: int, grid: tuple[int, int] | None) -> tuple[int, int]:
     if grid is None:
         side = round(n**0.5)
         if side * side != n:
@@ -104,7 +104,7 @@ def _min_max(x: torch.Tensor, dim: int) -> torch.Tensor:
 def similarity_map(
     patch_similarity: torch.Tensor,
     size: tuple[int, int],
-    grid: Optional[tuple[int, int]] = None,
+    grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Per-class maps: min-max normalised over tokens, upsampled bilinearly to ``size``.
 
@@ -128,7 +128,7 @@ def similarity_map(
 def similarity_to_points(
     patch_similarity: torch.Tensor,
     image_size: tuple[int, int],
-    grid: Optional[tuple[int, int]] = None,
+    grid: tuple[int, int] | None = None,
     threshold: float = 0.8,
     downsample: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +146,9 @@ def similarity_to_points(
         points ``(2·num, 2)`` int64 as ``[x, y]`` and labels ``(2·num,)`` int64 (1 then 0).
     """
     if patch_similarity.ndim != 1:
-        raise ValueError(f"patch similarity must be (N,) for one class, got shape {tuple(patch_similarity.shape)}")
+        raise ValueError(
+            f"patch similarity must be (N,) for one class, got shape {tuple(patch_similarity.shape)}"
+        )
     h, w = _grid_for(patch_similarity.shape[0], grid)
     dh, dw = h // downsample, w // downsample
     if dh < 1 or dw < 1:

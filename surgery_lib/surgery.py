@@ -9,7 +9,6 @@ attribute that is removed on exit, also when a forward raises.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
@@ -41,12 +40,12 @@ class Trace:
     """
 
     grid: tuple[int, int] = (0, 0)
-    embedding: Optional[torch.Tensor] = None
+    embedding: torch.Tensor | None = None
     block_inputs: list[torch.Tensor] = field(default_factory=list)
     new_path_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
     attention: list[torch.Tensor] = field(default_factory=list)
     ffn: list[torch.Tensor] = field(default_factory=list)
-    final: Optional[torch.Tensor] = None
+    final: torch.Tensor | None = None
 
 
 def _check_depth(adapter: Adapter, config: SurgeryConfig) -> None:
@@ -57,7 +56,7 @@ def _check_depth(adapter: Adapter, config: SurgeryConfig) -> None:
 
 
 def _vit_forward(
-    adapter: ViTAdapter, images: torch.Tensor, config: SurgeryConfig, trace: Optional[Trace] = None
+    adapter: ViTAdapter, images: torch.Tensor, config: SurgeryConfig, trace: Trace | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """All output tokens of a ViT under ``config``.
 
@@ -69,7 +68,7 @@ def _vit_forward(
     x, grid = adapter.embed(images)
     n_blocks = adapter.num_blocks
     start = n_blocks - config.depth
-    y: Optional[torch.Tensor] = None
+    y: torch.Tensor | None = None
     if trace is not None:
         trace.grid, trace.embedding = grid, x
     for i in range(n_blocks):
@@ -137,7 +136,7 @@ def _resnet_forward(
 
 
 def dense_forward(
-    model: nn.Module, images: torch.Tensor, config: SurgeryConfig, trace: Optional[Trace] = None
+    model: nn.Module, images: torch.Tensor, config: SurgeryConfig, trace: Trace | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Every output token of ``model``'s image tower under ``config``, without applying a wrapper.
 
@@ -204,7 +203,7 @@ class SurgeryHandle:
         self.remove()
 
 
-def apply_surgery(model: nn.Module, config: Optional[SurgeryConfig] = None) -> SurgeryHandle:
+def apply_surgery(model: nn.Module, config: SurgeryConfig | None = None) -> SurgeryHandle:
     """Apply architecture surgery to ``model`` (paper preset by default).
 
     Use as a context manager (``with apply_surgery(model): ...``) or keep the handle and call
@@ -216,4 +215,3 @@ def apply_surgery(model: nn.Module, config: Optional[SurgeryConfig] = None) -> S
 def is_surgery_applied(model: nn.Module) -> bool:
     """Whether a :class:`SurgeryHandle` is currently applied to ``model``."""
     return getattr(getattr(model, "visual", None), _MARK, None) is not None
-

@@ -7,8 +7,7 @@ a truncated prompt would silently describe another class.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
-from typing import Callable, Optional
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +39,7 @@ class LabelTooLongError(ValueError):
     """A label whose prompts do not fit in the text encoder's context."""
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def validate_labels(labels: Sequence[str], allow_empty_label: bool = False) -> list[str]:
@@ -94,7 +93,7 @@ def text_features(
     model: nn.Module,
     tokenizer: Tokenizer,
     labels: Sequence[str],
-    templates: Optional[Sequence[str]] = None,
+    templates: Sequence[str] | None = None,
     use_cache: bool = True,
     allow_empty_label: bool = False,
 ) -> torch.Tensor:
@@ -127,12 +126,14 @@ def text_features(
     return torch.stack(rows).to(_device(model))
 
 
-def empty_prompt_features(model: nn.Module, tokenizer: Tokenizer, templates: Optional[Sequence[str]] = None) -> torch.Tensor:
+def empty_prompt_features(
+    model: nn.Module, tokenizer: Tokenizer, templates: Sequence[str] | None = None
+) -> torch.Tensor:
     """The redundant features of the paper: the prompt ensemble of the empty class name ``""``, ``(1, D)``."""
     return text_features(model, tokenizer, [""], templates=templates, allow_empty_label=True)
 
 
-def clear_text_cache(model: Optional[nn.Module] = None) -> None:
+def clear_text_cache(model: nn.Module | None = None) -> None:
     """Forget cached text features (of one model, or of all)."""
     if model is None:
         _CACHE.clear()

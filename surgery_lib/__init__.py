@@ -1,0 +1,73 @@
+"""CLIP Surgery for open_clip models: exact, reversible explainability maps for CLIP.
+
+Implements *A Closer Look at the Explainability of Contrastive Language-Image Pre-training*
+(arXiv 2304.05653): architecture surgery (v-v attention on a dual path, FFN skipped) and feature
+surgery (redundant features removed), on any open_clip ViT or ModifiedResNet image tower.
+
+Quick use::
+
+    from surgery_lib import load_clip, preprocess_images, explain
+    clip = load_clip("ViT-B-16", pretrained="openai")
+    images = preprocess_images([pil_image], size=224)
+    result = explain(clip.model, clip.tokenizer, images, ["cat", "dog"])
+    result.maps  # (B, H, W, T)
+"""
+
+from .adapters import UnsupportedModelError
+from .config import ATTENTION_KINDS, SurgeryConfig
+from .explain import Explanation, encode_image_tokens, explain, similarity
+from .features import (
+    cosine_similarity,
+    feature_surgery,
+    similarity_map,
+    similarity_to_points,
+)
+from .images import ImageInputError, preprocess_images, reference_transform, to_rgb
+from .introspection import ResidualContributions, attention_maps, residual_contributions, trace_forward
+from .loading import LoadedCLIP, WeightsNotAvailableError, load_clip
+from .surgery import SurgeryError, SurgeryHandle, Trace, apply_surgery, dense_forward, is_surgery_applied
+from .text import (
+    PROMPT_TEMPLATES,
+    LabelTooLongError,
+    clear_text_cache,
+    empty_prompt_features,
+    encode_text,
+    text_features,
+)
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "PROMPT_TEMPLATES",
+    "Explanation",
+    "ImageInputError",
+    "LabelTooLongError",
+    "LoadedCLIP",
+    "ResidualContributions",
+    "SurgeryConfig",
+    "SurgeryError",
+    "SurgeryHandle",
+    "Trace",
+    "UnsupportedModelError",
+    "WeightsNotAvailableError",
+    "apply_surgery",
+    "attention_maps",
+    "clear_text_cache",
+    "cosine_similarity",
+    "dense_forward",
+    "empty_prompt_features",
+    "encode_image_tokens",
+    "encode_text",
+    "explain",
+    "feature_surgery",
+    "is_surgery_applied",
+    "load_clip",
+    "preprocess_images",
+    "reference_transform",
+    "residual_contributions",
+    "similarity",
+    "similarity_map",
+    "similarity_to_points",
+    "text_features",
+    "to_rgb",
+    "trace_forward",
+]

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny open_clip models built in the tests (no downloads)."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+TEXT_CFG = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give every parameter non-trivial random values (open_clip zero-inits some, e.g. biases)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                continue
+            scale = 0.5 if p.ndim == 1 else p.shape[-1] ** -0.5
+            p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if "ln" in name and "weight" in name else 0.0))
+    return model.eval()
+
+
+def make_vit(block_type: str = "default", layers: int = 8, image_size: int = 32, seed: int = 0, **extra) -> open_clip.CLIP:
+    """A tiny ViT CLIP: patch 8, width 64, 2 heads, ``layers`` blocks (8: the paper depth 6 fits)."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionCfg(
+        layers=layers, width=64, head_width=32, patch_size=8, image_size=image_size, block_type=block_type, **extra
+    )
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=TEXT_CFG, quick_gelu=True)
+    return _randomise(model, seed)
+
+
+def make_rn(seed: int = 0) -> open_clip.CLIP:
+    """A tiny ModifiedResNet CLIP: widths 8..64 channels, one bottleneck per stage, 64 px input."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=64, image_size=64)
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=TEXT_CFG, quick_gelu=True)
+    return _randomise(model, seed)
+
+
+MODEL_FACTORIES = {
+    "vit-mha": lambda: make_vit("default"),
+    "vit-custom": lambda: make_vit("custom"),
+    "vit-layerscale": lambda: make_vit("default", ls_init_value=0.5),
+    "rn": make_rn,
+}
+
+
+@pytest.fixture(params=sorted(MODEL_FACTORIES))
+def any_model(request) -> tuple[str, open_clip.CLIP]:
+    """Each tiny model kind in turn."""
+    return request.param, MODEL_FACTORIES[request.param]()
+
+
+@pytest.fixture(params=["vit-mha", "vit-custom", "vit-layerscale"])
+def vit_model(request) -> open_clip.CLIP:
+    return MODEL_FACTORIES[request.param]()
+
+
+@pytest.fixture
+def tokenizer():
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def native_size(model: open_clip.CLIP) -> int:
+    size = model.visual.image_size
+    return int(size if isinstance(size, int) else size[0])
+
+
+def random_images(model: open_clip.CLIP, batch: int = 2, hw: tuple[int, int] | None = None, seed: int = 1) -> torch.Tensor:
+    n = native_size(model)
+    h, w = hw or (n, n)
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A deep copy of the state dict, parameters and buffers."""
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()}
+
+
+def assert_unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"{k} changed"
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks, f"hook left on {type(m).__name__}"
+        assert "forward" not in m.__dict__, f"forward override left on {type(m).__name__}"
