@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
+import socket
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +103,28 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
     return None
 
 
+def _unreachable_hosts(cfg: dict, timeout: float = 3.0) -> list[str]:
+    """Hosts the tag would download from that do not answer within ``timeout`` seconds.
+
+    huggingface_hub retries a failed connection for about a minute; probing first makes an offline
+    machine fail at once.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    urls = [constants.ENDPOINT] if cfg.get("hf_hub") else []
+    urls += [cfg["url"]] if cfg.get("url") else []
+    bad = []
+    for url in urls:
+        host = urlparse(url).hostname or ""
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+        except OSError:
+            bad.append(host)
+    return bad if len(bad) == len(urls) else []
+
+
 def _is_torchscript(path: str) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -129,7 +153,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "  python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu')"
             ".state_dict(), 'OUT.pt')\"\nand pass OUT.pt."
         )
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds pickled objects other than tensors; it is not loaded, since that would run "
+            f"code from the file ({err.__class__.__name__}). Save a plain state dict instead."
+        ) from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:
@@ -203,6 +233,13 @@ def load_clip(
                 raise WeightsNotAvailableError(
                     f"weights for {shown_name}/{pretrained} are not on this machine and HF_HUB_OFFLINE is "
                     f"set.\n{_how_to_supply(shown_name, pretrained)}"
+                )
+            unreachable = _unreachable_hosts(tag_cfg) if source is None else []
+            if unreachable:
+                raise WeightsNotAvailableError(
+                    f"weights for {shown_name}/{pretrained} are not on this machine and "
+                    f"{', '.join(unreachable)} cannot be reached (offline?).\n"
+                    f"{_how_to_supply(shown_name, pretrained)}"
                 )
         kwargs = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
         renamed = {
