@@ -88,19 +88,19 @@ def _vit_forward(
         new_attn = adapter.attention_residual(i, attend(config.attention, q, k, v))
         if not config.dual_path:
             x = x + new_attn
-            f = torch.zeros_like(x) if config.skip_ffn else adapter.ffn_residual(i, x)
-            x = x + f
+            f = None if config.skip_ffn else adapter.ffn_residual(i, x)
+            x = x if f is None else x + f
             if trace is not None:
                 trace.attention.append(new_attn)
-                trace.ffn.append(f)
+                trace.ffn.append(torch.zeros_like(x) if f is None else f)
             continue
         if y is None:
             y = x
         if trace is not None:
             trace.new_path_inputs[i] = y
         y = y + new_attn
-        new_ffn = torch.zeros_like(y) if config.skip_ffn else adapter.ffn_residual(i, y)
-        y = y + new_ffn
+        new_ffn = None if config.skip_ffn else adapter.ffn_residual(i, y)
+        y = y if new_ffn is None else y + new_ffn
         # Original path. In the last block only its class token is read, so only that query runs.
         last = i == n_blocks - 1 and trace is None
         q_used = q[:, :, :1] if last else q
@@ -111,6 +111,7 @@ def _vit_forward(
         x = x + orig_ffn
         if trace is not None:
             trace.attention.append(torch.cat([orig_attn[:, :1], new_attn[:, 1:]], dim=1))
+            new_ffn = torch.zeros_like(y) if new_ffn is None else new_ffn
             trace.ffn.append(torch.cat([orig_ffn[:, :1], new_ffn[:, 1:]], dim=1))
     if y is not None:
         x = torch.cat([x[:, :1], y[:, 1:]], dim=1)

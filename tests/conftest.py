@@ -18,15 +18,26 @@ def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             if name.endswith("logit_scale"):
                 continue
             scale = 0.5 if p.ndim == 1 else p.shape[-1] ** -0.5
-            p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if "ln" in name and "weight" in name else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=gen) * scale
+                + (1.0 if "ln" in name and "weight" in name else 0.0)
+            )
     return model.eval()
 
 
-def make_vit(block_type: str = "default", layers: int = 8, image_size: int = 32, seed: int = 0, **extra) -> open_clip.CLIP:
+def make_vit(
+    block_type: str = "default", layers: int = 8, image_size: int = 32, seed: int = 0, **extra
+) -> open_clip.CLIP:
     """A tiny ViT CLIP: patch 8, width 64, 2 heads, ``layers`` blocks (8: the paper depth 6 fits)."""
     torch.manual_seed(seed)
     vision = CLIPVisionCfg(
-        layers=layers, width=64, head_width=32, patch_size=8, image_size=image_size, block_type=block_type, **extra
+        layers=layers,
+        width=64,
+        head_width=32,
+        patch_size=8,
+        image_size=image_size,
+        block_type=block_type,
+        **extra,
     )
     model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=TEXT_CFG, quick_gelu=True)
     return _randomise(model, seed)
@@ -69,7 +80,9 @@ def native_size(model: open_clip.CLIP) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
-def random_images(model: open_clip.CLIP, batch: int = 2, hw: tuple[int, int] | None = None, seed: int = 1) -> torch.Tensor:
+def random_images(
+    model: open_clip.CLIP, batch: int = 2, hw: tuple[int, int] | None = None, seed: int = 1
+) -> torch.Tensor:
     n = native_size(model)
     h, w = hw or (n, n)
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))

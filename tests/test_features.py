@@ -102,7 +102,7 @@ def test_points_positives_on_hot_region_and_bounds():
 
 
 def test_points_count_is_capped_at_half_the_cells():
-    points, labels = similarity_to_points(torch.arange(16.0), (32, 32), threshold=0.0)
+    _, labels = similarity_to_points(torch.arange(16.0), (32, 32), threshold=0.0)
     assert len(labels) == 2 * (4 // 2)  # 4x4 grid -> 2x2 cells after downsampling
 
 

@@ -24,7 +24,9 @@ from surgery_lib import (
 from surgery_lib.loading import model_from_openai_state_dict
 from surgery_lib.text import empty_prompt_features
 
-GOLDEN_DIR = Path(os.environ.get("SURGERY_GOLDEN_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"))
+GOLDEN_DIR = Path(
+    os.environ.get("SURGERY_GOLDEN_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "golden")
+)
 GOLDEN_FILES = sorted(GOLDEN_DIR.glob("*.pt"))
 TOKEN_ATOL, MAP_ATOL = 1e-4, 1e-3
 

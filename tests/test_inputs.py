@@ -188,7 +188,7 @@ def test_resnet_input_smaller_than_stride_is_refused():
 
 @pytest.mark.parametrize("thing", [torch.nn.Linear(3, 3), "ViT-B-16", None])
 def test_not_a_clip(thing, tokenizer):
-    with pytest.raises(UnsupportedModelError, match="CLIP|expected an open_clip"):
+    with pytest.raises(UnsupportedModelError, match=r"CLIP|expected an open_clip"):
         encode_image_tokens(thing, torch.randn(1, 3, 32, 32))
     with pytest.raises(UnsupportedModelError):
         apply_surgery(thing)
@@ -197,11 +197,13 @@ def test_not_a_clip(thing, tokenizer):
 
 
 def test_timm_tower_is_named():
-    vision = CLIPVisionCfg(timm_model_name="vit_tiny_patch16_224", timm_model_pretrained=False, image_size=224)
+    vision = CLIPVisionCfg(
+        timm_model_name="vit_tiny_patch16_224", timm_model_pretrained=False, image_size=224
+    )
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
     model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
     before = snapshot(model)
-    with pytest.raises(UnsupportedModelError, match="TimmModel.*timm"):
+    with pytest.raises(UnsupportedModelError, match=r"TimmModel.*timm"):
         apply_surgery(model)
     with pytest.raises(UnsupportedModelError, match="TimmModel"):
         encode_image_tokens(model, torch.randn(1, 3, 224, 224))

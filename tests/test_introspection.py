@@ -32,7 +32,15 @@ def test_trace_of_vanilla_forward(vit_model):
     torch.testing.assert_close(trace.final, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("config", [SurgeryConfig.off(), SurgeryConfig.paper(), SurgeryConfig(skip_ffn=False, depth=3), SurgeryConfig(dual_path=False, depth=2)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SurgeryConfig.off(),
+        SurgeryConfig.paper(),
+        SurgeryConfig(skip_ffn=False, depth=3),
+        SurgeryConfig(dual_path=False, depth=2),
+    ],
+)
 def test_contributions_add_up_to_the_tokens(vit_model, config):
     images = random_images(vit_model)
     parts = residual_contributions(vit_model, images, config)
@@ -53,7 +61,9 @@ def test_skipped_ffn_contributes_nothing_to_patches():
 @pytest.mark.parametrize("block", [0, 3, -1])
 def test_attention_maps(vit_model, block):
     images = random_images(vit_model)
-    maps, grid = attention_maps(vit_model, images, block=block, query=5, kinds=("qk", "qq", "kk", "vv", "identity"))
+    maps, grid = attention_maps(
+        vit_model, images, block=block, query=5, kinds=("qk", "qq", "kk", "vv", "identity")
+    )
     n = 1 + grid[0] * grid[1]
     for kind, m in maps.items():
         assert m.shape == (2, 2, n), kind

@@ -50,7 +50,9 @@ def test_unknown_tag_lists_known_tags():
 def test_offline_env_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(WeightsNotAvailableError, match=r"(?s)HF_HUB_OFFLINE.*checkpoint=.*SURGERY_CHECKPOINT"):
+    with pytest.raises(
+        WeightsNotAvailableError, match=r"(?s)HF_HUB_OFFLINE.*checkpoint=.*SURGERY_CHECKPOINT"
+    ):
         load_clip("RN50", pretrained="openai", cache_dir=str(tmp_path))
     assert time.monotonic() - start < 5
 
@@ -114,7 +116,9 @@ def test_hf_cache_is_used_offline(tiny_config, tmp_path, monkeypatch):
     (hub / "models--testorg--tiny" / "refs").mkdir()
     (hub / "models--testorg--tiny" / "refs" / "main").write_text("abc123")
     source = open_clip.create_model(tiny_config, force_quick_gelu=True)
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, snap / "open_clip_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, snap / "open_clip_model.safetensors"
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = {"hf_hub": "testorg/tiny/", "quick_gelu": True, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: cfg if tag == "testtag" else {})

@@ -65,7 +65,12 @@ def test_single_path_changes_class_token(vit_model):
 def _manual_vit_surgery(model, images, config):
     """Straightforward re-statement of DESIGN §1 (full original path, no shortcuts)."""
     v = model.visual
-    x = v.ln_pre(torch.cat([v.class_embedding.expand(images.shape[0], 1, -1), v.conv1(images).flatten(2).transpose(1, 2)], 1) + v.positional_embedding)
+    x = v.ln_pre(
+        torch.cat(
+            [v.class_embedding.expand(images.shape[0], 1, -1), v.conv1(images).flatten(2).transpose(1, 2)], 1
+        )
+        + v.positional_embedding
+    )
     blocks = v.transformer.resblocks
     start = len(blocks) - config.depth
     y = None
@@ -76,7 +81,10 @@ def _manual_vit_surgery(model, images, config):
         a = blk.ln_1(x)
         w, b = blk.attn.in_proj_weight, blk.attn.in_proj_bias
         heads = blk.attn.num_heads
-        qkv = [t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in F.linear(a, w, b).chunk(3, -1)]
+        qkv = [
+            t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+            for t in F.linear(a, w, b).chunk(3, -1)
+        ]
         o = attend(config.attention, *qkv).transpose(1, 2).reshape(a.shape)
         upd = blk.ls_1(blk.attn.out_proj(o))
         y = (x if y is None else y) + upd
@@ -114,7 +122,9 @@ def test_resnet_surgery_is_vv_pooling_for_every_token():
     images = random_images(model)
     tokens, grid = encode_image_tokens(model, images, SurgeryConfig.paper())
     pool = model.visual.attnpool
-    feats = model.visual.layer4(model.visual.layer3(model.visual.layer2(model.visual.layer1(model.visual.stem(images)))))
+    feats = model.visual.layer4(
+        model.visual.layer3(model.visual.layer2(model.visual.layer1(model.visual.stem(images))))
+    )
     t = feats.flatten(2).transpose(1, 2)
     t = torch.cat([t.mean(1, keepdim=True), t], 1) + pool.positional_embedding
     v = pool.v_proj(t).reshape(t.shape[0], t.shape[1], pool.num_heads, -1).transpose(1, 2)
@@ -159,7 +169,11 @@ def test_nothing_is_modified(any_model):
     images = random_images(model)
     images_before = images.clone()
     before = snapshot(model)
-    for config in (SurgeryConfig.paper(), SurgeryConfig.off(), SurgeryConfig(dual_path=False, skip_ffn=False)):
+    for config in (
+        SurgeryConfig.paper(),
+        SurgeryConfig.off(),
+        SurgeryConfig(dual_path=False, skip_ffn=False),
+    ):
         encode_image_tokens(model, images, config)
         with apply_surgery(model, config):
             model.encode_image(images)
@@ -186,9 +200,8 @@ def test_handle_routes_encode_image_and_is_reversible(any_model):
 
 def test_applying_twice_is_refused(any_model):
     _, model = any_model
-    with apply_surgery(model):
-        with pytest.raises(SurgeryError, match="already applied"):
-            apply_surgery(model)
+    with apply_surgery(model), pytest.raises(SurgeryError, match="already applied"):
+        apply_surgery(model)
     with apply_surgery(model):  # fine again after removal
         pass
 
@@ -198,9 +211,8 @@ def test_forward_that_raises_leaves_model_as_it_was(any_model):
     before = snapshot(model)
     images = random_images(model)
     vanilla = model.encode_image(images)
-    with pytest.raises(RuntimeError):
-        with apply_surgery(model):
-            model.encode_image(torch.randn(2, 5, 32, 32))  # wrong channel count: conv raises inside
+    with pytest.raises(RuntimeError), apply_surgery(model):
+        model.encode_image(torch.randn(2, 5, 32, 32))  # wrong channel count: conv raises inside
     assert not is_surgery_applied(model)
     assert_unchanged(model, before)
     assert torch.equal(model.encode_image(images), vanilla)
