@@ -34,14 +34,14 @@ the feature-surgery inputs are then float16, as the tokens of an autocast forwar
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_surgery.py                  # CPU, default grid
+    .venv/bin/python benchmarks/bench_surgery.py                  # CPU, default grid (~5 min, 2 cores)
     .venv/bin/python benchmarks/bench_surgery.py --quick --sizes 224 --batches 1   # smoke run
     .venv/bin/python benchmarks/bench_surgery.py --device cuda --dtype float16 --gpu-throughput
 
-``main(argv)`` can also be called from Python with a list of arguments; it returns 0.
+``main(argv)`` can also be called from Python with a list of arguments; it returns 0. Progress goes
+to stderr, the tables to stdout. CPU timings are only meaningful on an otherwise idle machine: with
+other processes on the same cores the thread pools stall and times can grow several-fold.
 """
-
-from __future__ import annotations
 
 import argparse
 import contextlib
@@ -115,7 +115,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="float32",
         help="float16 runs the forwards under torch.autocast(device, float16) (default: float32)",
     )
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per case (default: 7)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (default: 5)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="image sizes in pixels")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="image-forward batch sizes")
     parser.add_argument(

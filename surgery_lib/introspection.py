@@ -102,6 +102,27 @@ class ResidualContributions:
     tokens: torch.Tensor
     grid: tuple[int, int]
 
+    def similarity_parts(self, text_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each part's share of the cosine similarity of the output tokens with ``text_features``.
+
+        A part ``c`` contributes ``c · t / ‖token‖``; all shares (embedding, attention and FFN of
+        every block, bias) add up to the tokens' cosine similarity.
+
+        Args:
+            text_features: normalised ``(T, D)``.
+        Returns:
+            ``{"embedding": (B, 1+N, T), "attention": (L, B, 1+N, T), "ffn": (L, B, 1+N, T),
+            "bias": (B, 1+N, T)}``.
+        """
+        t = text_features.float().to(self.tokens.device).t()
+        norm = self.tokens.norm(dim=-1, keepdim=True)
+        return {
+            "embedding": (self.embedding @ t) / norm,
+            "attention": (self.attention @ t) / norm,
+            "ffn": (self.ffn @ t) / norm,
+            "bias": (self.bias @ t).expand(*norm.shape[:-1], -1) / norm,
+        }
+
 
 @torch.no_grad()
 def residual_contributions(

@@ -50,6 +50,18 @@ def test_contributions_add_up_to_the_tokens(vit_model, config):
     torch.testing.assert_close(F.normalize(parts.tokens, dim=-1), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_similarity_parts_add_up_to_cosine_similarity():
+    model = make_vit()
+    images = random_images(model)
+    parts = residual_contributions(model, images, SurgeryConfig.paper())
+    text = F.normalize(torch.randn(3, 32), dim=-1)
+    shares = parts.similarity_parts(text)
+    total = shares["embedding"] + shares["attention"].sum(0) + shares["ffn"].sum(0) + shares["bias"]
+    tokens, _ = encode_image_tokens(model, images, SurgeryConfig.paper())
+    torch.testing.assert_close(total, tokens @ text.t(), atol=1e-4, rtol=1e-4)
+    assert shares["attention"].shape == (8, 2, 17, 3)
+
+
 def test_skipped_ffn_contributes_nothing_to_patches():
     model = make_vit()
     parts = residual_contributions(model, random_images(model), SurgeryConfig.paper())

@@ -129,6 +129,7 @@ def test_hf_cache_is_used_offline(tiny_config, tmp_path, monkeypatch):
     assert torch.isfinite(tokens).all()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_torchscript_archive_is_refused(tmp_path):
     path = tmp_path / "jit.pt"
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))

@@ -1,0 +1,20 @@
+"""The benchmark script still runs against the current API (a smoke run; no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_surgery.py"
+
+
+def test_benchmark_smoke_run(capsys):
+    spec = importlib.util.spec_from_file_location("bench_surgery", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (
+        module.main(["--quick", "--repeats", "1", "--sizes", "32", "--batches", "2", "--classes", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "surgery/vanilla" in out and "naive/ours memory" in out
+    assert "|      32 |     2 |" in out
