@@ -1,5 +1,6 @@
 """Command line: explain images for some labels and write heat-map overlays.
 
+    python -m surgery_lib explain photo.jpg --labels cat dog                     # the project's toy-vit
     python -m surgery_lib explain photo.jpg --labels cat dog --model ViT-B-16 --pretrained openai
 
 Writes ``<stem>_<label>_<method>.png`` per image, label and method (``raw`` CLIP and/or CLIP
@@ -43,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         default="ViT-B-16",
         help="open_clip model name, or 'auto' to infer an OpenAI-format checkpoint",
     )
-    ex.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai)")
+    ex.add_argument(
+        "--pretrained", default="default", help="pretrained tag (default: the shipped / openai weights)"
+    )
     ex.add_argument("--checkpoint", type=Path, help="local weights file (overrides --pretrained)")
     ex.add_argument(
         "--size", type=int, default=None, help="input size n for Resize((n, n)) (default: native)"

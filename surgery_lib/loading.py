@@ -73,6 +73,9 @@ def canonical_name(name: str) -> str:
     ``ViT-L-14-336``); an unknown name raises ``ValueError`` with close matches."""
     import open_clip
 
+    from .toy.models import register_configs
+
+    register_configs()
     cleaned = name.replace("/", "-").replace("@336px", "-336")
     known = open_clip.list_models()
     if cleaned not in known:
@@ -178,8 +181,8 @@ def model_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Modu
 
 
 def load_clip(
-    name: str | None = "ViT-B-16",
-    pretrained: str | None = "openai",
+    name: str | None = "toy-vit",
+    pretrained: str | None = "default",
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     quick_gelu: bool | None = None,
@@ -189,10 +192,12 @@ def load_clip(
     """Load a CLIP model with its tokenizer and preprocessing.
 
     Args:
-        name: open_clip model name (``"ViT-B-16"``, ``"ViT-B/16"``, ``"RN50"``, ``"ViT-L-14-336"``…);
+        name: the project's own ``"toy-vit"`` / ``"toy-rn"`` (the default: shipped weights, offline),
+            or an open_clip model name (``"ViT-B-16"``, ``"ViT-B/16"``, ``"RN50"``, ``"ViT-L-14-336"``…);
             ``None`` with ``checkpoint`` infers an OpenAI-format architecture from the weights.
-        pretrained: an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``…), a file
-            path, or ``None`` for random weights.
+        pretrained: ``"default"`` (shipped weights for toy models, the ``openai`` tag where open_clip
+            has one, else the model's first tag), an open_clip pretrained tag (``"openai"``,
+            ``"laion2b_s34b_b88k"``…), a file path, or ``None`` for random weights.
         checkpoint: a local weights file (takes precedence over ``pretrained``); also read from the
             environment variable ``SURGERY_CHECKPOINT`` when neither is given.
         quick_gelu: force the activation; by default QuickGELU for OpenAI weights (the ``openai``
@@ -201,6 +206,29 @@ def load_clip(
     """
     import open_clip
 
+    from .toy.models import TOY_MODELS, register_configs, weights_path
+
+    if name in TOY_MODELS:
+        register_configs()
+        if pretrained == "default" and checkpoint is None:
+            checkpoint = weights_path(name)
+            if not checkpoint.is_file():
+                raise WeightsNotAvailableError(
+                    f"the shipped weights of {name} are missing ({checkpoint}); train them with "
+                    f"`make data && python -m surgery_lib.toy.train --arch {name}`"
+                )
+        pretrained = None if pretrained == "default" else pretrained
+    elif pretrained == "default":
+        if checkpoint is None and name is not None and not os.environ.get("SURGERY_CHECKPOINT"):
+            tags = open_clip.list_pretrained_tags_by_model(canonical_name(name))
+            if not tags:
+                raise ValueError(
+                    f"open_clip knows no pretrained weights for {name}: "
+                    "pass checkpoint=... or pretrained=None"
+                )
+            pretrained = "openai" if "openai" in tags else tags[0]
+        else:
+            pretrained = None
     checkpoint = checkpoint or (os.environ.get("SURGERY_CHECKPOINT") if pretrained is None else None)
     if pretrained is not None and checkpoint is None and os.path.isfile(str(pretrained)):
         checkpoint, pretrained = pretrained, None

@@ -1,0 +1,91 @@
+"""Explainability metrics of similarity maps against ground-truth masks.
+
+Per (image, class present in the ground truth), on a map min-max normalised to [0, 1] at the mask's
+resolution:
+
+* IoU: the map thresholded at 0.5 (``map >= 0.5``) against the class mask;
+* score contrast (SC): mean map value inside the mask minus mean outside, ×100; negative means the
+  map prefers the background ("opposite visualization");
+* pointing game: 1 when the map's maximum lies inside the mask (first maximum in row-major order).
+
+:class:`ExplainabilityMeter` averages each score per class, then over classes (mIoU, mSC, pointing
+game), and also reports the fraction of (image, class) pairs with SC < 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class MapScores:
+    iou: float
+    score_contrast: float
+    pointing_hit: float
+
+
+def map_scores(heat: torch.Tensor, mask: torch.Tensor) -> MapScores:
+    """Scores of one ``(H, W)`` map in [0, 1] against one ``(H, W)`` boolean mask.
+
+    Raises:
+        ValueError: when shapes differ, or the mask is empty or covers the whole image (SC undefined).
+    """
+    if heat.shape != mask.shape or heat.ndim != 2:
+        raise ValueError(f"map {tuple(heat.shape)} and mask {tuple(mask.shape)} must be the same (H, W)")
+    mask = mask.bool()
+    inside = int(mask.sum())
+    if inside == 0 or inside == mask.numel():
+        raise ValueError("the mask is empty or covers the whole image: the scores are undefined")
+    heat = heat.float()
+    pred = heat >= 0.5
+    iou = float((pred & mask).sum()) / float((pred | mask).sum())
+    sc = (float(heat[mask].mean()) - float(heat[~mask].mean())) * 100.0
+    hit = float(mask.flatten()[int(torch.argmax(heat.flatten()))])
+    return MapScores(iou, sc, hit)
+
+
+class ExplainabilityMeter:
+    """Accumulates :class:`MapScores` per class; summarises per class, then over classes."""
+
+    def __init__(self) -> None:
+        self._scores: dict[str, list[MapScores]] = defaultdict(list)
+
+    def add(self, label: str, heat: torch.Tensor, mask: torch.Tensor) -> MapScores:
+        scores = map_scores(heat, mask)
+        self._scores[label].append(scores)
+        return scores
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._scores.values())
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for label, rows in sorted(self._scores.items()):
+            n = len(rows)
+            out[label] = {
+                "iou": sum(r.iou for r in rows) / n,
+                "score_contrast": sum(r.score_contrast for r in rows) / n,
+                "pointing_game": sum(r.pointing_hit for r in rows) / n,
+                "count": n,
+            }
+        return out
+
+    def summary(self) -> dict[str, float]:
+        """``mIoU`` (%), ``mSC``, ``pointing_game`` (%), ``opposite_rate`` (% of pairs with SC < 0),
+        ``pairs`` and ``classes`` (counts)."""
+        per_class = self.per_class()
+        if not per_class:
+            raise ValueError("no scores were added")
+        k = len(per_class)
+        rows = [r for v in self._scores.values() for r in v]
+        return {
+            "mIoU": 100.0 * sum(c["iou"] for c in per_class.values()) / k,
+            "mSC": sum(c["score_contrast"] for c in per_class.values()) / k,
+            "pointing_game": 100.0 * sum(c["pointing_game"] for c in per_class.values()) / k,
+            "opposite_rate": 100.0 * sum(r.score_contrast < 0 for r in rows) / len(rows),
+            "pairs": float(len(rows)),
+            "classes": float(k),
+        }
