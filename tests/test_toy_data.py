@@ -1,0 +1,297 @@
+"""Toy composite data: generator, masks, eval-set layout and curation files, on a tiny synthetic cache.
+
+Needs neither the Debian stamps package nor the real cache: the cache is made here from numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from surgery_lib.toy import data as toy
+
+# Pure colours: in a composite, every pixel of an object's mask keeps its class's colour channel dominant
+# (jitter changes brightness / contrast / saturation by at most 20 %; backgrounds are grey).
+COLOURS = {"red square": (230, 20, 20), "green disc": (20, 230, 20), "blue bar": (20, 20, 230)}
+
+
+def _square(colour: tuple[int, int, int], side: int = 40) -> Image.Image:
+    """Opaque square, alpha 255 everywhere."""
+    array = np.zeros((side, side, 4), dtype=np.uint8)
+    array[..., :3] = colour
+    array[..., 3] = 255
+    return Image.fromarray(array)
+
+
+def _disc(colour: tuple[int, int, int], side: int = 48) -> Image.Image:
+    """Disc with a soft (linear ramp) alpha edge and random-ish RGB where alpha is 0."""
+    yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
+    radius = np.hypot(yy, xx)
+    alpha = np.clip((side / 2 - radius) / 4.0, 0.0, 1.0)
+    array = np.zeros((side, side, 4), dtype=np.uint8)
+    array[..., :3] = colour
+    array[alpha == 0, :3] = (255, 255, 0)  # garbage colour under full transparency must not leak
+    array[..., 3] = np.round(alpha * 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _bar(colour: tuple[int, int, int]) -> Image.Image:
+    """Opaque 60 × 16 bar in a transparent margin."""
+    array = np.zeros((24, 70, 4), dtype=np.uint8)
+    array[4:20, 5:65, :3] = colour
+    array[4:20, 5:65, 3] = 255
+    return Image.fromarray(array)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of an (H, W) bool mask by a (2r+1)² square."""
+    padded = np.pad(mask, radius)
+    out = np.zeros_like(mask)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            out |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cache: 3 classes × 2 instances per split, 2 grey background JPGs per split."""
+    root = tmp_path_factory.mktemp("toy_cache")
+    makers = {"red square": _square, "green disc": _disc, "blue bar": _bar}
+    for split in toy.SPLITS:
+        for name, make in makers.items():
+            folder = root / "cutouts" / split / toy._class_dir(name)
+            folder.mkdir(parents=True)
+            make(COLOURS[name]).save(folder / "a.png")
+            make(tuple(int(c * 0.8) for c in COLOURS[name])).save(folder / "b.png")
+        bg_folder = root / "backgrounds" / split
+        bg_folder.mkdir(parents=True)
+        for k, level in enumerate((90, 160)):
+            ramp = np.linspace(level - 30, level + 30, 96).astype(np.uint8)
+            grey = np.repeat(np.tile(ramp, (80, 1))[..., None], 3, axis=2)
+            Image.fromarray(grey).save(bg_folder / f"bg{k}.jpg", quality=95)
+    return root
+
+
+def test_generator_is_deterministic_and_order_independent(cache: Path) -> None:
+    g1 = toy.CompositeGenerator(cache, size=64, seed=3)
+    g2 = toy.CompositeGenerator(cache, size=64, seed=3)
+    forward = [g1.sample(i) for i in range(6)]
+    backward = [g2.sample(i) for i in reversed(range(6))][::-1]
+    for a, b in zip(forward, backward, strict=True):
+        assert a.image.tobytes() == b.image.tobytes()
+        assert np.array_equal(a.masks, b.masks)
+        assert a.labels == b.labels and a.caption == b.caption
+    assert forward[0].image.tobytes() != forward[1].image.tobytes()
+    other_seed = toy.CompositeGenerator(cache, size=64, seed=4).sample(0)
+    assert other_seed.image.tobytes() != forward[0].image.tobytes()
+
+
+def test_composites_are_consistent(cache: Path) -> None:
+    generator = toy.CompositeGenerator(cache, size=72, seed=0, background_split="heldout")
+    assert generator.classes == sorted(COLOURS)
+    counts = set()
+    for index in range(40):
+        c = generator.sample(index)
+        k = len(c.labels)
+        counts.add(k)
+        assert c.image.mode == "RGB" and c.image.size == (72, 72)
+        assert c.masks.shape == (k, 72, 72) and c.masks.dtype == bool
+        assert 1 <= k <= 3 and len(set(c.labels)) == k
+        assert set(c.labels) <= set(generator.classes)
+        assert c.caption == toy._caption(c.labels)
+        assert (c.masks.sum(axis=0) <= 1).all(), "masks overlap"
+        assert c.masks.reshape(k, -1).any(axis=1).all(), "empty mask"
+        pixels = np.asarray(c.image).astype(int)
+        for j, (mask, label) in enumerate(zip(c.masks, c.labels, strict=True)):
+            # pixels under a later object's soft edge (alpha < 128) stay in the mask by definition: skip
+            # those near other masks; everywhere else the object's own colour must be dominant
+            others = _dilate(np.delete(c.masks, j, axis=0).any(axis=0), 4)
+            channel = int(np.argmax(COLOURS[label]))
+            own = pixels[mask & ~others]
+            margin = own[:, channel] - np.delete(own, channel, axis=1).max(axis=1)
+            assert (margin >= 10).all(), f"{label}: mask covers pixels of another object or the background"
+    assert counts == {1, 2, 3}
+
+
+def test_sizes_and_max_objects(cache: Path) -> None:
+    for size in (32, 50, 129):
+        c = toy.CompositeGenerator(cache, size=size, max_objects=1, seed=1).sample(7)
+        assert c.image.size == (size, size) and c.masks.shape == (1, size, size)
+    with pytest.raises(ValueError, match="max_objects"):
+        toy.CompositeGenerator(cache, max_objects=4)
+
+
+def test_paste_opaque_square_gives_exact_mask() -> None:
+    canvas = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    square = _square((255, 0, 0), side=20)
+    mask = toy._paste(canvas, square, x=5, y=7, scale=1.0, flip=False)
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[7:27, 5:25] = True
+    assert np.array_equal(mask, expected)
+    assert np.allclose(canvas[expected], (1.0, 0.0, 0.0))
+    assert np.allclose(canvas[~expected], 0.5)
+
+    canvas = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    mask = toy._paste(canvas, square, x=50, y=-10, scale=1.5, flip=True)  # 30 × 30, clipped by the border
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[0:20, 50:64] = True
+    assert np.array_equal(mask, expected)
+
+
+def test_paste_soft_alpha_mask_is_alpha_threshold() -> None:
+    disc = _disc((0, 0, 255), side=48)
+    canvas = np.zeros((64, 64, 3), dtype=np.float32)
+    mask = toy._paste(canvas, disc, x=8, y=8, scale=1.0, flip=False)
+    alpha = np.asarray(disc)[..., 3]
+    assert np.array_equal(mask[8:56, 8:56], alpha >= 128)
+    assert mask.sum() == (alpha >= 128).sum()
+    assert canvas[..., 0].max() == 0 and canvas[..., 1].max() == 0, "colour under alpha 0 leaked"
+    edge = (alpha > 0) & (alpha < 255)
+    assert np.allclose(canvas[8:56, 8:56, 2][edge], alpha[edge] / 255.0, atol=1e-6)
+
+
+def test_occlusion_removes_later_pixels_from_earlier_masks() -> None:
+    canvas = np.zeros((64, 64, 3), dtype=np.float32)
+    first = toy._paste(canvas, _square((255, 0, 0), 20), x=10, y=10, scale=1.0, flip=False)
+    too_close = toy._object_mask(np.full((20, 20), 255, dtype=np.uint8), x=23, y=10, size=64)
+    assert not toy._placement_ok([first], [400], too_close)  # would hide 7 of 20 columns: 35 % > 30 %
+    second = toy._paste(canvas, _square((0, 255, 0), 20), x=24, y=10, scale=1.0, flip=False)
+    assert toy._placement_ok([first], [400], second)  # hides 6 of 20 columns: exactly 30 %
+    first_visible = toy._occlude([first], second)[0]
+    assert first_visible.sum() == 280 and not (first_visible & second).any()
+    assert np.array_equal(first_visible | second, first | second)
+    assert np.allclose(canvas[first_visible], (1.0, 0.0, 0.0)) and np.allclose(
+        canvas[second], (0.0, 1.0, 0.0)
+    )
+    # the rule counts against the mask at paste time: a third object may hide only 0 more pixels here
+    third = np.zeros((64, 64), dtype=bool)
+    third[10, 10] = True
+    assert not toy._placement_ok([first_visible, second], [400, 400], third)
+
+
+def test_captions() -> None:
+    assert toy._caption(["horse"]) == "a photo of a horse"
+    assert toy._caption(["horse", "car"]) == "a photo of a horse and a car"
+    assert toy._caption(["horse", "car", "bird"]) == "a photo of a horse, a car and a bird"
+    assert toy._caption(["apple", "insect"]) == "a photo of an apple and an insect"
+
+
+def test_write_eval_set_layout(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    toy.write_eval_set(cache, out, n=8, split="heldout", background_split="train", size=48, seed=5)
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["classes"] == sorted(COLOURS) and len(labels["images"]) == 8
+    generator = toy.CompositeGenerator(cache, split="heldout", size=48, seed=5, background_split="train")
+    for index, record in enumerate(labels["images"]):
+        assert record["file"] == f"{index:05d}.jpg" and record["mask"] == f"{index:05d}.png"
+        image = Image.open(out / "images" / record["file"])
+        mask = np.asarray(Image.open(out / "masks" / record["mask"]))
+        assert image.format == "JPEG" and image.size == (48, 48)
+        assert mask.dtype == np.uint8 and mask.shape == (48, 48)
+        objects = record["objects"]
+        assert [o["index"] for o in objects] == list(range(1, len(objects) + 1))
+        assert set(np.unique(mask)) == {0, *range(1, len(objects) + 1)}
+        composite = generator.sample(index)
+        assert [o["label"] for o in objects] == composite.labels
+        assert record["caption"] == composite.caption
+        for k, object_mask in enumerate(composite.masks, start=1):
+            assert np.array_equal(mask == k, object_mask)
+
+
+def test_build_cache_names_the_package_when_stamps_are_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install tuxpaint-stamps-default"):
+        toy.build_cache(tmp_path / "cache", stamps_root=tmp_path / "no-stamps")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_build_cache_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stamps = tmp_path / "stamps"
+    for rel in ("animals/a.png", "animals/b.png", "animals/c.png", "things/x.png", "things/y.png"):
+        (stamps / rel).parent.mkdir(parents=True, exist_ok=True)
+        array = np.zeros((40, 300, 4), dtype=np.uint8)
+        array[5:35, 10:290] = 200
+        Image.fromarray(array).save(stamps / rel)
+    package = tmp_path / "site" / "fakebg"  # a stand-in for the pip packages holding the photos
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    Image.fromarray(np.full((600, 900, 3), 128, dtype=np.uint8)).save(package / "p.jpg")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    animals = ["animals/c.png", "animals/a.png", "animals/b.png"]
+    classes = {"classes": {"big thing": ["things/x.png", "things/y.png"], "animal": animals}}
+    (tmp_path / "classes.json").write_text(json.dumps(classes))
+    entries = [
+        {"name": f"bg{k}", "split": split, "package": "x==1", "file": "fakebg/p.jpg", "licence": "CC0"}
+        for k, split in enumerate(["train", "train", "heldout"])
+    ]
+    backgrounds = {"backgrounds": entries}
+    (tmp_path / "backgrounds.json").write_text(json.dumps(backgrounds))
+    cache = tmp_path / "cache"
+    toy.build_cache(cache, stamps, tmp_path / "classes.json", tmp_path / "backgrounds.json")
+    files = sorted(str(f.relative_to(cache)) for f in cache.rglob("*") if f.is_file())
+    assert files == [
+        "backgrounds/heldout/bg2.jpg",
+        "backgrounds/train/bg0.jpg",
+        "backgrounds/train/bg1.jpg",
+        "cutouts/heldout/animal/animals-b.png",
+        "cutouts/heldout/big_thing/things-y.png",
+        "cutouts/train/animal/animals-a.png",
+        "cutouts/train/animal/animals-c.png",
+        "cutouts/train/big_thing/things-x.png",
+    ]
+    assert Image.open(cache / "cutouts/train/animal/animals-a.png").size == (256, 27)
+    assert Image.open(cache / "backgrounds/train/bg0.jpg").size == (512, 341)
+    generator = toy.CompositeGenerator(cache, split="heldout", size=32)
+    assert generator.classes == ["animal", "big thing"]
+    assert set(generator.sample(0).labels) <= {"animal", "big thing"}
+
+
+def test_trim_cutout() -> None:
+    array = np.zeros((300, 600, 4), dtype=np.uint8)
+    array[50:250, 100:500] = (10, 20, 30, 255)
+    cutout = toy._trim_cutout(Image.fromarray(array))
+    assert cutout.mode == "RGBA" and cutout.size == (256, 128)
+    assert np.asarray(cutout)[..., 3].min() > 0
+
+
+def test_split_instances() -> None:
+    classes = {"a": [f"a/{i}.png" for i in range(9)], "b": ["b/y.png", "b/x.png", "b/z.png"]}
+    splits = toy.split_instances(classes)
+    assert splits["heldout"] == {"a": ["a/1.png", "a/5.png"], "b": ["b/y.png"]}
+    assert splits["train"]["b"] == ["b/x.png", "b/z.png"]
+    with pytest.raises(ValueError, match="at least 2"):
+        toy.split_instances({"c": ["c.png"]})
+
+
+def test_curated_classes_file_is_well_formed() -> None:
+    doc = json.loads(toy.CLASSES_FILE.read_text())
+    assert doc["version"] == 1 and "tuxpaint-stamps-default" in doc["source"]
+    classes = doc["classes"]
+    assert 30 <= len(classes) <= 40
+    all_paths = [p for paths in classes.values() for p in paths]
+    assert len(all_paths) == len(set(all_paths)), "a stamp is in two classes"
+    for name, paths in classes.items():
+        assert name == name.strip().lower() and "_" not in name
+        assert len(paths) >= 3, name
+        for path in paths:
+            assert path.endswith(".png") and not path.startswith("/")
+            assert "cartoon" not in path.split("/"), path
+    splits = toy.split_instances(classes)
+    for name in classes:
+        assert len(splits["train"][name]) >= 2 and len(splits["heldout"][name]) >= 1
+
+
+def test_backgrounds_file_is_well_formed() -> None:
+    entries = toy.load_backgrounds()
+    names = [e["name"] for e in entries]
+    assert len(names) == len(set(names))
+    held = [e for e in entries if e["split"] == "heldout"]
+    assert {e["split"] for e in entries} == set(toy.SPLITS)
+    assert len(held) >= 3 and 0.15 <= len(held) / len(entries) <= 0.35
+    for entry in entries:
+        assert entry["licence"] and "==" in entry["package"] and "/" in entry["file"]
+    assert not any(e["file"].endswith("flower.jpg") for e in entries)
