@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..images import OPENAI_MEAN, OPENAI_STD
+from ..text import PROMPT_TEMPLATES
 from .models import TOY_MODELS, WEIGHTS_DIR, register_configs, sha256
 
 CLASS_PROMPT = "a photo of a {}."
@@ -91,6 +92,15 @@ def class_prompt_loss(
     return -(target * F.log_softmax(scale * image @ class_text.t(), dim=1)).sum(1).mean()
 
 
+def _class_prompts(
+    tokenizer, classes: Sequence[str], templates: Sequence[str], seed: int, step: int
+) -> torch.Tensor:
+    """Tokens of one prompt per class, each with a template drawn for this step (deterministic)."""
+    rng = np.random.default_rng([seed, step, 7])
+    picks = rng.integers(0, len(templates), size=len(classes))
+    return tokenizer([templates[int(k)].format(c) for k, c in zip(picks, classes, strict=True)])
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -116,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--class-loss-weight", type=float, default=1.0)
+    p.add_argument(
+        "--template-variety",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="class prompts drawn from the 85 ensemble templates (default) instead of 'a photo of a {}.'",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as torch chooses)")
@@ -158,10 +174,10 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["elapsed"])
         print(f"resumed {args.arch} at step {start}", file=sys.stderr)
-    from .data import CompositeGenerator
+    from .data import load_classes
 
-    classes = CompositeGenerator(args.cache, split="train", size=8, seed=args.seed).classes
-    class_tokens = tokenizer([CLASS_PROMPT.format(c) for c in classes]).to(device)
+    classes = sorted(load_classes())
+    templates = PROMPT_TEMPLATES if args.template_variety else (CLASS_PROMPT,)
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
     data = CompositeBatches(args.cache, size, args.batch, start, steps, args.seed)
@@ -178,7 +194,9 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
         images, hot = images.to(device), hot.to(device)
         image_f = model.encode_image(images, normalize=True)
         text_f = model.encode_text(tokenizer(captions).to(device), normalize=True)
-        class_f = model.encode_text(class_tokens, normalize=True)
+        class_f = model.encode_text(
+            _class_prompts(tokenizer, classes, templates, args.seed, step).to(device), normalize=True
+        )
         scale = model.logit_scale.exp().clamp(max=100)
         loss_c = contrastive_loss(image_f, text_f, captions, scale)
         loss_k = class_prompt_loss(image_f, class_f, hot, scale)
@@ -223,6 +241,7 @@ def export(
         "weight_decay": args.weight_decay,
         "warmup": args.warmup,
         "class_loss_weight": args.class_loss_weight,
+        "template_variety": args.template_variety,
         "seed": args.seed,
         "device": args.device,
         "train_seconds": round(elapsed, 1),
