@@ -281,3 +281,37 @@ def adapter_for(model: nn.Module) -> Adapter:
         hint = f" (timm trunk {_type_name(trunk)})" if trunk is not None else ""
         hint += "; timm image towers are not supported: use an open_clip ViT or ModifiedResNet tower"
     raise UnsupportedModelError(f"unsupported image tower {_type_name(visual)}{hint}")
+
+
+def text_token_features(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Every text token's feature after ``ln_final`` and the text projection (not normalised).
+
+    The pooled text feature of open_clip is the end-of-text token's row of this tensor.
+
+    Args:
+        tokens: ``(T, L)`` token ids.
+    Returns:
+        ``(T, L, D)``.
+    Raises:
+        UnsupportedModelError: for text towers other than open_clip's own transformer (e.g. HF towers).
+    """
+    from open_clip.transformer import TextTransformer
+
+    check_clip(model)
+    text = getattr(model, "text", model)
+    if text is not model and not isinstance(text, TextTransformer):
+        raise UnsupportedModelError(
+            f"per-token text features need open_clip's text transformer, not {_type_name(text)}"
+        )
+    if getattr(text, "cls_emb", None) is not None:
+        raise UnsupportedModelError("text towers with a class embedding (CoCa-style) are not supported")
+    pool_type = getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax"))
+    if pool_type != "argmax":
+        raise UnsupportedModelError(f"text pooling {pool_type!r} is not supported (only CLIP's 'argmax')")
+    dtype = text.transformer.get_cast_dtype()
+    x = text.token_embedding(tokens).to(dtype) + text.positional_embedding.to(dtype)
+    x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask))
+    proj = text.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj

@@ -131,11 +131,13 @@ def similarity_to_points(
     grid: tuple[int, int] | None = None,
     threshold: float = 0.8,
     downsample: int = 2,
+    quantile: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Point prompts for SAM from one class's patch similarities.
 
     The map is downsampled bilinearly to ``(h // downsample, w // downsample)``, min-max normalised
-    and sorted; ``num = min(#(>= threshold), cells // 2)``; positives are the ``num`` highest cells
+    and sorted; ``num = min(#(>= threshold), cells // 2)``, where ``quantile`` (if given) replaces the
+    fixed threshold by that quantile of the normalised cells; positives are the ``num`` highest cells
     (in ascending order), negatives the ``num`` lowest. A cell ``(r, c)`` maps to pixel
     ``x = min((c + 0.5)·W/w', W−1)``, ``y = min((r + 0.5)·H/h', H−1)``, truncated to int.
 
@@ -157,6 +159,10 @@ def similarity_to_points(
     sm = F.interpolate(sm, size=(dh, dw), mode="bilinear", align_corners=False).reshape(-1)
     sm = _min_max(sm, dim=0)
     rank = torch.sort(sm, dim=0).indices
+    if quantile is not None:
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+        threshold = float(torch.quantile(sm, quantile))
     num = min(int((sm >= threshold).sum()), sm.shape[0] // 2)
     chosen = torch.cat([rank[sm.shape[0] - num :], rank[:num]])
     big_h, big_w = image_size
