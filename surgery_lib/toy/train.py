@@ -174,12 +174,12 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["elapsed"])
         print(f"resumed {args.arch} at step {start}", file=sys.stderr)
-    from .data import load_classes
+    from .data import CompositeGenerator
 
-    classes = sorted(load_classes())
-    templates = PROMPT_TEMPLATES if args.template_variety else (CLASS_PROMPT,)
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
+    classes = CompositeGenerator(args.cache, split="train", size=size, seed=args.seed).classes
+    templates = PROMPT_TEMPLATES if args.template_variety else (CLASS_PROMPT,)
     data = CompositeBatches(args.cache, size, args.batch, start, steps, args.seed)
     loader = DataLoader(
         data, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None
