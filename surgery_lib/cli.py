@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--labels", nargs="+", required=True, help="class names")
     ex.add_argument(
         "--model",
-        default="ViT-B-16",
-        help="open_clip model name, or 'auto' to infer an OpenAI-format checkpoint",
+        default="toy-vit",
+        help="toy-vit / toy-rn (the project's own, offline; default), an open_clip model name "
+        "(ViT-B-16, RN50, ...), or 'auto' to infer the architecture of an OpenAI-format --checkpoint",
     )
     ex.add_argument(
         "--pretrained", default="default", help="pretrained tag (default: the shipped / openai weights)"

@@ -67,3 +67,23 @@ def test_cli_explain(tmp_path, capsys):
     points = entry["surgery"]["points"]["cat"]
     assert len(points["xy"]) == len(points["labels"]) > 0
     assert "wrote overlays" in capsys.readouterr().out
+
+
+def test_cli_default_model_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = (
+        Path(__file__).resolve().parents[1]
+        / "data"
+        / "composites"
+        / "seen_instances"
+        / "images"
+        / "00002.jpg"
+    )
+    out = tmp_path / "out"
+    assert (
+        main(["explain", str(image), "--labels", "pepper", "tank", "--method", "surgery", "--out", str(out)])
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "toy-vit"
+    assert sorted(p.name for p in out.glob("*.png")) == ["00002_pepper_surgery.png", "00002_tank_surgery.png"]
