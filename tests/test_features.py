@@ -22,8 +22,6 @@ from surgery_lib import (
 )
 from surgery_lib.features import feature_surgery_naive
 
-torch.set_grad_enabled(False)
-
 
 def _unit(*shape, seed=0):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)

@@ -25,8 +25,6 @@ from surgery_lib import (
 )
 from surgery_lib.text import _CACHE
 
-torch.set_grad_enabled(False)
-
 
 @pytest.fixture
 def model():

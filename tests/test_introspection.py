@@ -16,8 +16,6 @@ from surgery_lib import (
     trace_forward,
 )
 
-torch.set_grad_enabled(False)
-
 
 def test_trace_of_vanilla_forward(vit_model):
     images = random_images(vit_model)

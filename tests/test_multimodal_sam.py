@@ -13,9 +13,6 @@ from surgery_lib.features import similarity_map
 from surgery_lib.multimodal import caption_tokens, word_importance, word_similarity
 from surgery_lib.sam import SamSegmenter, SamUnavailableError, parse_target, text_points
 
-torch.set_grad_enabled(False)
-
-
 # ---- multimodal ---------------------------------------------------------------------------------
 
 

@@ -17,8 +17,6 @@ from surgery_lib import (
 )
 from surgery_lib.attention import attend
 
-torch.set_grad_enabled(False)
-
 
 def _vanilla_image_features(model, images):
     return F.normalize(model.encode_image(images), dim=-1)

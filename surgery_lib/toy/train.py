@@ -185,6 +185,7 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
         data, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None
     )
     model.train()
+    torch.set_grad_enabled(True)  # a caller's no_grad / inference mode would silently stop training
     t0 = time.monotonic()
     bar = tqdm(loader, total=steps - start, initial=0, desc=args.arch, dynamic_ncols=True)
     step = start
