@@ -102,6 +102,56 @@ def evaluate(
     return result
 
 
+@torch.no_grad()
+def point_scores(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    classes: Sequence[str],
+    items: Sequence[EvalItem],
+    image_size: int,
+    min_probability: float = 0.05,
+) -> dict:
+    """Text -> SAM point prompts on ``items``, raw CLIP vs CLIP Surgery.
+
+    ``point_precision``: share of positive points inside the class mask, per (image, present class)
+    averaged per class then over classes. The presence gate (image-level probability of a label
+    ≥ ``min_probability``) is the same for both methods, since the class token is vanilla:
+    ``gate_false_positive`` = share of (image, absent class) pairs that still get points,
+    ``gate_recall`` = share of (image, present class) pairs that keep their points.
+    """
+    from ..explain import explain
+    from ..sam import text_points
+
+    transform = reference_transform(image_size)
+    hits: dict[str, dict[str, list[float]]] = {name: {} for name in METHODS}
+    absent_pass = absent = present_pass = present = 0
+    for item in items:
+        images = transform(item.image)[None]
+        size = (item.image.height, item.image.width)
+        for name, config in METHODS.items():
+            ex = explain(model, tokenizer, images, list(classes), config, size=size)
+            for label, mask in item.masks.items():
+                points, labels = text_points(ex, label)
+                pos = points[labels == 1]
+                if len(pos):
+                    inside = mask[pos[:, 1].numpy(), pos[:, 0].numpy()]
+                    hits[name].setdefault(label, []).append(float(inside.mean()))
+            if name == "raw":
+                for label in classes:
+                    kept = len(text_points(ex, label, min_probability=min_probability)[0]) > 0
+                    if label in item.masks:
+                        present, present_pass = present + 1, present_pass + kept
+                    else:
+                        absent, absent_pass = absent + 1, absent_pass + kept
+    result: dict = {"min_probability": min_probability}
+    for name, per_class in hits.items():
+        means = [sum(v) / len(v) for v in per_class.values()]
+        result[name] = {"point_precision": 100.0 * sum(means) / len(means)}
+    result["gate_false_positive"] = 100.0 * absent_pass / max(1, absent)
+    result["gate_recall"] = 100.0 * present_pass / max(1, present)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..loading import load_clip
 
@@ -119,12 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--points", action="store_true", help="also measure text -> SAM point prompts")
     args = parser.parse_args(argv)
     clip = load_clip(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
     results = {}
     for root in args.set:
         classes, items = read_set(root, args.limit)
         results[str(root)] = evaluate(clip.model, clip.tokenizer, classes, items, clip.image_size)
+        if args.points:
+            results[str(root)]["points"] = point_scores(
+                clip.model, clip.tokenizer, classes, items, clip.image_size
+            )
         print(f"{root}: {json.dumps(results[str(root)], indent=1)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
