@@ -14,7 +14,7 @@ SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
 def test_the_default_model_ships():
-    assert "toy-vit" in SHIPPED
+    assert SHIPPED == ["toy-rn", "toy-vit"]
     clip = load_clip()
     assert clip.name == "toy-vit" and clip.image_size == 96
 
@@ -43,9 +43,10 @@ def test_quick_zero_shot_matches_record(name):
     )
 
 
-def test_recorded_quality_shows_surgery_beats_raw():
-    """The model card's claim, from the recorded full evaluation of the default model."""
-    quality = recorded_metadata("toy-vit")["quality"]
+@pytest.mark.parametrize("name", SHIPPED)
+def test_recorded_quality_shows_surgery_beats_raw(name):
+    """The model card's claim, from the recorded full evaluation of each shipped model."""
+    quality = recorded_metadata(name)["quality"]
     for split in ("seen_instances", "new_instances"):
         raw, surgery = quality[split]["raw"], quality[split]["surgery"]
         assert surgery["mSC"] > raw["mSC"] and surgery["mIoU"] > raw["mIoU"]
