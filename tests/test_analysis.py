@@ -1,0 +1,144 @@
+"""The notebooks' analysis functions: exact decompositions and hand-checkable cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from surgery_lib import analysis
+from surgery_lib.config import SurgeryConfig
+from surgery_lib.examples import AnnotatedImage, example_images
+from surgery_lib.explain import encode_image_tokens
+from surgery_lib.features import cosine_similarity
+from surgery_lib.loading import load_clip
+from surgery_lib.text import text_features
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_clip()
+
+
+@pytest.fixture(scope="module")
+def data():
+    classes, items = example_images("composites", limit=4)
+    return classes, [it for it in items if it.masks]
+
+
+def test_cell_regions_take_the_class_covering_most_of_each_cell():
+    mask = np.zeros((40, 40), bool)
+    mask[:20, :20] = True  # exactly the top-left cell of a 2 × 2 grid
+    mask[20:31, 20:40] = True  # 55 % of the bottom-right cell
+    item = AnnotatedImage("x", Image.new("RGB", (40, 40)), {"cat": mask})
+    regions, names = analysis._cell_regions(item, (2, 2))
+    assert names == ["background", "cat"] and regions.tolist() == [1, 0, 0, 1]
+
+
+def test_summarise_averages_per_class_then_over_classes():
+    rows = [
+        {
+            "method": "m",
+            "class": "a",
+            "iou": 10.0,
+            "score_contrast": 1.0,
+            "pointing_hit": 1.0,
+            "opposite": False,
+        },
+        {
+            "method": "m",
+            "class": "a",
+            "iou": 30.0,
+            "score_contrast": 3.0,
+            "pointing_hit": 0.0,
+            "opposite": False,
+        },
+        {
+            "method": "m",
+            "class": "b",
+            "iou": 60.0,
+            "score_contrast": -4.0,
+            "pointing_hit": 1.0,
+            "opposite": True,
+        },
+    ]
+    (row,) = analysis.summarise(rows)
+    assert row["mIoU"] == pytest.approx((20.0 + 60.0) / 2)  # per class first: a = 20, b = 60
+    assert row["mSC"] == pytest.approx((2.0 - 4.0) / 2)
+    assert row["pointing"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    assert row["opposite_pct"] == pytest.approx(100 / 3) and row["pairs"] == 3
+
+
+def test_map_records_score_every_present_class_for_every_method(loaded, data):
+    classes, items = data
+    methods = {"raw": SurgeryConfig.off(), "surgery": SurgeryConfig.paper()}
+    records = analysis.map_records(loaded, items, classes, methods)
+    expected = sum(len(it.masks) for it in items) * 2
+    assert len(records) == expected
+    assert {r["method"] for r in records} == {"raw", "surgery"}
+    for r in records:
+        assert 0.0 <= r["iou"] <= 100.0 and -100.0 <= r["score_contrast"] <= 100.0
+        assert r["opposite"] == (r["score_contrast"] < 0)
+
+
+def test_identity_attention_keeps_all_mass_on_the_query(loaded, data):
+    _, items = data
+    records = analysis.attention_locality(loaded, items[:2], blocks=[0, 5], kinds=("identity", "qk"))
+    identity = [r for r in records if r["kind"] == "identity"]
+    assert identity and all(r["own_mass"] == pytest.approx(1.0) for r in identity)
+    assert {r["region"] for r in records} == {"object", "background"}
+    assert all(0.0 <= r["own_mass"] <= 1.0 + 1e-6 and 0.0 < r["chance"] < 1.0 for r in records)
+
+
+@pytest.mark.parametrize("config", [SurgeryConfig.off(), SurgeryConfig.paper()], ids=["raw", "surgery"])
+def test_contributions_add_up_to_the_map_contrast(loaded, data, config):
+    """The parts' contrasts (embedding, bias, every block's attention and FFN) sum to the cosine map's."""
+    classes, items = data
+    records = analysis.contribution_records(loaded, items[:2], classes, config)
+    texts = text_features(loaded.model, loaded.tokenizer, classes)
+    for item in items[:2]:
+        batch = loaded.reference_preprocess(item.image).unsqueeze(0)
+        tokens, grid = encode_image_tokens(loaded.model, batch, config)
+        sim = cosine_similarity(tokens, texts)[0, 1:]
+        regions, names = analysis._cell_regions(item, grid)
+        for label in item.masks:
+            fg = regions == names.index(label)
+            if not 0 < int(fg.sum()) < len(fg):
+                continue
+            column = sim[:, classes.index(label)]
+            want = float(column[fg].mean() - column[~fg].mean())
+            parts = [r for r in records if r["image"] == item.name and r["class"] == label]
+            assert len(parts) == 2 + 2 * 8
+            assert sum(r["contrast"] for r in parts) == pytest.approx(want, abs=1e-5)
+    if config.skip_ffn:
+        skipped = [r for r in records if r["part"] == "ffn" and r["block"] >= 8 - config.depth]
+        assert skipped and all(r["contrast"] == 0.0 and r["magnitude"] == 0.0 for r in skipped)
+
+
+def test_contributions_refuse_a_resnet(data):
+    classes, items = data
+    with pytest.raises(TypeError, match="ViT"):
+        analysis.contribution_records(load_clip("toy-rn"), items[:1], classes)
+
+
+def test_redundancy_of_a_single_class_is_fully_shared(loaded, data):
+    classes, items = data
+    one = analysis.redundancy_records(loaded, items[:1], classes[:1])
+    assert all(r["shared_fraction"] == pytest.approx(1.0, abs=1e-5) for r in one)
+    many = analysis.redundancy_records(loaded, items[:1], classes)
+    assert len(many) == 1 + 8 * 8 and many[0]["region"] == "class token"
+    assert all(0.0 < r["shared_fraction"] <= 1.0 + 1e-6 and -1.0 <= r["empty_cosine"] <= 1.0 for r in many)
+    # the shared similarity is the class-mean cosine similarity of the token
+    batch = loaded.reference_preprocess(items[0].image).unsqueeze(0)
+    tokens, _ = encode_image_tokens(loaded.model, batch, SurgeryConfig.paper())
+    mean_sim = cosine_similarity(tokens, text_features(loaded.model, loaded.tokenizer, classes)).mean(-1)[0]
+    got = torch.tensor([r["shared_similarity"] for r in many])
+    torch.testing.assert_close(got, mean_sim / len(classes) * len(classes), atol=1e-5, rtol=1e-4)
+
+
+def test_check_claims_marks_each_claim():
+    text = analysis.check_claims({"a holds": True, "b fails": np.False_})
+    assert text.splitlines() == ["✓ a holds", "✗ b fails", "1 of 2 hold on this model"]
+    with pytest.raises(ValueError, match="no claims"):
+        analysis.check_claims({})

@@ -1,0 +1,47 @@
+"""Every notebook runs end to end on the shipped toy models (offline), and the runner reports failures."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from surgery_lib.notebook_runner import NotebookError, main, notebook_paths, run_notebook
+
+NOTEBOOKS = notebook_paths()
+SMALL = {"SURGERY_LIMIT": "6", "HF_HUB_OFFLINE": "1"}  # few images: the same code paths, faster
+
+
+def test_the_notebooks_are_numbered_in_order():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(len(numbers))) and len(numbers) >= 6
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_and_saves_its_figures(path, tmp_path):
+    out = run_notebook(path, tmp_path / "nb", tmp_path / "figures", timeout=600, env=SMALL)
+    notebook = nbformat.read(out, as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code)
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert notebook.cells[0].cell_type == "markdown" and "**Reproduces.**" in notebook.cells[0].source
+    assert "What you should see" in notebook.cells[-1].source or any(
+        "What you should see" in c.source for c in notebook.cells[-3:]
+    )
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    assert pngs and all(p.with_suffix(".pdf").is_file() for p in pngs)
+    assert all(p.name.startswith(path.name[:2]) for p in pngs)  # figures are named after their notebook
+
+
+def test_a_failing_cell_names_the_notebook(tmp_path, capsys):
+    bad = tmp_path / "07_bad.py"
+    bad.write_text('# %%\nx = 1\n\n# %%\nraise RuntimeError("boom in a cell")\n')
+    with pytest.raises(NotebookError, match=r"07_bad\.py: a cell raised(.|\n)*boom in a cell"):
+        run_notebook(bad, tmp_path / "out", tmp_path / "figs", timeout=120)
+    executed = json.loads((tmp_path / "out" / "07_bad.ipynb").read_text())
+    assert executed["cells"][0]["execution_count"] == 1  # the executed copy is kept for inspection
+    assert main([str(bad), "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "figs")]) == 1
+    assert "1 notebook(s) failed: 07_bad.py" in capsys.readouterr().err

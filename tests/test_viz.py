@@ -1,0 +1,109 @@
+"""The figure functions and the figure saver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from surgery_lib import viz
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+
+
+def test_save_figure_writes_png_at_300_dpi_and_a_pdf(tmp_path, image):
+    fig = viz.map_grid([image], [np.random.rand(40, 60, 2)], ["cat", "dog"])
+    paths = viz.save_figure(fig, "a figure/with:odd name", tmp_path)
+    viz.close(fig)
+    assert [p.name for p in paths] == ["a_figure_with_odd_name.png", "a_figure_with_odd_name.pdf"]
+    with Image.open(paths[0]) as png:
+        assert png.info["dpi"] == pytest.approx((300, 300), abs=1)
+        assert png.width > 1000  # 300 dpi of a multi-inch figure
+    assert paths[1].read_bytes().startswith(b"%PDF")
+
+
+def test_save_figure_defaults_to_the_environment_folder(tmp_path, monkeypatch, image):
+    monkeypatch.setenv(viz.FIGURES_ENV, str(tmp_path / "figs"))
+    fig = viz.bar_chart({"a": {"x": 1.0}}, "y")
+    (path,) = viz.save_figure(fig, "bars", formats=("png",))
+    viz.close(fig)
+    assert path == tmp_path / "figs" / "bars.png" and path.is_file()
+
+
+def test_save_figure_rejects_no_formats_and_unusable_names(tmp_path):
+    fig = viz.bar_chart({"a": {"x": 1.0}}, "y")
+    with pytest.raises(ValueError, match="formats"):
+        viz.save_figure(fig, "x", tmp_path, formats=())
+    with pytest.raises(ValueError, match="no usable characters"):
+        viz.save_figure(fig, "///", tmp_path)
+    viz.close(fig)
+
+
+def test_saved_figure_keeps_titles_and_colorbar_label_inside(tmp_path, image):
+    """bbox 'tight' grows the canvas to every artist: nothing is cut at the edges."""
+    fig = viz.map_grid([image], [np.random.rand(40, 60, 3)], ["a long label name", "b", "c"], ["row"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    saved = fig.get_tightbbox(renderer)
+    texts = [t for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+    assert len(texts) >= 5  # 4 column titles (image + 3 labels), the row title, the colorbar label
+    for text in texts:
+        box = text.get_window_extent(renderer).transformed(fig.dpi_scale_trans.inverted())
+        assert saved.x0 - 1e-6 <= box.x0 and box.x1 <= saved.x1 + 1e-6
+        assert saved.y0 - 1e-6 <= box.y0 and box.y1 <= saved.y1 + 1e-6
+    viz.close(fig)
+
+
+def test_map_grid_layout_and_errors(image):
+    maps = [torch.rand(40, 60, 2), np.random.rand(20, 30, 2)]
+    fig = viz.map_grid([image, image], maps, ["cat", "dog"], ["one", "two"])
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * 3 and len(fig.axes) == 2 * 3 + 1  # + the colorbar
+    assert [ax.get_title() for ax in panels[:3]] == ["image", "cat", "dog"]
+    viz.close(fig)
+    with pytest.raises(ValueError, match="one map array per image"):
+        viz.map_grid([image], maps, ["cat", "dog"])
+    with pytest.raises(ValueError, match="T = 3 labels"):
+        viz.map_grid([image], [np.zeros((4, 4, 2))], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="alpha"):
+        viz.map_grid([image], [np.zeros((4, 4, 1))], ["a"], alpha=1.5)
+
+
+def test_panel_grid_and_method_comparison(image):
+    fig = viz.panel_grid([image, image], {"raw": [np.zeros((8, 8))] * 2, "surgery": [np.ones((8, 8))] * 2})
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "raw", "surgery"]
+    viz.close(fig)
+    with pytest.raises(ValueError, match="column 'raw' has 1 maps for 2 images"):
+        viz.panel_grid([image, image], {"raw": [np.zeros((8, 8))]})
+    fig = viz.method_comparison(
+        image, {"raw": np.zeros((8, 8, 2)), "surgery": np.ones((8, 8, 2))}, ["a", "b"]
+    )
+    assert [ax.get_ylabel() for ax in fig.axes[::3][:2]] == ["raw", "surgery"]
+    viz.close(fig)
+
+
+def test_attention_figure_marks_the_query(image):
+    weights = {kind: torch.rand(12) for kind in ("qk", "vv")}
+    fig = viz.attention_figure(image, weights, (3, 4), (1, 2))
+    assert [ax.get_title() for ax in fig.axes] == ["query", "q-k attention", "v-v attention"]
+    assert all(len(ax.lines) == 1 for ax in fig.axes)  # the + marker on every panel
+    viz.close(fig)
+
+
+def test_charts_and_png_bytes():
+    fig = viz.line_chart([0, 1, 2], {"attention": [1, 2, 3], "ffn": [3, 2, 1]}, "block", "share")
+    assert len(fig.axes[0].lines) == 2
+    assert viz.figure_png(fig).startswith(b"\x89PNG")
+    viz.close(fig)
+    with pytest.raises(ValueError, match="2 values for 3"):
+        viz.line_chart([0, 1, 2], {"a": [1, 2]}, "x", "y")
+    with pytest.raises(ValueError, match="no values"):
+        viz.bar_chart({}, "y")
+    fig = viz.bar_chart({"cat": {"raw": 1.0, "surgery": 2.0}, "dog": {"raw": -1.0}}, "AP")
+    assert len(fig.axes[0].patches) == 4  # 2 groups × 2 series (a missing value is a NaN bar)
+    viz.close(fig)
