@@ -18,3 +18,12 @@ def test_benchmark_smoke_run(capsys):
     out = capsys.readouterr().out
     assert "surgery/vanilla" in out and "naive/ours memory" in out
     assert "|      32 |     2 |" in out
+
+
+def test_explorer_benchmark_smoke_run(capsys):
+    spec = importlib.util.spec_from_file_location("bench_explorer", SCRIPT.with_name("bench_explorer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", "toy-vit", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| architecture toggle |" in out and "× vanilla forward" in out
