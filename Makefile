@@ -41,7 +41,8 @@ figures: setup
 	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.notebook_runner --out build/notebooks --figures figures
 
 lab: setup
-	@JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyterlab/user-settings $(VENV)/bin/jupyter lab notebooks
+	@JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyterlab/user-settings $(VENV)/bin/jupyter lab notebooks \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 clean:
 	rm -rf $(VENV) build figures *.egg-info .pytest_cache .ruff_cache
