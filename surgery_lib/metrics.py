@@ -89,3 +89,79 @@ class ExplainabilityMeter:
             "pairs": float(len(rows)),
             "classes": float(k),
         }
+
+    def add_scores(self, label: str, scores: MapScores) -> None:
+        """Add scores computed elsewhere (e.g. read back from a per-image record)."""
+        self._scores[label].append(scores)
+
+
+def masked_map_scores(heat: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> MapScores:
+    """:func:`map_scores` on the ``valid`` pixels only (e.g. without a dataset's ignore pixels).
+
+    Args:
+        heat: ``(H, W)`` map in [0, 1]; mask, valid: ``(H, W)`` boolean.
+    Raises:
+        ValueError: when shapes differ, or the mask is empty or covers every valid pixel.
+    """
+    if valid.shape != mask.shape:
+        raise ValueError(f"valid {tuple(valid.shape)} and mask {tuple(mask.shape)} must be the same (H, W)")
+    if heat.shape != mask.shape or heat.ndim != 2:
+        raise ValueError(f"map {tuple(heat.shape)} and mask {tuple(mask.shape)} must be the same (H, W)")
+    valid = valid.bool()
+    return map_scores(heat[valid].reshape(1, -1), mask.bool()[valid].reshape(1, -1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# multi-label recognition
+
+
+def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Non-interpolated average precision per class over the ranked list of images.
+
+    For each class, images are ranked by score (highest first);
+    ``AP = Σ_k (R_k − R_{k−1}) · P_k`` over the distinct score thresholds ``k``, i.e. the mean of the
+    precision at the rank of each positive, with tied scores counted as one threshold (so the result
+    does not depend on the order of the images; this equals scikit-learn's
+    ``average_precision_score``).
+
+    Args:
+        scores: ``(N, K)`` image-level scores.
+        targets: ``(N, K)`` 1 positive, 0 negative, any negative value: not evaluated (left out).
+    Returns:
+        ``(K,)`` float64 AP in [0, 1]; NaN for classes without a positive.
+    """
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must be (N, K)")
+    out = torch.full((scores.shape[1],), float("nan"), dtype=torch.float64)
+    for k in range(scores.shape[1]):
+        keep = targets[:, k] >= 0
+        s, t = scores[keep, k].double(), (targets[keep, k] > 0).double()
+        positives = float(t.sum())
+        if positives == 0:
+            continue
+        order = torch.argsort(s, descending=True, stable=True)
+        s, t = s[order], t[order]
+        tp, seen = torch.cumsum(t, 0), torch.arange(1, len(t) + 1, dtype=torch.float64)
+        last = torch.ones(len(s), dtype=torch.bool)
+        last[:-1] = s[1:] != s[:-1]  # the last image of each group of tied scores
+        tp, seen = tp[last], seen[last]
+        gained = torch.diff(tp, prepend=torch.zeros(1, dtype=torch.float64))
+        out[k] = float((gained / positives * tp / seen).sum())
+    return out
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, list[int]]:
+    """mAP (%) over the classes that have at least one positive, and the classes left out.
+
+    Args:
+        scores, targets: ``(N, K)`` as in :func:`average_precision`.
+    Returns:
+        ``(mAP in %, indices of the classes without a positive)``.
+    Raises:
+        ValueError: when no class has a positive.
+    """
+    ap = average_precision(scores, targets)
+    excluded = [int(k) for k in torch.nonzero(torch.isnan(ap)).flatten()]
+    if len(excluded) == len(ap):
+        raise ValueError("no class has a positive image: the mAP is undefined")
+    return 100.0 * float(ap[~torch.isnan(ap)].mean()), excluded

@@ -1,0 +1,473 @@
+"""Evaluate raw CLIP or CLIP Surgery on a dataset: explainability, segmentation or multi-label mAP.
+
+    python -m surgery_lib.evaluate --task segment --dataset voc --root data/VOCdevkit \\
+        --model toy-vit --pretrained default --method surgery --out runs/voc-surgery
+
+Tasks (datasets: :mod:`surgery_lib.datasets`):
+
+* ``explain``: per (image, class present) the similarity map at the label's size against the class
+  mask, ignore pixels left out (:func:`surgery_lib.metrics.masked_map_scores`): mIoU, mSC, pointing
+  game, share of "opposite" maps.
+* ``segment``: open-vocabulary segmentation (:mod:`surgery_lib.segmentation`, ``--protocol paper`` or
+  ``sliding``), mIoU from the summed confusion matrix.
+* ``multilabel``: image-level scores per class, mAP (:func:`surgery_lib.metrics.mean_average_precision`);
+  ``raw``: vanilla CLIP, softmax over the classes of 100 × the class token's cosine similarity;
+  ``surgery``: the class token's feature-surgery similarity (the paper's multi-class form). On
+  segmentation datasets a class is a positive of an image when any of its pixels is labelled.
+
+Outputs in ``--out``: ``results.json`` (summary, per-class scores, settings, timing), ``results.csv``
+(per-class table), ``run.json`` (the settings a resumed run must match) and ``parts/rank<r>.jsonl``
+(one record per finished image, appended after every batch). A rerun with the same settings reads the
+records and computes only the images that have none, so an interrupted run resumes where it stopped.
+
+Images are split into fixed batches of ``--batch-size`` in dataset order; under ``torchrun`` batch ``k``
+runs on rank ``k mod world_size`` (gloo on CPU, nccl on GPU), confusion matrices are summed with
+``all_reduce`` and per-image records gathered on rank 0, so the results equal a single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .config import SurgeryConfig
+from .datasets import DATASETS, Dataset, Sample, load_dataset
+from .explain import encode_image_tokens, similarity
+from .features import similarity_map
+from .images import reference_transform
+from .loading import load_clip
+from .metrics import (
+    ExplainabilityMeter,
+    MapScores,
+    average_precision,
+    masked_map_scores,
+    mean_average_precision,
+)
+from .segmentation import ConfusionMatrix, Protocol, predict_paper, predict_sliding, to_dataset_classes
+from .text import empty_prompt_features, text_features
+
+TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
+METHODS = {"raw": SurgeryConfig.off, "surgery": SurgeryConfig.paper}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m surgery_lib.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument(
+        "--root", type=Path, required=True, help="the dataset folder (layouts: surgery_lib.datasets)"
+    )
+    p.add_argument("--split", help="dataset split (default: val; test for nus_wide)")
+    p.add_argument("--model", default="toy-vit", help="toy-vit, toy-rn or an open_clip name (ViT-B-16, ...)")
+    p.add_argument("--pretrained", default="default", help="pretrained tag or weights file (see load_clip)")
+    p.add_argument("--checkpoint", type=Path, help="a local weights file")
+    p.add_argument("--method", choices=sorted(METHODS), default="surgery")
+    size_help = (
+        "input side: n×n for explain, multilabel and the paper protocol (default: the model's native size), "
+        "the short side for the sliding protocol (default: the dataset's)"
+    )
+    p.add_argument("--image-size", type=int, help=size_help)
+    p.add_argument("--protocol", choices=("paper", "sliding"), default="paper", help="segmentation protocol")
+    p.add_argument("--window", type=int, help="sliding window side (default 224)")
+    p.add_argument("--stride", type=int, help="sliding window stride (default 112)")
+    p.add_argument("--bg-threshold", type=float, help="background threshold (default 0.5)")
+    p.add_argument("--limit", type=int, help="only the first N images (in sorted order)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    p.add_argument("--out", type=Path, required=True)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; starts a process group when launched by ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device(f"cuda:{local}" if use_cuda and world > 1 else ("cuda" if use_cuda else "cpu"))
+    if world > 1:
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return dist.get_rank(), world, dev
+    return 0, 1, dev
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------
+# per-image records (append-only jsonl shards)
+
+
+def _read_records(parts: Path) -> dict[int, dict]:
+    """Every complete record in ``parts/*.jsonl`` by image index (a torn last line is skipped)."""
+    records: dict[int, dict] = {}
+    for path in sorted(parts.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records.setdefault(int(record["index"]), record)
+    return records
+
+
+def _repair(path: Path) -> None:
+    """Cut a torn last line (an interrupted write) so that new records start on a line of their own."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _append(path: Path, records: Sequence[dict]) -> None:
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------
+# the three tasks: a batch of samples -> one record per sample
+
+
+class _Context:
+    """What every batch needs: model, text features, config, protocol."""
+
+    def __init__(self, args: argparse.Namespace, dataset: Dataset, device: torch.device) -> None:
+        self.args, self.dataset = args, dataset
+        self.clip = load_clip(
+            args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device
+        )
+        self.model, self.tokenizer = self.clip.model, self.clip.tokenizer
+        self.config = METHODS[args.method]()
+        self.size = args.image_size or self.clip.image_size
+        fg = dataset.foreground
+        self.texts = text_features(self.model, self.tokenizer, [dataset.prompts[i] for i in fg])
+        self.position = {c: j for j, c in enumerate(fg)}
+        self.empty = empty_prompt_features(self.model, self.tokenizer)
+        self.protocol = Protocol.for_dataset(
+            args.protocol,
+            dataset.name,
+            image_size=args.image_size if args.protocol == "paper" else None,
+            short_side=args.image_size if args.protocol == "sliding" else None,
+            window=args.window,
+            stride=args.stride,
+            background_threshold=args.bg_threshold,
+        )
+
+    def candidates(self, sample: Sample) -> list[int]:
+        """Dataset class indices the image is evaluated on (its vocabulary, background excluded)."""
+        fg = self.dataset.foreground
+        return list(fg) if sample.vocabulary is None else [c for c in fg if c in sample.vocabulary]
+
+    def texts_for(self, candidates: Sequence[int]) -> torch.Tensor:
+        return self.texts[[self.position[c] for c in candidates]]
+
+    def tokens(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, tuple[int, int]]:
+        transform = reference_transform(self.size)
+        return encode_image_tokens(
+            self.model, torch.stack([transform(s.image) for s in samples]), self.config
+        )
+
+
+def _explain_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
+    tokens, grid = ctx.tokens(samples)
+    records = []
+    for b, sample in enumerate(samples):
+        cands = ctx.candidates(sample)
+        sim = similarity(tokens[b : b + 1], ctx.texts_for(cands), ctx.config, ctx.empty)
+        label = torch.from_numpy(sample.label)
+        valid = label != ctx.dataset.ignore_index
+        present = [c for c in cands if bool((label == c).any())]
+        pairs, skipped = [], []
+        if present:
+            cols = [cands.index(c) for c in present]
+            maps = similarity_map(sim[:, 1:, cols].cpu(), tuple(label.shape), grid)[0]
+            for j, c in enumerate(present):
+                name = ctx.dataset.class_names[c]
+                try:
+                    s = masked_map_scores(maps[:, :, j], label == c, valid)
+                except ValueError:
+                    skipped.append(name)  # the class covers every evaluated pixel: SC is undefined
+                    continue
+                pairs.append({"class": name, "iou": s.iou, "sc": s.score_contrast, "hit": s.pointing_hit})
+        records.append({"pairs": pairs, "skipped": skipped})
+    return records
+
+
+def _segment_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
+    background = ctx.dataset.background is not None
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, sample in enumerate(samples):
+        groups.setdefault(tuple(ctx.candidates(sample)), []).append(b)
+    preds: dict[int, torch.Tensor] = {}
+    for cands, members in groups.items():
+        images = [samples[b].image for b in members]
+        texts = ctx.texts_for(cands)
+        if ctx.protocol.name == "paper":
+            out = predict_paper(
+                ctx.model,
+                ctx.tokenizer,
+                images,
+                texts,
+                ctx.config,
+                ctx.protocol,
+                ctx.clip.image_size,
+                background,
+            )
+        else:
+            out = predict_sliding(
+                ctx.model,
+                ctx.tokenizer,
+                images,
+                texts,
+                ctx.config,
+                ctx.protocol,
+                background,
+                ctx.args.batch_size,
+            )
+        for b, positions in zip(members, out, strict=True):
+            preds[b] = to_dataset_classes(positions, cands, ctx.dataset.background)
+    records = []
+    for b, sample in enumerate(samples):
+        cm = ConfusionMatrix(len(ctx.dataset.class_names), ctx.dataset.ignore_index)
+        cm.update(preds[b], sample.label)
+        records.append({"confusion": cm.sparse()})
+    return records
+
+
+def _multilabel_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
+    tokens, _ = ctx.tokens(samples)
+    records = []
+    k = len(ctx.dataset.class_names)
+    for b, sample in enumerate(samples):
+        cands = ctx.candidates(sample)
+        texts = ctx.texts_for(cands)
+        if ctx.args.method == "raw":
+            row = torch.softmax(100.0 * tokens[b : b + 1, 0] @ texts.t(), dim=-1)[0]
+        else:
+            row = similarity(tokens[b : b + 1], texts, ctx.config, ctx.empty)[0, 0]
+        scores: list[float | None] = [None] * k
+        targets = [-1] * k
+        if sample.tags is not None:
+            present = {int(c) for c in np.nonzero(sample.tags)[0]}
+        else:
+            present = {int(c) for c in np.unique(sample.label)}
+        for j, c in enumerate(cands):
+            scores[c] = float(row[j])
+            targets[c] = int(c in present)
+        records.append({"scores": scores, "targets": targets})
+    return records
+
+
+_BATCH_FUNCTIONS = {"explain": _explain_batch, "segment": _segment_batch, "multilabel": _multilabel_batch}
+
+
+# ---------------------------------------------------------------------------------------------------
+# summaries
+
+
+def _summarise(task: str, dataset: Dataset, records: Sequence[dict], confusion: ConfusionMatrix) -> tuple:
+    """``(summary dict, per-class rows)`` of the task from all records in image order."""
+    names = dataset.class_names
+    if task == "explain":
+        meter = ExplainabilityMeter()
+        for record in records:
+            for p in record["pairs"]:
+                meter.add_scores(p["class"], MapScores(p["iou"], p["sc"], p["hit"]))
+        skipped = sum(len(r["skipped"]) for r in records)
+        summary = {**meter.summary(), "skipped_pairs": skipped} if len(meter) else {"skipped_pairs": skipped}
+        rows = [
+            {"class": c, "count": v["count"], "iou": 100.0 * v["iou"], "score_contrast": v["score_contrast"],
+             "pointing_game": 100.0 * v["pointing_game"]}
+            for c, v in meter.per_class().items()
+        ]  # fmt: skip
+        return summary, rows
+    if task == "segment":
+        iou = confusion.iou_per_class()
+        gt, pred = confusion.matrix.sum(1), confusion.matrix.sum(0)
+        summary = {"mIoU": confusion.miou(), "pixel_accuracy": confusion.pixel_accuracy()}
+        summary["classes_evaluated"] = int((~torch.isnan(iou)).sum())
+        rows = [
+            {
+                "class": names[c],
+                "iou": 100.0 * float(iou[c]),
+                "gt_pixels": int(gt[c]),
+                "pred_pixels": int(pred[c]),
+            }
+            for c in range(len(names))
+            if not torch.isnan(iou[c])
+        ]
+        return summary, rows
+    scores = torch.tensor(
+        [[0.0 if s is None else s for s in r["scores"]] for r in records], dtype=torch.float64
+    )
+    targets = torch.tensor([r["targets"] for r in records], dtype=torch.int64)
+    ap = average_precision(scores, targets)
+    m, excluded = mean_average_precision(scores, targets)
+    summary = {"mAP": m, "classes_evaluated": len(names) - len(excluded)}
+    summary["classes_without_positives"] = [names[c] for c in excluded if bool((targets[:, c] >= 0).any())]
+    rows = [
+        {"class": names[c], "ap": 100.0 * float(ap[c]), "positives": int((targets[:, c] > 0).sum())}
+        for c in range(len(names))
+        if not torch.isnan(ap[c])
+    ]
+    return summary, rows
+
+
+def _write_results(out: Path, result: dict, rows: Sequence[dict]) -> None:
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    with (out / "results.csv").open("w", newline="") as f:
+        fields = list(rows[0]) if rows else ["class"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# main
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """What a resumed run must share with the run that wrote the records."""
+    keys = ("task", "dataset", "root", "split", "model", "pretrained", "checkpoint", "method", "image_size",
+            "protocol", "window", "stride", "bg_threshold", "batch_size")  # fmt: skip
+    return {
+        k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys
+    }
+
+
+def _check_settings(out: Path, settings: dict, rank: int, world: int) -> None:
+    path = out / "run.json"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "parts").mkdir(exist_ok=True)
+        if path.is_file():
+            before = json.loads(path.read_text())
+            if before != settings:
+                changed = sorted(k for k in settings if before.get(k) != settings[k])
+                raise SystemExit(
+                    f"{out} holds results of a run with other settings ({', '.join(changed)}): "
+                    "use another --out or delete it"
+                )
+        else:
+            path.write_text(json.dumps(settings, indent=2) + "\n")
+    _barrier(world)
+
+
+def _run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
+    dataset = load_dataset(args.dataset, args.root, args.split)
+    if args.task in ("explain", "segment") and dataset.multilabel_only:
+        raise SystemExit(f"{args.dataset} has no label maps: only --task multilabel runs on it")
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be >= 1")
+    n = min(len(dataset), args.limit) if args.limit is not None else len(dataset)
+    _check_settings(args.out, _settings(args), rank, world)
+    parts = args.out / "parts"
+    own = parts / f"rank{rank}.jsonl"
+    _repair(own)
+    finished = {i: r for i, r in _read_records(parts).items() if i < n}
+    for i, record in finished.items():
+        if record["id"] != dataset.ids[i]:
+            raise SystemExit(
+                f"{parts}: the record of image {i} is for {record['id']!r}, the dataset now has "
+                f"{dataset.ids[i]!r} there: the dataset changed; use another --out"
+            )
+    ctx = _Context(args, dataset, device)
+    batches = [list(range(s, min(s + args.batch_size, n))) for s in range(0, n, args.batch_size)]
+    mine = [i for batch in batches[rank::world] for i in batch]
+    todo = [i for i in mine if i not in finished]
+    compute = _BATCH_FUNCTIONS[args.task]
+    start, computed = time.perf_counter(), 0
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=rank != 0, desc=args.task) as bar:
+        for batch in batches[rank::world]:
+            pending = [i for i in batch if i not in finished]
+            if not pending:
+                continue
+            samples = [dataset[i] for i in pending]
+            records = compute(ctx, samples)
+            for i, sample, record in zip(pending, samples, records, strict=True):
+                record.update(index=i, id=sample.image_id)
+                finished[i] = record
+            _append(own, records)
+            computed += len(pending)
+            bar.update(len(pending))
+    seconds = time.perf_counter() - start
+
+    shard = [finished[i] for i in mine]
+    confusion = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index)
+    if args.task == "segment":
+        for record in shard:
+            confusion.add_sparse(record["confusion"])
+    timing = [(computed, seconds)]
+    if world > 1:
+        state = confusion.state().to(device)
+        dist.all_reduce(state)
+        confusion.matrix = state.cpu()
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (shard, computed, seconds))
+        shard = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["index"])
+        timing = [(c, s) for _, c, s in gathered]
+    if rank != 0:
+        return 0
+    if len(shard) != n:
+        raise RuntimeError(f"expected {n} image records, got {len(shard)}")
+    summary, rows = _summarise(args.task, dataset, shard, confusion)
+    total_computed = sum(c for c, _ in timing)
+    result = {
+        "task": args.task,
+        "dataset": args.dataset,
+        "split": args.split,
+        "images": n,
+        "model": ctx.clip.name,
+        "pretrained": ctx.clip.pretrained,
+        "method": args.method,
+        "config": dataclasses.asdict(ctx.config),
+        "image_size": ctx.size,
+        "protocol": dataclasses.asdict(ctx.protocol) if args.task == "segment" else None,
+        "summary": summary,
+        "per_class": rows,
+        "run": {
+            "world_size": world,
+            "computed_images": total_computed,
+            "seconds": max(s for _, s in timing),
+            "seconds_per_image": sum(s for _, s in timing) / total_computed if total_computed else None,
+        },
+    }
+    _write_results(args.out, result, rows)
+    print(json.dumps({"summary": summary, "run": result["run"]}, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (see the module doc)."""
+    args = _parser().parse_args(argv)
+    rank, world, device = _init_distributed(args.device)
+    try:
+        return _run(args, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Confusion matrix / mIoU on hand-computed cases, and the two segmentation protocols on a tiny ViT."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_vit
+from PIL import Image
+
+from surgery_lib.config import SurgeryConfig
+from surgery_lib.explain import explain
+from surgery_lib.images import reference_transform
+from surgery_lib.segmentation import (
+    ConfusionMatrix,
+    Protocol,
+    class_similarity,
+    predict_paper,
+    predict_sliding,
+    to_dataset_classes,
+    window_boxes,
+)
+from surgery_lib.text import text_features
+
+
+def _target() -> torch.Tensor:
+    t = torch.zeros(4, 4, dtype=torch.int64)
+    t[:2, :2] = 1
+    return t
+
+
+def test_perfect_prediction():
+    cm = ConfusionMatrix(2)
+    cm.update(_target(), _target())
+    assert cm.miou() == 100.0 and cm.pixel_accuracy() == 100.0
+    assert cm.iou_per_class().tolist() == [1.0, 1.0]
+
+
+def test_inverted_prediction():
+    cm = ConfusionMatrix(2)
+    cm.update(1 - _target(), _target())
+    assert cm.miou() == 0.0 and cm.pixel_accuracy() == 0.0
+
+
+def test_hand_computed_with_ignore_pixels():
+    target = _target()
+    target[3, 3] = 255  # ignored, whatever is predicted there
+    pred = torch.zeros(4, 4, dtype=torch.int64)
+    pred[0, 0] = pred[3, 3] = 1
+    cm = ConfusionMatrix(3)
+    cm.update(pred.numpy(), target.numpy())
+    # class 1: tp 1, fn 3, fp 0 -> 1/4; class 0: tp 11, fp 3, fn 0 -> 11/14; class 2: absent -> NaN
+    iou = cm.iou_per_class()
+    assert iou[0] == pytest.approx(11 / 14) and iou[1] == pytest.approx(1 / 4) and math.isnan(iou[2])
+    assert cm.miou() == pytest.approx(100 * (11 / 14 + 1 / 4) / 2)
+    assert int(cm.matrix.sum()) == 15
+
+
+def test_empty_mask_class_predicted_counts_as_zero():
+    cm = ConfusionMatrix(3)
+    pred = _target() * 2  # class 2 predicted where class 1 is: class 1 and 2 get IoU 0
+    cm.update(pred, _target())
+    assert cm.iou_per_class().tolist() == [1.0, 0.0, 0.0]
+
+
+def test_merge_state_and_sparse_equal_one_matrix():
+    rng = np.random.default_rng(0)
+    preds, targets = rng.integers(0, 4, (3, 6, 5)), rng.integers(0, 4, (3, 6, 5))
+    targets[0, 0] = 255
+    whole = ConfusionMatrix(4)
+    whole.update(preds, targets)
+    parts = [ConfusionMatrix(4) for _ in range(3)]
+    for cm, p, t in zip(parts, preds, targets, strict=True):
+        cm.update(p, t)
+    merged = ConfusionMatrix(4)
+    merged.merge(parts[0])
+    merged.merge(parts[1].state())
+    merged.add_sparse(parts[2].sparse())
+    assert torch.equal(merged.matrix, whole.matrix)
+    with pytest.raises(ValueError, match="outside"):
+        whole.update(np.array([4]), np.array([0]))
+    with pytest.raises(ValueError, match="merge"):
+        whole.merge(torch.zeros(3, 3))
+
+
+def test_window_boxes_cover_and_end_at_the_border():
+    boxes = window_boxes(336, 500, 224, 112)
+    assert (0, 224, 0, 224) in boxes and (112, 336, 276, 500) in boxes
+    assert all(y1 - y0 == 224 and x1 - x0 == 224 for y0, y1, x0, x1 in boxes)
+    assert len(boxes) == 2 * 4
+    assert window_boxes(100, 300, 224, 112) == [(0, 100, 0, 224), (0, 100, 76, 300)]
+
+
+def test_to_dataset_classes():
+    positions = torch.tensor([[-1, 0], [1, 2]])
+    assert to_dataset_classes(positions, [3, 5, 7], background=0).tolist() == [[0, 3], [5, 7]]
+    with pytest.raises(ValueError, match="background"):
+        to_dataset_classes(positions, [3, 5, 7], background=None)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return make_vit()
+
+
+@pytest.fixture(scope="module")
+def texts(vit):
+    import open_clip
+
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    return tok, text_features(vit, tok, ["cat", "dog", "car"])
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(30, 40), (50, 20)]]
+
+
+@pytest.mark.parametrize("config", [SurgeryConfig.off(), SurgeryConfig.paper()])
+def test_class_similarity_is_the_library_similarity(vit, texts, config):
+    tok, feats = texts
+    images = torch.stack([reference_transform(32)(im) for im in _images()])
+    sim = class_similarity(vit, tok, images, feats, config)
+    ex = explain(vit, tok, images, ["cat", "dog", "car"], config)
+    assert sim.shape == (2, 3, 4, 4)
+    assert torch.allclose(sim.flatten(2).transpose(1, 2), ex.similarity[:, 1:], atol=1e-6)
+
+
+def test_paper_protocol(vit, texts):
+    tok, feats = texts
+    images = _images()
+    config = SurgeryConfig.paper()
+    preds = predict_paper(vit, tok, images, feats, config, Protocol("paper"), 32, background=False)
+    assert [p.shape for p in preds] == [(30, 40), (50, 20)]
+    assert all(p.min() >= 0 and p.max() <= 2 for p in preds)
+    with_bg = predict_paper(vit, tok, images, feats, config, Protocol("paper"), 32, background=True)
+    assert any((p == -1).any() for p in with_bg)  # min-max maps: some pixels fall below 0.5
+    assert all(torch.equal(p[q >= 0], q[q >= 0]) for p, q in zip(preds, with_bg, strict=True))
+    one = predict_paper(vit, tok, images[1:], feats, config, Protocol("paper"), 32, background=False)
+    assert torch.equal(one[0], preds[1])
+
+
+def test_sliding_protocol(vit, texts):
+    tok, feats = texts
+    images = _images()
+    protocol = Protocol.for_dataset("sliding", "voc", short_side=40, window=32, stride=16)
+    assert protocol.short_side == 40 and Protocol.for_dataset("sliding", "cityscapes").short_side == 560
+    config = SurgeryConfig.paper()
+    preds = predict_sliding(vit, tok, images, feats, config, protocol, background=False, batch_size=3)
+    assert [p.shape for p in preds] == [(30, 40), (50, 20)]
+    assert all(p.min() >= 0 for p in preds)
+    all_bg = predict_sliding(
+        vit,
+        tok,
+        images,
+        feats,
+        config,
+        protocol.__class__("sliding", short_side=40, window=32, stride=16, background_threshold=1.01),
+        background=True,
+    )
+    assert all((p == -1).all() for p in all_bg)
