@@ -47,7 +47,7 @@ from .datasets import DATASETS, Dataset, Sample, load_dataset
 from .explain import encode_image_tokens, similarity
 from .features import similarity_map
 from .images import reference_transform
-from .loading import load_clip
+from .loading import LoadedCLIP, load_clip
 from .metrics import (
     ExplainabilityMeter,
     MapScores,
@@ -55,7 +55,7 @@ from .metrics import (
     masked_map_scores,
     mean_average_precision,
 )
-from .segmentation import ConfusionMatrix, Protocol, predict_paper, predict_sliding, to_dataset_classes
+from .segmentation import ConfusionMatrix, Protocol, segment_samples
 from .text import empty_prompt_features, text_features
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary on stdout")
     return p
 
 
@@ -152,9 +153,11 @@ def _append(path: Path, records: Sequence[dict]) -> None:
 class _Context:
     """What every batch needs: model, text features, config, protocol."""
 
-    def __init__(self, args: argparse.Namespace, dataset: Dataset, device: torch.device) -> None:
+    def __init__(
+        self, args: argparse.Namespace, dataset: Dataset, device: torch.device, loaded: LoadedCLIP | None
+    ) -> None:
         self.args, self.dataset = args, dataset
-        self.clip = load_clip(
+        self.clip = loaded or load_clip(
             args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device
         )
         self.model, self.tokenizer = self.clip.model, self.clip.tokenizer
@@ -215,42 +218,11 @@ def _explain_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
 
 
 def _segment_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
-    background = ctx.dataset.background is not None
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for b, sample in enumerate(samples):
-        groups.setdefault(tuple(ctx.candidates(sample)), []).append(b)
-    preds: dict[int, torch.Tensor] = {}
-    for cands, members in groups.items():
-        images = [samples[b].image for b in members]
-        texts = ctx.texts_for(cands)
-        if ctx.protocol.name == "paper":
-            out = predict_paper(
-                ctx.model,
-                ctx.tokenizer,
-                images,
-                texts,
-                ctx.config,
-                ctx.protocol,
-                ctx.clip.image_size,
-                background,
-            )
-        else:
-            out = predict_sliding(
-                ctx.model,
-                ctx.tokenizer,
-                images,
-                texts,
-                ctx.config,
-                ctx.protocol,
-                background,
-                ctx.args.batch_size,
-            )
-        for b, positions in zip(members, out, strict=True):
-            preds[b] = to_dataset_classes(positions, cands, ctx.dataset.background)
+    preds = segment_samples(ctx.clip, ctx.dataset, samples, ctx.config, ctx.protocol, ctx.args.batch_size)
     records = []
-    for b, sample in enumerate(samples):
+    for pred, sample in zip(preds, samples, strict=True):
         cm = ConfusionMatrix(len(ctx.dataset.class_names), ctx.dataset.ignore_index)
-        cm.update(preds[b], sample.label)
+        cm.update(pred, sample.label)
         records.append({"confusion": cm.sparse()})
     return records
 
@@ -374,7 +346,9 @@ def _check_settings(out: Path, settings: dict, rank: int, world: int) -> None:
     _barrier(world)
 
 
-def _run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
+def _run(
+    args: argparse.Namespace, rank: int, world: int, device: torch.device, loaded: LoadedCLIP | None
+) -> int:
     dataset = load_dataset(args.dataset, args.root, args.split)
     if args.task in ("explain", "segment") and dataset.multilabel_only:
         raise SystemExit(f"{args.dataset} has no label maps: only --task multilabel runs on it")
@@ -392,13 +366,15 @@ def _run(args: argparse.Namespace, rank: int, world: int, device: torch.device) 
                 f"{parts}: the record of image {i} is for {record['id']!r}, the dataset now has "
                 f"{dataset.ids[i]!r} there: the dataset changed; use another --out"
             )
-    ctx = _Context(args, dataset, device)
+    ctx = _Context(args, dataset, device, loaded)
     batches = [list(range(s, min(s + args.batch_size, n))) for s in range(0, n, args.batch_size)]
     mine = [i for batch in batches[rank::world] for i in batch]
     todo = [i for i in mine if i not in finished]
     compute = _BATCH_FUNCTIONS[args.task]
     start, computed = time.perf_counter(), 0
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), disable=rank != 0, desc=args.task) as bar:
+    with tqdm(
+        total=len(mine), initial=len(mine) - len(todo), disable=rank != 0 or args.quiet, desc=args.task
+    ) as bar:
         for batch in batches[rank::world]:
             pending = [i for i in batch if i not in finished]
             if not pending:
@@ -454,16 +430,113 @@ def _run(args: argparse.Namespace, rank: int, world: int, device: torch.device) 
         },
     }
     _write_results(args.out, result, rows)
-    print(json.dumps({"summary": summary, "run": result["run"]}, indent=1))
+    if not args.quiet:
+        print(json.dumps({"summary": summary, "run": result["run"]}, indent=1))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line (see the module doc)."""
+def evaluate(
+    task: str,
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    model: str = "toy-vit",
+    pretrained: str = "default",
+    method: str = "surgery",
+    loaded: LoadedCLIP | None = None,
+    **options: object,
+) -> dict:
+    """Run one evaluation in this process, exactly as the command line does; returns ``results.json``.
+
+    ``loaded``: the model ``model``/``pretrained`` name, already loaded (saves loading it per call).
+
+    ``options`` are the other command-line flags by their Python names (``limit=20``,
+    ``protocol="sliding"``, ``image_size=448``, ``batch_size=16``, ``split="val"``, …). A finished or
+    interrupted run in ``out`` with the same settings is resumed: finished images are not recomputed.
+    """
+    argv = [f"--task={task}", f"--dataset={dataset}", f"--root={root}", f"--out={out}"]
+    argv += [f"--model={model}", f"--pretrained={pretrained}", f"--method={method}"]
+    for name, value in options.items():
+        flag = f"--{name.replace('_', '-')}"
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv.append(f"{flag}={value}")
+    if main(argv, loaded) != 0:  # pragma: no cover - main raises on every failure
+        raise RuntimeError(f"evaluation failed: {' '.join(argv)}")
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+def image_records(out: str | Path) -> list[dict]:
+    """The per-image records of the run in ``out``, in image order (multilabel: ``scores`` and
+    ``targets`` per class; explain: the scored ``pairs``; segment: the sparse confusion counts)."""
+    parts = Path(out) / "parts"
+    if not parts.is_dir():
+        raise FileNotFoundError(f"no evaluation records in {out}: {parts} is missing")
+    records = _read_records(parts)
+    return [records[i] for i in sorted(records)]
+
+
+_DATA = Path(__file__).resolve().parents[1] / "data"
+OFFLINE_DATASETS: dict[str, tuple[str, Path]] = {
+    "composites-seen": ("composites", _DATA / "composites" / "seen_instances"),
+    "composites-new": ("composites", _DATA / "composites" / "new_instances"),
+    "real": ("real", _DATA / "real"),
+}
+"""The evaluation sets shipped in ``data/`` (label -> (dataset name, root))."""
+
+
+def dataset_specs(spec: str = "") -> dict[str, tuple[str, Path]]:
+    """Datasets to evaluate, from ``"NAME=ROOT,NAME=ROOT"`` (NAME in :data:`DATASETS`; the label is
+    NAME), or the shipped :data:`OFFLINE_DATASETS` when ``spec`` is empty."""
+    if not spec.strip():
+        return dict(OFFLINE_DATASETS)
+    specs = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, root = part.partition("=")
+        if not sep or name not in DATASETS:
+            raise ValueError(f"bad dataset entry {part!r}: expected NAME=ROOT with NAME one of {DATASETS}")
+        specs[name] = (name, Path(root).expanduser())
+    return specs
+
+
+def evaluation_table(
+    task: str,
+    backbones: Sequence[str],
+    datasets: dict[str, tuple[str, Path]],
+    out_dir: str | Path,
+    methods: Sequence[str] = ("raw", "surgery"),
+    pretrained: str = "default",
+    **options: object,
+) -> list[dict]:
+    """One :func:`evaluate` per backbone × dataset × method (each resumable in its own folder under
+    ``out_dir``); rows of ``{"backbone", "dataset", "method", <summary>, "s_per_image", "out"}``."""
+    device = str(options.pop("device", "auto"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for backbone in backbones:
+        loaded = load_clip(backbone, pretrained=pretrained, device=device)
+        for label, (name, root) in datasets.items():
+            for method in methods:
+                out = Path(out_dir) / task / f"{backbone}__{pretrained}__{label}__{method}".replace("/", "_")
+                result = evaluate(
+                    task, name, root, out, backbone, pretrained, method, loaded, quiet=True, **options
+                )
+                summary = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
+                seconds = result["run"]["seconds_per_image"]
+                row = {"backbone": backbone, "dataset": label, "method": method, **summary}
+                rows.append({**row, "s_per_image": seconds, "out": str(out)})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None, loaded: LoadedCLIP | None = None) -> int:
+    """Command line (see the module doc). ``loaded``: the model of ``--model``, already loaded (the
+    caller vouches that it is what ``--model``/``--pretrained`` name)."""
     args = _parser().parse_args(argv)
     rank, world, device = _init_distributed(args.device)
     try:
-        return _run(args, rank, world, device)
+        return _run(args, rank, world, device, loaded)
     finally:
         if world > 1:
             dist.destroy_process_group()

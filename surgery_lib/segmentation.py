@@ -33,10 +33,12 @@ from PIL import Image
 from torch import nn
 
 from .config import SurgeryConfig
+from .datasets import Dataset, Sample
 from .explain import encode_image_tokens, similarity
 from .features import similarity_map
 from .images import OPENAI_MEAN, OPENAI_STD, reference_transform
-from .text import Tokenizer, empty_prompt_features
+from .loading import LoadedCLIP
+from .text import Tokenizer, empty_prompt_features, text_features
 
 SHORT_SIDE: dict[str, int] = {"ade20k": 448, "cityscapes": 560}
 """Short side of the sliding protocol per dataset; every other dataset: 336."""
@@ -283,3 +285,43 @@ def to_dataset_classes(
     if (out < 0).any():
         raise ValueError("a background prediction was made for a dataset without a background class")
     return out
+
+
+def segment_samples(
+    loaded: LoadedCLIP,
+    dataset: Dataset,
+    samples: Sequence[Sample],
+    config: SurgeryConfig,
+    protocol: Protocol,
+    batch_size: int = 16,
+) -> list[torch.Tensor]:
+    """Predicted label maps of ``samples``: per image ``(H, W)`` int64 dataset class indices.
+
+    Each image is predicted over its candidate classes (its ``vocabulary``, else the dataset's
+    foreground classes); images with the same candidates run together.
+    """
+    foreground = list(dataset.foreground)
+    texts = text_features(loaded.model, loaded.tokenizer, [dataset.prompts[c] for c in foreground])
+    position = {c: j for j, c in enumerate(foreground)}
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, sample in enumerate(samples):
+        vocabulary = sample.vocabulary
+        candidates = foreground if vocabulary is None else [c for c in foreground if c in vocabulary]
+        groups.setdefault(tuple(candidates), []).append(b)
+    has_background = dataset.background is not None
+    preds: dict[int, torch.Tensor] = {}
+    for candidates, members in groups.items():
+        images = [samples[b].image for b in members]
+        chosen = texts[[position[c] for c in candidates]]
+        if protocol.name == "paper":
+            model, tokenizer = loaded.model, loaded.tokenizer
+            out = predict_paper(
+                model, tokenizer, images, chosen, config, protocol, loaded.image_size, has_background
+            )
+        else:
+            out = predict_sliding(
+                loaded.model, loaded.tokenizer, images, chosen, config, protocol, has_background, batch_size
+            )
+        for b, positions in zip(members, out, strict=True):
+            preds[b] = to_dataset_classes(positions, candidates, dataset.background)
+    return [preds[b] for b in range(len(samples))]
