@@ -165,3 +165,29 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> tuple
     if len(excluded) == len(ap):
         raise ValueError("no class has a positive image: the mAP is undefined")
     return 100.0 * float(ap[~torch.isnan(ap)].mean()), excluded
+
+
+def precision_recall_curve(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precision and recall of one class at each distinct score threshold, highest threshold first.
+
+    The area under the steps ``Σ (R_k − R_{k−1}) · P_k`` is :func:`average_precision`.
+
+    Args:
+        scores: ``(N,)`` image-level scores; targets: ``(N,)`` 1 positive, 0 negative, < 0 left out.
+    Returns:
+        ``(precision, recall)``, each ``(M,)`` float64 with M the number of distinct scores.
+    Raises:
+        ValueError: shapes differ or there is no positive.
+    """
+    if scores.ndim != 1 or scores.shape != targets.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must be (N,)")
+    keep = targets >= 0
+    s, t = scores[keep].double(), (targets[keep] > 0).double()
+    if float(t.sum()) == 0:
+        raise ValueError("no positive image: the precision-recall curve is undefined")
+    order = torch.argsort(s, descending=True, stable=True)
+    s, t = s[order], t[order]
+    tp, seen = torch.cumsum(t, 0), torch.arange(1, len(t) + 1, dtype=torch.float64)
+    last = torch.ones(len(s), dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    return tp[last] / seen[last], tp[last] / t.sum()
