@@ -132,3 +132,65 @@ class SamSegmenter:
         )
         best = int(np.argmax(scores))
         return masks[best].astype(bool), float(scores[best])
+
+
+def point_precision(
+    points: torch.Tensor, labels: torch.Tensor, mask: np.ndarray | torch.Tensor
+) -> float | None:
+    """Share of the positive points (label 1) that fall inside ``mask``; None when there is none.
+
+    Args:
+        points: ``(K, 2)`` pixel coordinates ``[x, y]``; labels: ``(K,)`` 1 = object, 0 = background.
+        mask: ``(H, W)`` bool, in the points' frame.
+    """
+    mask_t = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if len(points) != len(labels):
+        raise ValueError(f"{len(points)} points but {len(labels)} labels")
+    positives = points[labels == 1].long()
+    if not len(positives):
+        return None
+    x, y = positives[:, 0], positives[:, 1]
+    h, w = mask_t.shape
+    if (x < 0).any() or (y < 0).any() or (x >= w).any() or (y >= h).any():
+        raise ValueError(f"points fall outside the (H, W) = {(h, w)} mask")
+    return float(mask_t[y, x].float().mean())
+
+
+def gate_rates(
+    probabilities: torch.Tensor | np.ndarray | list[float],
+    present: torch.Tensor | np.ndarray | list[bool],
+    thresholds: list[float],
+) -> list[dict]:
+    """The presence gate of :func:`text_points` at each threshold, over (image, label) pairs.
+
+    A pair passes the gate when its image-level probability is ``>= threshold`` (as
+    ``min_probability`` does).
+
+    Args:
+        probabilities: ``(P,)`` image-level probability of each pair's label.
+        present: ``(P,)`` whether the label is really in the image.
+    Returns:
+        one record per threshold: ``{"threshold", "false_positive" (% of absent pairs that pass),
+        "recall" (% of present pairs that pass), "absent", "present"}`` (rates are NaN without pairs).
+    """
+    probs = np.asarray(probabilities, dtype=float).reshape(-1)
+    there = np.asarray(present, dtype=bool).reshape(-1)
+    if probs.shape != there.shape:
+        raise ValueError(f"{probs.shape[0]} probabilities but {there.shape[0]} presence flags")
+
+    def rate(passed: np.ndarray) -> float:
+        return 100.0 * float(passed.mean()) if passed.size else float("nan")
+
+    records = []
+    for threshold in thresholds:
+        passes = probs >= threshold
+        records.append(
+            {
+                "threshold": float(threshold),
+                "false_positive": rate(passes[~there]),
+                "recall": rate(passes[there]),
+                "absent": int((~there).sum()),
+                "present": int(there.sum()),
+            }
+        )
+    return records

@@ -338,3 +338,255 @@ def line_chart(
         ax.legend(frameon=False)
         fig.tight_layout()
     return fig
+
+
+def caption_figure(
+    tokens: Sequence[str],
+    importance: torch.Tensor | np.ndarray | Sequence[float],
+    title: str = "",
+    cmap: str = "Reds",
+    width: float = 6.0,
+) -> Figure:
+    """The caption's words, each on a box shaded by its importance in [0, 1], with a colorbar.
+
+    Args:
+        tokens: the K words (e.g. :attr:`~surgery_lib.multimodal.CaptionTokens.words`).
+        importance: ``(K,)`` values in [0, 1] (e.g. :func:`~surgery_lib.multimodal.word_importance`).
+        width: figure width in inches; long captions wrap onto further lines.
+    """
+    values = _as_array(importance).astype(float).reshape(-1)
+    if _as_array(importance).ndim != 1 or len(values) != len(tokens):
+        raise ValueError(
+            f"need one importance per word: {len(tokens)} words, importance shape {values.shape}"
+        )
+    if not len(tokens):
+        raise ValueError("no words to draw")
+    plt = _pyplot()
+    colormap = plt.get_cmap(cmap)
+    with figure_style():
+        fig = plt.figure(figsize=(width, 1.0))
+        ax = fig.add_axes((0.02, 0.45, 0.96, 0.5))
+        ax.set_axis_off()
+        texts = []
+        for word, value in zip(tokens, values, strict=True):
+            shade = float(np.clip(value, 0.0, 1.0))
+            box = {"boxstyle": "round,pad=0.25", "facecolor": colormap(shade), "edgecolor": "none"}
+            color = "white" if shade > 0.6 else "black"
+            texts.append(ax.text(0, 0, word, fontsize=10, color=color, bbox=box, va="center"))
+        renderer = fig.canvas.get_renderer()
+        axes_width = ax.get_window_extent(renderer).width
+        gap = 0.025
+        lines, x = [[]], 0.0
+        for text in texts:  # wrap: a word goes on the next line when it would pass the right edge
+            w = text.get_window_extent(renderer).width / axes_width + gap
+            if x > 0 and x + w > 1.0:
+                lines.append([])
+                x = 0.0
+            lines[-1].append((text, x))
+            x += w
+        line_height, top, bar, below = 0.3, 0.3 if title else 0.05, 0.1, 0.4  # inches
+        words_height = line_height * len(lines)
+        height = top + words_height + 0.1 + bar + below
+        fig.set_size_inches(width, height)
+        ax.set_position((0.02, (below + bar + 0.1) / height, 0.96, words_height / height))
+        for row, line in enumerate(lines):
+            for text, x in line:
+                text.set_position((x + 0.005, 1.0 - (row + 0.5) / len(lines)))
+        cax = fig.add_axes((0.3, below / height, 0.4, bar / height))
+        fig.colorbar(_opaque(cmap), cax=cax, orientation="horizontal", label="word importance")
+        if title:
+            ax.set_title(title)
+    return fig
+
+
+def word_maps_figure(
+    image: Image.Image,
+    words: Sequence[str],
+    maps: torch.Tensor | np.ndarray,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_size: float = 1.3,
+) -> Figure:
+    """A strip: the image, then one map per word of a caption over it.
+
+    Args:
+        maps: ``(H, W, K)`` per-word maps in [0, 1], one per word (see :func:`map_grid`).
+    """
+    array = _as_array(maps)
+    _check_maps(array, words, "maps")
+    return map_grid([image], [array], list(words), cmap=cmap, alpha=alpha, panel_size=panel_size)
+
+
+def points_figure(
+    image: Image.Image,
+    heat: torch.Tensor | np.ndarray,
+    points: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    mask: np.ndarray | torch.Tensor | None = None,
+    title: str = "",
+    ax: Axes | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.45,
+    legend: bool = True,
+) -> Figure:
+    """A map over its image with SAM point prompts: positives as green stars, negatives as red crosses,
+    and the SAM mask (white outline, light fill) when given.
+
+    Args:
+        heat: ``(H, W)`` map in [0, 1]; the image is resized to it.
+        points: ``(K, 2)`` pixel coordinates ``[x, y]`` in the map's frame; labels: ``(K,)`` 1 / 0.
+        mask: ``(H, W)`` bool, or None.
+        ax: draw into these axes (e.g. one panel of a grid; make it with ``layout="constrained"`` so
+            the legend below each panel keeps its room); a new figure otherwise.
+    """
+    heat_a, raw_points, lab = _as_array(heat), _as_array(points), _as_array(labels).reshape(-1)
+    if heat_a.ndim != 2:
+        raise ValueError(f"the map must be (H, W), got shape {heat_a.shape}")
+    if (raw_points.size and (raw_points.ndim != 2 or raw_points.shape[1] != 2)) or len(raw_points) != len(
+        lab
+    ):
+        raise ValueError(f"need (K, 2) points and K labels, got {raw_points.shape} and {lab.shape}")
+    pts = raw_points.reshape(-1, 2)
+    plt = _pyplot()
+    with figure_style():
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(2.6, 2.8), layout="constrained")
+        else:
+            fig = ax.figure
+        _overlay(ax, image, heat_a, cmap, alpha)
+        if mask is not None:
+            m = _as_array(mask).astype(bool)
+            if m.shape != heat_a.shape:
+                raise ValueError(f"the mask {m.shape} must match the map {heat_a.shape}")
+            ax.imshow(np.ma.masked_where(~m, np.ones(m.shape)), cmap="gray", vmin=0, vmax=1, alpha=0.35)
+            ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=1.2)
+        pos, neg = pts[lab == 1], pts[lab == 0]
+        ax.scatter(pos[:, 0], pos[:, 1], marker="*", s=90, c="lime", edgecolors="black", linewidths=0.6)
+        ax.scatter(neg[:, 0], neg[:, 1], marker="x", s=40, c="red", linewidths=1.8)
+        ax.set_xlim(-0.5, heat_a.shape[1] - 0.5)
+        ax.set_ylim(heat_a.shape[0] - 0.5, -0.5)
+        if title:
+            ax.set_title(title)
+        if legend:
+            handles = [
+                plt.Line2D(
+                    [], [], marker="*", ls="", color="lime", mec="black", ms=9, label=f"object ({len(pos)})"
+                ),
+                plt.Line2D(
+                    [], [], marker="x", ls="", color="red", mew=1.8, ms=6, label=f"background ({len(neg)})"
+                ),
+            ]
+            if mask is not None:
+                handles.append(
+                    plt.Line2D(
+                        [],
+                        [],
+                        color="white",
+                        mec="black",
+                        lw=0,
+                        marker="s",
+                        ms=7,
+                        alpha=0.6,
+                        label="SAM mask",
+                    )
+                )
+            ax.legend(
+                handles=handles,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.01),
+                ncol=len(handles),
+                frameon=False,
+                fontsize=6,
+                handletextpad=0.2,
+                columnspacing=0.8,
+            )
+    return fig
+
+
+def label_colors(n: int) -> np.ndarray:
+    """``(n, 3)`` uint8 distinct colours for class indices (the PASCAL VOC palette rule)."""
+    colors = np.zeros((n, 3), dtype=np.uint8)
+    for index in range(n):
+        c, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colors[index] = (r, g, b)
+    return colors
+
+
+def segmentation_figure(
+    image: Image.Image,
+    label: np.ndarray | torch.Tensor,
+    predictions: Mapping[str, np.ndarray | torch.Tensor],
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+    panel_size: float = 2.0,
+) -> Figure:
+    """The image, its ground truth and each method's prediction as colour-coded class maps.
+
+    Args:
+        label: ``(H, W)`` ground-truth class indices (``ignore_index``: drawn white).
+        predictions: ``{method: (H, W)}`` predicted class indices.
+        class_names: names of the class indices; the legend lists the classes that appear.
+    """
+    label = _as_array(label).astype(np.int64)
+    preds = {k: _as_array(v).astype(np.int64) for k, v in predictions.items()}
+    for name, pred in preds.items():
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction {name!r} is {pred.shape}, the label map {label.shape}")
+    colors = label_colors(len(class_names))
+
+    def paint(classes: np.ndarray) -> np.ndarray:
+        rgb = np.full((*classes.shape, 3), 255, dtype=np.uint8)
+        valid = (classes >= 0) & (classes < len(class_names))
+        rgb[valid] = colors[classes[valid]]
+        return rgb
+
+    plt = _pyplot()
+    panels = {"image": None, "ground truth": label, **preds}
+    with figure_style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.6))
+        for ax, (title, classes) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+            ax.imshow(_fitted(image, label.shape) if classes is None else paint(classes))
+            ax.set_title(title)
+            _bare(ax)
+        shown = sorted(
+            {int(c) for m in (label, *preds.values()) for c in np.unique(m) if 0 <= c < len(class_names)}
+        )
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=colors[c] / 255.0, label=class_names[c]) for c in shown]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), frameon=False)
+        fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(handles) // 6), 1, 1))
+    return fig
+
+
+def pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "") -> Figure:
+    """Precision-recall curves: ``{name: (precision, recall)}`` (steps, as average precision integrates)."""
+    if not curves:
+        raise ValueError("no curves to plot")
+    plt = _pyplot()
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(3.2, 2.8))
+        for name, (precision, recall) in curves.items():
+            p, r = _as_array(precision), _as_array(recall)
+            if p.shape != r.shape:
+                raise ValueError(f"curve {name!r}: precision {p.shape} and recall {r.shape} differ")
+            ax.step(
+                np.concatenate([[0.0], r]),
+                np.concatenate([[p[0] if len(p) else 1.0], p]),
+                where="pre",
+                label=name,
+            )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        if title:
+            ax.set_title(title)
+        ax.legend(frameon=False, fontsize=6)
+        fig.tight_layout()
+    return fig

@@ -345,3 +345,203 @@ class AttentionExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+def _error_html(error: Exception) -> str:
+    return f"<span style='color:#b00'>{html.escape(str(error))}</span>"
+
+
+class CaptionExplorer:
+    """Type a caption: the importance of each of its words and each word's map on one image.
+
+    Args:
+        loaded: a model from :func:`surgery_lib.loading.load_clip`.
+        image: the image (PIL); its tokens are computed once, under ``config`` (paper by default).
+        caption: the starting caption (editable in a text box, applied on Enter).
+        redundancy: the starting option of :func:`~surgery_lib.multimodal.word_similarity`.
+
+    ``caption_image`` shows the caption figure, ``image`` the strip of per-word maps; errors (an empty
+    or too long caption) go to ``status`` and the last figures stay. Rendered figures are cached per
+    (caption, redundancy).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedCLIP,
+        image: Image.Image,
+        caption: str,
+        redundancy: str = "empty_prompt",
+        config: SurgeryConfig | None = None,
+    ) -> None:
+        from .multimodal import WordRedundancy
+
+        w = _widgets()
+        self.loaded, self.picture = loaded, image
+        batch = loaded.reference_preprocess(image).unsqueeze(0)
+        self._tokens, self._grid = encode_image_tokens(loaded.model, batch, config or SurgeryConfig.paper())
+        self._empty = empty_prompt_features(loaded.model, loaded.tokenizer)
+        self._size = display_size(image)
+        self._shown = image.resize(self._size[::-1], Image.BICUBIC)
+        self.caption_box = w.Text(value=caption, description="caption", continuous_update=False)
+        self.caption_box.layout.width = "40em"
+        self.redundancy = w.Dropdown(
+            options=list(get_args(WordRedundancy)), value=redundancy, description="redundancy"
+        )
+        self.status = w.HTML()
+        self.caption_image = w.Image(format="png")
+        self.image = w.Image(format="png")
+        self._png: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self.hits = self.misses = 0
+        for control in (self.caption_box, self.redundancy):
+            control.observe(self._on_change, names="value")
+        self.widget = w.VBox(
+            [w.HBox([self.caption_box, self.redundancy]), self.status, self.caption_image, self.image]
+        )
+        self.redraw()
+
+    @torch.no_grad()
+    def words(self, caption: str, redundancy: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The caption's words, their importance ``(K,)`` and per-word maps ``(H, W, K)`` at display size."""
+        from .multimodal import caption_tokens, word_importance, word_similarity
+
+        cap = caption_tokens(self.loaded.model, self.loaded.tokenizer, caption)
+        sim = word_similarity(self._tokens, cap, redundancy, self._empty)
+        return cap.words, word_importance(sim)[0], similarity_map(sim[:, 1:], self._size, self._grid)[0]
+
+    def redraw(self) -> None:
+        """Show the current caption and redundancy (rendered once per pair, then from the cache)."""
+        key = (self.caption_box.value, self.redundancy.value)
+        if key in self._png:
+            self.hits += 1
+        else:
+            self.misses += 1
+            words, importance, maps = self.words(*key)
+            figures = [viz.caption_figure(words, importance), viz.word_maps_figure(self._shown, words, maps)]
+            self._png[key] = tuple(viz.figure_png(fig) for fig in figures)
+            for fig in figures:
+                viz.close(fig)
+        self.caption_image.value, self.image.value = self._png[key]
+        self.status.value = (
+            f"{html.escape(key[0])} · redundancy {key[1]} · cached {self.hits} / drawn {self.misses}"
+        )
+
+    def _on_change(self, _change: object = None) -> None:
+        try:
+            self.redraw()
+        except (ValueError, TypeError) as error:  # empty or too long caption: say so, keep the figures
+            self.status.value = _error_html(error)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class SamExplorer:
+    """Type a target word (or ``"a+b"``): its map on the image with the SAM point prompts, and SAM's
+    mask when a :class:`~surgery_lib.sam.SamSegmenter` is given.
+
+    Args:
+        loaded: a model from :func:`surgery_lib.loading.load_clip`.
+        image: the image (PIL); maps of all ``labels`` are computed once, under ``config``.
+        labels: the labels a target may name (the class list; feature surgery uses all of them).
+        segmenter: optional SAM; without it only the points are shown.
+
+    Sliders: ``threshold`` (the reference rule's 0.8), ``quantile`` (0 = use the threshold; else the
+    positives are the cells above this quantile of the map) and ``gate`` (``min_probability``; 0 = no
+    presence gate). Errors (an unknown label) go to ``status`` and the last figure stays. Rendered
+    figures are cached per (target, threshold, quantile, gate).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedCLIP,
+        image: Image.Image,
+        labels: Sequence[str],
+        segmenter: object | None = None,
+        target: str | None = None,
+        config: SurgeryConfig | None = None,
+    ) -> None:
+        from .explain import explain
+
+        w = _widgets()
+        self.labels = validate_labels(labels)
+        self.segmenter = segmenter
+        self._size = display_size(image)
+        self._shown = image.resize(self._size[::-1], Image.BICUBIC)
+        batch = loaded.reference_preprocess(image).unsqueeze(0)
+        self.explanation = explain(loaded.model, loaded.tokenizer, batch, self.labels, config, self._size)
+        self.target = w.Text(value=target or self.labels[0], description="target", continuous_update=False)
+        self.threshold = w.FloatSlider(value=0.8, min=0.0, max=1.0, step=0.05, description="threshold")
+        self.quantile = w.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description="quantile")
+        self.gate = w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="gate p ≥")
+        self.status = w.HTML()
+        self.image = w.Image(format="png")
+        self._png: dict[tuple, bytes] = {}
+        self.hits = self.misses = 0
+        for control in (self.target, self.threshold, self.quantile, self.gate):
+            control.observe(self._on_change, names="value")
+        controls = w.VBox([self.target, self.threshold, self.quantile, self.gate])
+        self.widget = w.VBox([controls, self.status, self.image])
+        self.redraw()
+
+    def _key(self) -> tuple:
+        return (self.target.value.strip(), self.threshold.value, self.quantile.value, self.gate.value)
+
+    def points(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current target's point prompts ``([x, y] (K, 2), labels (K,))`` at display size."""
+        from .sam import text_points
+
+        target, threshold, quantile, gate = self._key()
+        return text_points(
+            self.explanation,
+            target,
+            threshold=threshold,
+            quantile=quantile or None,
+            min_probability=gate or None,
+        )
+
+    def figure(self):
+        """The current view as a matplotlib ``Figure``: the target's (mean) map, its points, SAM's mask."""
+        from .sam import parse_target
+
+        target = self._key()[0]
+        indices = parse_target(target, self.explanation.labels)
+        points, labels = self.points()
+        heat = self.explanation.maps[0][:, :, indices].mean(dim=-1)
+        mask = None
+        if self.segmenter is not None and len(points):
+            import numpy as np
+
+            mask, _ = self.segmenter.segment(np.asarray(self._shown), points, labels)
+        probability = float(self.explanation.image_scores[0, indices].max())
+        title = (
+            f"{target} (p = {probability:.3g})"
+            if len(points)
+            else f"{target}: gated out (p = {probability:.3g})"
+        )
+        return viz.points_figure(self._shown, heat, points, labels, mask, title=title)
+
+    def redraw(self) -> None:
+        """Show the current target (rendered once per control state, then from the cache)."""
+        key = self._key()
+        if key in self._png:
+            self.hits += 1
+        else:
+            self.misses += 1
+            fig = self.figure()
+            self._png[key] = viz.figure_png(fig)
+            viz.close(fig)
+        self.image.value = self._png[key]
+        self.status.value = f"target {html.escape(key[0])} · cached {self.hits} / drawn {self.misses}"
+
+    def _on_change(self, _change: object = None) -> None:
+        try:
+            self.redraw()
+        except (ValueError, TypeError) as error:  # unknown label or bad target: say so, keep the figure
+            self.status.value = _error_html(error)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

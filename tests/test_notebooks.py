@@ -21,7 +21,8 @@ def test_the_notebooks_are_numbered_in_order():
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_saves_its_figures(path, tmp_path):
-    out = run_notebook(path, tmp_path / "nb", tmp_path / "figures", timeout=600, env=SMALL)
+    env = {**SMALL, "SURGERY_EVAL_DIR": str(tmp_path / "eval")}  # no results reused from earlier runs
+    out = run_notebook(path, tmp_path / "nb", tmp_path / "figures", timeout=600, env=env)
     notebook = nbformat.read(out, as_version=4)
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code)

@@ -107,3 +107,41 @@ def test_charts_and_png_bytes():
     fig = viz.bar_chart({"cat": {"raw": 1.0, "surgery": 2.0}, "dog": {"raw": -1.0}}, "AP")
     assert len(fig.axes[0].patches) == 4  # 2 groups × 2 series (a missing value is a NaN bar)
     viz.close(fig)
+
+
+def test_label_colors_follow_the_voc_palette():
+    colors = viz.label_colors(21)
+    assert colors[0].tolist() == [0, 0, 0] and colors[1].tolist() == [128, 0, 0]
+    assert colors[15].tolist() == [192, 128, 128]  # VOC "person"
+    assert len({tuple(c) for c in colors.tolist()}) == 21
+
+
+def test_segmentation_figure_panels_and_legend(image):
+    label = np.zeros((40, 60), np.int64)
+    label[10:20, 10:30] = 2
+    label[0, 0] = 255  # ignored: drawn white
+    pred = np.ones((40, 60), np.int64)
+    fig = viz.segmentation_figure(
+        image, label, {"raw": pred, "surgery": label.clip(0, 2)}, ["bg", "cat", "dog"]
+    )
+    assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "raw", "surgery"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bg", "cat", "dog"]
+    drawn = fig.axes[1].images[0].get_array()
+    assert (
+        drawn[0, 0].tolist() == [255, 255, 255] and drawn[15, 15].tolist() == viz.label_colors(3)[2].tolist()
+    )
+    viz.close(fig)
+    with pytest.raises(ValueError, match="prediction 'raw'"):
+        viz.segmentation_figure(image, label, {"raw": pred[:10]}, ["bg", "cat", "dog"])
+
+
+def test_pr_curves():
+    fig = viz.pr_curves(
+        {"raw": ([1.0, 0.5], [0.5, 1.0]), "surgery": (np.array([1.0]), np.array([1.0]))}, "cat"
+    )
+    assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_title() == "cat"
+    viz.close(fig)
+    with pytest.raises(ValueError, match="no curves"):
+        viz.pr_curves({})
+    with pytest.raises(ValueError, match="differ"):
+        viz.pr_curves({"x": ([1.0, 0.5], [1.0])})

@@ -152,6 +152,188 @@ def point_scores(
     return result
 
 
+def read_captions(root: Path, limit: int | None = None) -> list[str]:
+    """The caption of each image of an evaluation set (``labels.json`` ``"caption"``), in order.
+
+    Raises:
+        ValueError: an image has no caption (the message names its file).
+    """
+    labels_path = Path(root) / "labels.json"
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"not an evaluation set: {labels_path} is missing")
+    captions = []
+    for entry in json.loads(labels_path.read_text())["images"][:limit]:
+        if not entry.get("caption"):
+            raise ValueError(f"{labels_path}: image {entry['file']} has no caption")
+        captions.append(entry["caption"])
+    return captions
+
+
+def _is_class_word(word: str, labels: Sequence[str]) -> bool:
+    """Whether a caption token is (a word of) one of ``labels``, e.g. "cat" of "big cat"."""
+    return word.strip().lower() in {part.lower() for label in labels for part in label.split()}
+
+
+def _size_batches(items: Sequence[EvalItem], batch: int) -> list[list[int]]:
+    """Indices of consecutive items of the same image size, at most ``batch`` per group."""
+    groups: list[list[int]] = []
+    for i, item in enumerate(items):
+        if not groups or len(groups[-1]) == batch or items[groups[-1][0]].image.size != item.image.size:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
+@torch.no_grad()
+def caption_word_records(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    items: Sequence[EvalItem],
+    captions: Sequence[str],
+    image_size: int,
+    redundancies: Sequence[str] = ("empty_prompt", "word_mean"),
+) -> list[dict]:
+    """Which caption word each method finds most important, and whether it names a class in the image.
+
+    For every image, method (raw CLIP, CLIP Surgery; :data:`METHODS`) and redundancy option of
+    :func:`~surgery_lib.multimodal.word_similarity`, two importances of the ``(K,)`` words:
+    ``"class token"`` (:func:`~surgery_lib.multimodal.word_importance`: the class token's score;
+    the same for both methods when the class token is vanilla, and for every redundancy, which
+    shifts all words equally) and ``"patch peak"`` (each word's highest patch similarity, i.e. the
+    peak of its map).
+
+    Returns:
+        records ``{"image", "method", "redundancy", "importance", "word", "hit", "chance"}``: ``hit``
+        = the top word is a word of a class present in the image (``items[i].masks``); ``chance`` =
+        the share of such words in the caption (the hit rate of a random word).
+    """
+    from ..multimodal import caption_tokens, word_importance, word_similarity
+
+    if len(captions) != len(items):
+        raise ValueError(f"{len(captions)} captions for {len(items)} images")
+    transform = reference_transform(image_size)
+    empty = empty_prompt_features(model, tokenizer)
+    records = []
+    for i, (item, caption) in enumerate(zip(items, captions, strict=True)):
+        cap = caption_tokens(model, tokenizer, caption)
+        is_class = [_is_class_word(word, list(item.masks)) for word in cap.words]
+        images = transform(item.image)[None]
+        for method, config in METHODS.items():
+            tokens, _ = encode_image_tokens(model, images, config)
+            for redundancy in redundancies:
+                sim = word_similarity(tokens, cap, redundancy, empty)
+                scores = {"class token": word_importance(sim)[0], "patch peak": sim[0, 1:].amax(dim=0)}
+                for importance, score in scores.items():
+                    top = int(score.argmax())
+                    records.append(
+                        {
+                            "image": i,
+                            "method": method,
+                            "redundancy": redundancy,
+                            "importance": importance,
+                            "word": cap.words[top],
+                            "hit": is_class[top],
+                            "chance": sum(is_class) / len(is_class),
+                        }
+                    )
+    return records
+
+
+@torch.no_grad()
+def point_precision_records(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    classes: Sequence[str],
+    items: Sequence[EvalItem],
+    image_size: int,
+    threshold: float = 0.8,
+    batch: int = 16,
+) -> list[dict]:
+    """Text -> SAM point precision of raw CLIP and CLIP Surgery, per (image, present class, method).
+
+    Similarities are computed over all ``classes`` (as :func:`~surgery_lib.explain.explain` does) and
+    turned into points at each image's own size (:func:`~surgery_lib.sam.text_points` for one label);
+    only the classes present in an image that are among ``classes`` are scored (so a model can be
+    measured on the classes it knows).
+
+    Returns:
+        records ``{"image", "class", "method", "precision", "positives"}``; ``precision`` (%) = share
+        of the positive points inside the class mask (:func:`~surgery_lib.sam.point_precision`),
+        None when there are no positives.
+    """
+    from ..features import similarity_to_points
+    from ..sam import point_precision
+
+    transform = reference_transform(image_size)
+    texts = text_features(model, tokenizer, classes)
+    empty = empty_prompt_features(model, tokenizer)
+    records = []
+    for group in _size_batches(items, batch):
+        images = torch.stack([transform(items[i].image) for i in group])
+        size = (items[group[0]].image.height, items[group[0]].image.width)
+        for method, config in METHODS.items():
+            tokens, grid = encode_image_tokens(model, images, config)
+            sim = similarity(tokens, texts, config, empty)  # as explain(); no maps needed for points
+            for b, i in enumerate(group):
+                for label, mask in items[i].masks.items():
+                    if label not in classes:
+                        continue
+                    j = list(classes).index(label)
+                    points, labels = similarity_to_points(sim[b, 1:, j], size, grid=grid, threshold=threshold)
+                    precision = point_precision(points, labels, mask)
+                    records.append(
+                        {
+                            "image": i,
+                            "class": label,
+                            "method": method,
+                            "precision": None if precision is None else 100.0 * precision,
+                            "positives": int((labels == 1).sum()),
+                        }
+                    )
+    return records
+
+
+@torch.no_grad()
+def presence_records(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    classes: Sequence[str],
+    items: Sequence[EvalItem],
+    image_size: int,
+    batch: int = 16,
+) -> list[dict]:
+    """The image-level probability of every (image, class) pair, and whether the class is present.
+
+    The probability is :attr:`~surgery_lib.explain.Explanation.image_scores` (softmax over
+    ``classes`` of 100 × the class token's cosine similarity), what the presence gate of
+    :func:`~surgery_lib.sam.text_points` thresholds; feed the records to
+    :func:`~surgery_lib.sam.gate_rates`.
+
+    Returns:
+        records ``{"image", "class", "probability", "present"}``, ``len(items) × len(classes)``.
+    """
+    transform = reference_transform(image_size)
+    texts = text_features(model, tokenizer, classes)
+    records = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        tokens, _ = encode_image_tokens(
+            model, torch.stack([transform(it.image) for it in chunk]), METHODS["raw"]
+        )
+        probs = torch.softmax(100.0 * tokens[:, 0] @ texts.t(), dim=-1)
+        for b, item in enumerate(chunk):
+            for j, label in enumerate(classes):
+                records.append(
+                    {
+                        "image": start + b,
+                        "class": label,
+                        "probability": float(probs[b, j]),
+                        "present": label in item.masks,
+                    }
+                )
+    return records
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..loading import load_clip
 
