@@ -46,8 +46,9 @@ def text_points(
     """SAM point prompts ``([x, y] (K, 2) int64, labels (K,) int64)`` for ``target`` on one image.
 
     A single label gives exactly :func:`~surgery_lib.features.similarity_to_points`. For
-    ``"a+b"``, positives are each class's positive points and negatives the lowest cells of the
-    targets' mean map, as many as there are positives (at most half the cells). With
+    ``"a+b"``, positives are each class's positive points (a cell positive for both counts once) and
+    negatives the lowest cells of the targets' mean map that are not positives, as many as there are
+    positives (from the lower half of the cells). With
     ``min_probability``, a target none of whose labels reaches that image-level probability
     (``explanation.image_scores``) yields no points.
     """
@@ -66,13 +67,24 @@ def text_points(
     for j in indices:
         points, labels = similarity_to_points(sims[:, j], size, **kwargs)
         positives.append(points[labels == 1])
-    pos = torch.cat(positives)
+    pos = _unique_rows(torch.cat(positives))
     mean_map = sims[:, indices].mean(dim=1)
     mean_points, mean_labels = similarity_to_points(mean_map, size, grid=explanation.grid, threshold=0.0)
     lowest = mean_points[mean_labels == 0]  # the lowest cells of the mean map, lowest first
-    neg = lowest[: len(pos)]
+    taken = {tuple(p) for p in pos.tolist()}
+    neg = lowest[[tuple(p) not in taken for p in lowest.tolist()]][: len(pos)]  # never on a positive
     labels = torch.cat([torch.ones(len(pos), dtype=torch.int64), torch.zeros(len(neg), dtype=torch.int64)])
     return torch.cat([pos, neg]), labels
+
+
+def _unique_rows(points: torch.Tensor) -> torch.Tensor:
+    """``points`` ``(K, 2)`` without repeated rows, first occurrences in their order."""
+    seen: set[tuple[int, ...]] = set()
+    keep = []
+    for row in points.tolist():
+        keep.append(tuple(row) not in seen)
+        seen.add(tuple(row))
+    return points[torch.tensor(keep, dtype=torch.bool)] if len(points) else points
 
 
 class SamSegmenter:

@@ -104,6 +104,34 @@ def test_combined_target_positives_from_each_map_negatives_from_the_mean():
     assert (((neg[:, 0] >= 40) & (neg[:, 1] < 40)) | ((neg[:, 0] < 40) & (neg[:, 1] >= 40))).all()
 
 
+def test_combined_target_never_puts_a_negative_on_a_positive():
+    """'cat' is hot where 'bench' is very cold: the mean map is lowest on cat's positives."""
+    h = w = 8
+    sim = torch.zeros(1, 1 + h * w, 2)
+    grid = torch.zeros(h, w, 2)
+    grid[:2, :2, 0] = 1.0  # cat: top-left
+    grid[:2, :2, 1] = -3.0  # bench: very cold exactly there...
+    grid[6:, 6:, 1] = 1.0  # ...and hot bottom-right
+    sim[0, 1:] = grid.reshape(h * w, 2)
+    ex = Explanation(
+        ["cat", "bench"], sim, similarity_map(sim[:, 1:], (80, 80), (h, w)), (h, w), torch.ones(1, 2)
+    )
+    points, labels = text_points(ex, "cat+bench")
+    pos = {tuple(p) for p in points[labels == 1].tolist()}
+    neg = {tuple(p) for p in points[labels == 0].tolist()}
+    assert pos and neg and not pos & neg
+    assert len(pos) == int((labels == 1).sum())  # no positive twice
+    assert int((labels == 0).sum()) == len(neg) <= len(pos)
+
+
+def test_combined_target_counts_a_shared_positive_once():
+    ex = _explanation()
+    points, labels = text_points(ex, "cat+cat")
+    single, single_labels = text_points(ex, "cat")
+    assert int((labels == 1).sum()) == int((single_labels == 1).sum())
+    assert torch.equal(points[labels == 1], single[single_labels == 1])
+
+
 def test_presence_gate():
     ex = _explanation()
     points, labels = text_points(ex, "sky", min_probability=0.1)
