@@ -448,9 +448,9 @@ class SamExplorer:
         segmenter: optional SAM; without it only the points are shown.
 
     Sliders: ``threshold`` (the reference rule's 0.8), ``quantile`` (0 = use the threshold; else the
-    positives are the cells above this quantile of the map) and ``gate`` (``min_probability``; 0 = no
-    presence gate). Errors (an unknown label) go to ``status`` and the last figure stays. Rendered
-    figures are cached per (target, threshold, quantile, gate).
+    positives are the cells above this quantile of the map) and ``gate`` (``min_probability``, on a log
+    scale; used when ``gate_on`` is ticked). Errors (an unknown label) go to ``status`` and the last
+    figure stays. Rendered figures are cached per (target, threshold, quantile, gate).
     """
 
     def __init__(
@@ -474,19 +474,23 @@ class SamExplorer:
         self.target = w.Text(value=target or self.labels[0], description="target", continuous_update=False)
         self.threshold = w.FloatSlider(value=0.8, min=0.0, max=1.0, step=0.05, description="threshold")
         self.quantile = w.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description="quantile")
-        self.gate = w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, description="gate p ≥")
+        # image-level probabilities span many orders of magnitude (a small CLIP's are very peaked): a log
+        # slider from 1e-9 to 1, and a checkbox to switch the gate on
+        self.gate_on = w.Checkbox(value=False, description="presence gate", indent=False)
+        self.gate = w.FloatLogSlider(value=1e-7, base=10, min=-9, max=0, step=0.25, description="gate p ≥")
         self.status = w.HTML()
         self.image = w.Image(format="png")
         self._png: dict[tuple, bytes] = {}
         self.hits = self.misses = 0
-        for control in (self.target, self.threshold, self.quantile, self.gate):
+        for control in (self.target, self.threshold, self.quantile, self.gate_on, self.gate):
             control.observe(self._on_change, names="value")
-        controls = w.VBox([self.target, self.threshold, self.quantile, self.gate])
+        controls = w.VBox([self.target, self.threshold, self.quantile, w.HBox([self.gate_on, self.gate])])
         self.widget = w.VBox([controls, self.status, self.image])
         self.redraw()
 
     def _key(self) -> tuple:
-        return (self.target.value.strip(), self.threshold.value, self.quantile.value, self.gate.value)
+        gate = self.gate.value if self.gate_on.value else 0.0
+        return (self.target.value.strip(), self.threshold.value, self.quantile.value, gate)
 
     def points(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current target's point prompts ``([x, y] (K, 2), labels (K,))`` at display size."""

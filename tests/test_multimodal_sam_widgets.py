@@ -233,7 +233,8 @@ def test_sam_explorer_follows_the_target(loaded, items):
     assert bytes(explorer.image.value) == first and explorer.hits == 1
     explorer.quantile.value = 0.5
     assert bytes(explorer.image.value) != first
-    explorer.gate.value = 1.0  # no label reaches probability 1: gated out, no points
+    explorer.gate.value = 1.0
+    explorer.gate_on.value = True  # no label reaches probability 1: gated out, no points
     assert len(explorer.points()[0]) == 0 and bytes(explorer.image.value) != first
 
 
@@ -253,5 +254,6 @@ def test_sam_explorer_with_a_segmenter(loaded, items):
     with_sam = SamExplorer(loaded, items[2].image, CLASSES, segmenter=segmenter, target="pepper")
     assert calls and calls[0][0] == (224, 224, 3)
     assert bytes(with_sam.image.value) != bytes(plain.image.value)  # the mask is drawn
-    with_sam.gate.value = 1.0  # gated out: SAM is not called, the figure says so
+    with_sam.gate.value = 1.0  # the gate is off: nothing changes
+    with_sam.gate_on.value = True  # now gated out: SAM is not called, the figure says so
     assert len(calls) == 1 and "error" not in with_sam.status.value
