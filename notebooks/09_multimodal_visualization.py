@@ -45,6 +45,7 @@ from surgery_lib.multimodal import caption_tokens, word_importance, word_similar
 from surgery_lib.text import empty_prompt_features
 from surgery_lib.toy.evaluate import caption_word_records, read_captions
 from surgery_lib.viz import caption_figure, map_grid, save_figure, word_maps_figure
+from surgery_lib.widgets import CaptionExplorer
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 model, tokenizer = loaded.model, loaded.tokenizer
@@ -88,6 +89,15 @@ save_figure(fig, "09_word_maps_surgery")
 # %%
 fig = word_maps_figure(item.image, cap.words, word_maps("raw CLIP", "none"))
 save_figure(fig, "09_word_maps_raw")
+
+# %% [markdown]
+# ## Try your own caption
+# Type a caption (Enter applies it) and pick the redundancy option: the words shaded by importance and
+# each word's map under CLIP Surgery.
+
+# %%
+caption_explorer = CaptionExplorer(loaded, item.image, caption)
+caption_explorer
 
 # %% [markdown]
 # ## The two redundancy options side by side (CLIP Surgery)

@@ -52,6 +52,7 @@ from surgery_lib.loading import load_clip
 from surgery_lib.sam import SamSegmenter, SamUnavailableError, gate_rates, text_points
 from surgery_lib.toy.evaluate import point_precision_records, presence_records
 from surgery_lib.viz import figure_style, line_chart, points_figure, save_figure
+from surgery_lib.widgets import SamExplorer
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
@@ -176,6 +177,18 @@ if segmenter is not None:
             heat = ex.maps[0][:, :, [classes.index(t) for t in target.split("+")]].mean(dim=-1)
             points_figure(item.image, heat, points, labels, mask, title=f"{target}: IoU {iou:.2f}", ax=ax)
     save_figure(fig, "10_sam_masks")
+
+# %% [markdown]
+# ## Try a word
+# Type a class of the list (or `a+b`, Enter applies it); move the threshold or the quantile; tick the
+# presence gate and set its threshold (log scale). With a SAM checkpoint, SAM's mask is drawn too.
+
+# %%
+sam_explorer = SamExplorer(
+    loaded, shown[0][0].image, classes, segmenter=segmenter, target=shown[0][1], config=SurgeryConfig.paper()
+)
+sam_explorer.gate.value = recommended if recommended > 0 else 1e-7
+sam_explorer
 
 # %% [markdown]
 # ## What you should see
