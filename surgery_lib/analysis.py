@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .adapters import ViTAdapter, adapter_for
 from .config import SurgeryConfig
 from .examples import AnnotatedImage
-from .explain import encode_image_tokens, similarity
+from .explain import configured_similarity, encode_image_tokens
 from .features import similarity_map
 from .introspection import attention_maps, residual_contributions
 from .loading import LoadedCLIP
@@ -47,10 +47,7 @@ def maps_for(
     model, tokenizer = loaded.model, loaded.tokenizer
     texts = text_features(model, tokenizer, labels)
     tokens, grid = encode_image_tokens(model, _batch(loaded, item), config)
-    redundant = None
-    if config.feature_surgery and (config.redundant_features == "empty_prompt" or len(labels) == 1):
-        redundant = empty_prompt_features(model, tokenizer)
-    sim = similarity(tokens, texts, config, redundant)
+    sim = configured_similarity(model, tokenizer, tokens, texts, config)
     return similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0]
 
 

@@ -71,6 +71,21 @@ def similarity(
     return feature_surgery(image_tokens, text_feats, redundant_features)
 
 
+def configured_similarity(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    image_tokens: torch.Tensor,
+    text_feats: torch.Tensor,
+    config: SurgeryConfig,
+) -> torch.Tensor:
+    """:func:`similarity` under ``config``, with the empty prompt's features fetched where it needs them
+    (``redundant_features="empty_prompt"``, or a single text). Returns ``(B, 1+N, T)``."""
+    redundant = None
+    if config.feature_surgery and (config.redundant_features == "empty_prompt" or len(text_feats) == 1):
+        redundant = empty_prompt_features(model, tokenizer)
+    return similarity(image_tokens, text_feats, config, redundant)
+
+
 @dataclass
 class Explanation:
     """What :func:`explain` returns.
@@ -117,10 +132,7 @@ def explain(
     config = config or SurgeryConfig.paper()
     texts = text_features(model, tokenizer, labels)
     tokens, grid = encode_image_tokens(model, images, config)
-    redundant = None
-    if config.feature_surgery and (config.redundant_features == "empty_prompt" or len(texts) == 1):
-        redundant = empty_prompt_features(model, tokenizer)
-    sim = similarity(tokens, texts, config, redundant)
+    sim = configured_similarity(model, tokenizer, tokens, texts, config)
     out = size or (images.shape[-2], images.shape[-1])
     scores = torch.softmax(100.0 * tokens[:, 0] @ texts.t(), dim=-1)
     return Explanation(list(labels), sim, similarity_map(sim[:, 1:], out, grid), grid, scores)

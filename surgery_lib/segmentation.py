@@ -34,11 +34,11 @@ from torch import nn
 
 from .config import SurgeryConfig
 from .datasets import Dataset, Sample
-from .explain import encode_image_tokens, similarity
+from .explain import configured_similarity, encode_image_tokens
 from .features import similarity_map
 from .images import OPENAI_MEAN, OPENAI_STD, reference_transform
 from .loading import LoadedCLIP
-from .text import Tokenizer, empty_prompt_features, text_features
+from .text import Tokenizer, text_features
 
 SHORT_SIDE: dict[str, int] = {"ade20k": 448, "cityscapes": 560}
 """Short side of the sliding protocol per dataset; every other dataset: 336."""
@@ -159,10 +159,7 @@ def class_similarity(
         ``(B, T, h, w)`` float32 (class token dropped).
     """
     tokens, (h, w) = encode_image_tokens(model, images, config)
-    redundant = None
-    if config.feature_surgery and (config.redundant_features == "empty_prompt" or len(texts) == 1):
-        redundant = empty_prompt_features(model, tokenizer)
-    sim = similarity(tokens, texts, config, redundant)[:, 1:]
+    sim = configured_similarity(model, tokenizer, tokens, texts, config)[:, 1:]
     return sim.reshape(sim.shape[0], h, w, -1).permute(0, 3, 1, 2).float()
 
 

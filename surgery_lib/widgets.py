@@ -27,7 +27,7 @@ from . import viz
 from .adapters import ViTAdapter, adapter_for
 from .config import SurgeryConfig
 from .examples import AnnotatedImage
-from .explain import encode_image_tokens, similarity
+from .explain import configured_similarity, encode_image_tokens
 from .features import similarity_map
 from .introspection import attention_maps
 from .loading import LoadedCLIP
@@ -131,10 +131,7 @@ class MapCache:
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         tokens, grid = self._image_tokens(key, image, config)
         texts = text_features(model, tokenizer, labels)
-        redundant = None
-        if config.feature_surgery and (config.redundant_features == "empty_prompt" or len(labels) == 1):
-            redundant = empty_prompt_features(model, tokenizer)
-        sim = similarity(tokens, texts, config, redundant)
+        sim = configured_similarity(model, tokenizer, tokens, texts, config)
         result = similarity_map(sim[:, 1:], display_size(image), grid)[0]
         self._maps[entry] = result
         return result
