@@ -45,14 +45,18 @@ def _to_tensor(image) -> torch.Tensor:
 class CompositeBatches(IterableDataset):
     """Batches ``start … stop − 1`` of a composite generator: (images, captions, multi-hot labels)."""
 
-    def __init__(self, cache_dir: Path, size: int, batch: int, start: int, stop: int, seed: int) -> None:
+    def __init__(
+        self, cache_dir: Path, size: int, batch: int, start: int, stop: int, seed: int, augment: bool = False
+    ) -> None:
         self.cache_dir, self.size, self.batch = cache_dir, size, batch
-        self.start, self.stop, self.seed = start, stop, seed
+        self.start, self.stop, self.seed, self.augment = start, stop, seed, augment
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor]]:
         from .data import CompositeGenerator
 
-        gen = CompositeGenerator(self.cache_dir, split="train", size=self.size, seed=self.seed)
+        gen = CompositeGenerator(
+            self.cache_dir, split="train", size=self.size, seed=self.seed, augment=self.augment
+        )
         index = {c: i for i, c in enumerate(gen.classes)}
         for step in range(self.start, self.stop):
             images, captions = [], []
@@ -101,6 +105,14 @@ def _class_prompts(
     return tokenizer([templates[int(k)].format(c) for k, c in zip(picks, classes, strict=True)])
 
 
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last for a convolutional image tower (about 1.3x faster on CPU), else contiguous."""
+    convolutional = any(
+        isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.visual.modules()
+    )
+    return torch.channels_last if convolutional else torch.contiguous_format
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -132,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="class prompts drawn from the 85 ensemble templates (default) instead of 'a photo of a {}.'",
     )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="rotate, stretch and recolour the pasted objects (surgery_lib.toy.data.AUGMENT_*)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as torch chooses)")
@@ -161,6 +179,8 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     model = open_clip.create_model(args.arch, pretrained=None).to(device)
+    memory_format = _memory_format(model)
+    model.visual.to(memory_format=memory_format)
     tokenizer = open_clip.get_tokenizer(args.arch)
     optimizer = torch.optim.AdamW(
         _param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
@@ -180,7 +200,7 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
     size = size if isinstance(size, int) else size[0]
     classes = CompositeGenerator(args.cache, split="train", size=size, seed=args.seed).classes
     templates = PROMPT_TEMPLATES if args.template_variety else (CLASS_PROMPT,)
-    data = CompositeBatches(args.cache, size, args.batch, start, steps, args.seed)
+    data = CompositeBatches(args.cache, size, args.batch, start, steps, args.seed, args.augment)
     loader = DataLoader(
         data, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None
     )
@@ -192,7 +212,7 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
     for images, captions, hot in bar:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, args.warmup, args.lr)
-        images, hot = images.to(device), hot.to(device)
+        images, hot = images.to(device, memory_format=memory_format), hot.to(device)
         image_f = model.encode_image(images, normalize=True)
         text_f = model.encode_text(tokenizer(captions).to(device), normalize=True)
         class_f = model.encode_text(
@@ -243,6 +263,7 @@ def export(
         "warmup": args.warmup,
         "class_loss_weight": args.class_loss_weight,
         "template_variety": args.template_variety,
+        "augment": args.augment,
         "seed": args.seed,
         "device": args.device,
         "train_seconds": round(elapsed, 1),
