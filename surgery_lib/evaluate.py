@@ -16,7 +16,8 @@ Tasks (datasets: :mod:`surgery_lib.datasets`):
   segmentation datasets a class is a positive of an image when any of its pixels is labelled.
 
 Outputs in ``--out``: ``results.json`` (summary, per-class scores, settings, timing), ``results.csv``
-(per-class table), ``run.json`` (the settings a resumed run must match) and ``parts/rank<r>.jsonl``
+(per-class table), ``run.json`` (the settings a resumed run must match, with a sha256 of the model's
+weights: retrained weights under the same name never reuse old records) and ``parts/rank<r>.jsonl``
 (one record per finished image, appended after every batch). A rerun with the same settings reads the
 records and computes only the images that have none, so an interrupted run resumes where it stopped.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from .config import SurgeryConfig
@@ -319,13 +322,25 @@ def _write_results(out: Path, result: dict, rows: Sequence[dict]) -> None:
 # main
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    """What a resumed run must share with the run that wrote the records."""
+def _weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of every tensor of ``model.state_dict()`` (names, dtypes, shapes and bytes, sorted by name):
+    retrained or swapped weights under the same model name and tag change it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _settings(args: argparse.Namespace, model: nn.Module) -> dict:
+    """What a resumed run must share with the run that wrote the records, the weights included."""
     keys = ("task", "dataset", "root", "split", "model", "pretrained", "checkpoint", "method", "image_size",
             "protocol", "window", "stride", "bg_threshold", "batch_size")  # fmt: skip
-    return {
+    settings = {
         k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys
     }
+    return {**settings, "weights_sha256": _weights_fingerprint(model)}
 
 
 def _check_settings(out: Path, settings: dict, rank: int, world: int) -> None:
@@ -355,7 +370,8 @@ def _run(
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be >= 1")
     n = min(len(dataset), args.limit) if args.limit is not None else len(dataset)
-    _check_settings(args.out, _settings(args), rank, world)
+    ctx = _Context(args, dataset, device, loaded)
+    _check_settings(args.out, _settings(args, ctx.model), rank, world)
     parts = args.out / "parts"
     own = parts / f"rank{rank}.jsonl"
     _repair(own)
@@ -366,7 +382,6 @@ def _run(
                 f"{parts}: the record of image {i} is for {record['id']!r}, the dataset now has "
                 f"{dataset.ids[i]!r} there: the dataset changed; use another --out"
             )
-    ctx = _Context(args, dataset, device, loaded)
     batches = [list(range(s, min(s + args.batch_size, n))) for s in range(0, n, args.batch_size)]
     mine = [i for batch in batches[rank::world] for i in batch]
     todo = [i for i in mine if i not in finished]

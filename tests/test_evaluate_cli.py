@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from surgery_lib import evaluate
@@ -155,6 +156,20 @@ def test_other_settings_refuse_to_resume(voc_root, tmp_path):
     evaluate.main(_args("multilabel", voc_root, tmp_path / "m", "--limit", "1"))
     with pytest.raises(SystemExit, match=r"other settings.*method"):
         evaluate.main(_args("multilabel", voc_root, tmp_path / "m", "--method", "raw"))
+
+
+def test_retrained_weights_refuse_to_resume(voc_root, tmp_path, monkeypatch):
+    """Same model name, tag and flags, other weights (a retrained toy model): the old records are refused."""
+    evaluate.main(_args("multilabel", voc_root, tmp_path / "m", "--limit", "1"))
+    retrained = load_clip("toy-vit")
+    with torch.no_grad():
+        retrained.model.visual.proj.add_(1e-3)
+    monkeypatch.setattr(evaluate, "load_clip", lambda *a, **k: retrained)
+    with pytest.raises(SystemExit, match=r"other settings \(weights_sha256\)"):
+        evaluate.main(_args("multilabel", voc_root, tmp_path / "m", "--limit", "1"))
+    fingerprint = evaluate._weights_fingerprint
+    assert fingerprint(retrained.model) == fingerprint(retrained.model)
+    assert fingerprint(retrained.model) != fingerprint(load_clip("toy-vit").model)
 
 
 def _free_port() -> int:

@@ -62,3 +62,23 @@ def test_losses():
     torch.testing.assert_close(same, contrastive_loss(image, image, ["a", "a", "c", "d"], scale))
     hot = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
     assert class_prompt_loss(image, image, hot, scale) < class_prompt_loss(image, image.flip(0), hot, scale)
+
+
+def test_augmented_training_runs_and_is_recorded(cache, tmp_path):  # noqa: F811
+    path = train(_args(cache, tmp_path / "w", tmp_path / "o", 2, "--augment"))
+    assert json.loads(path.with_suffix(".json").read_text())["augment"] is True
+    plain = train(_args(cache, tmp_path / "w0", tmp_path / "o0", 2))
+    assert json.loads(plain.with_suffix(".json").read_text())["augment"] is False
+    a, b = load_file(path), load_file(plain)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "--augment did not change what the model saw"
+
+
+def test_convolutional_towers_train_channels_last():
+    import open_clip
+
+    from surgery_lib.toy.models import register_configs
+    from surgery_lib.toy.train import _memory_format
+
+    register_configs()
+    assert _memory_format(open_clip.create_model("toy-rn")) == torch.channels_last
+    assert _memory_format(open_clip.create_model("toy-vit")) == torch.contiguous_format
