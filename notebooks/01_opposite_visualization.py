@@ -82,7 +82,7 @@ save_figure(grid.figure, "01_score_contrast_distribution")
 # %% [markdown]
 # ## What you should see
 # - Raw CLIP: a large share of (image, class) pairs has SC < 0 — on ViT-B/16 the paper finds raw maps
-#   mostly opposite. On the shipped toy models this share is around 40 % (toy-vit) and over half
+#   mostly opposite. On the shipped toy models this share is about a third (toy-vit) and over half
 #   (toy-rn) on the held-out composites.
 # - CLIP Surgery: mSC and mIoU rise and the opposite share falls, for every backbone.
 # - Small models are noisier than ViT-B/16: weaker absolute numbers, the same direction. The cell below

@@ -78,7 +78,7 @@ for k in top:
 # ## What you should see
 # - With real weights, CLIP Surgery's mAP is a few points above raw CLIP's (the paper: +4.4 on NUS-Wide
 #   with RN50): removing the redundant features helps rank the secondary classes of an image.
-# - On the toy ViT the two stay within about a point (its class token is vanilla CLIP's under the dual
+# - On the toy ViT the two stay within a few points (its class token is vanilla CLIP's under the dual
 #   path; feature surgery only re-ranks 31 classes). On the toy ResNet CLIP Surgery is far below raw
 #   CLIP: on a ModifiedResNet the surgery changes the class token too (v-v attention pooling for every
 #   token, as the reference code does; there is no dual path), and this small ResNet's class token
