@@ -36,6 +36,7 @@ test: setup lint
 bench: setup
 	@$(PY) benchmarks/bench_surgery.py
 	@$(PY) benchmarks/bench_explorer.py
+	@$(PY) benchmarks/bench_training.py
 
 figures: setup
 	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.notebook_runner --out build/notebooks --figures figures

@@ -27,3 +27,13 @@ def test_explorer_benchmark_smoke_run(capsys):
     assert module.main(["--model", "toy-vit", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| architecture toggle |" in out and "× vanilla forward" in out
+
+
+def test_training_benchmark_smoke_run(capsys):
+    spec = importlib.util.spec_from_file_location("bench_training", SCRIPT.with_name("bench_training.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--batch", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| toy-rn | 2 |" in out and out.rstrip().endswith("channels-last |")
+    assert "| toy-vit | 2 |" in out and "| contiguous |" in out
