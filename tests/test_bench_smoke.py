@@ -8,10 +8,16 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_surgery.py"
 
 
-def test_benchmark_smoke_run(capsys):
-    spec = importlib.util.spec_from_file_location("bench_surgery", SCRIPT)
+def _script(name: str):
+    """Import benchmarks/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_smoke_run(capsys):
+    module = _script("bench_surgery")
     assert (
         module.main(["--quick", "--repeats", "1", "--sizes", "32", "--batches", "2", "--classes", "3"]) == 0
     )
@@ -21,18 +27,14 @@ def test_benchmark_smoke_run(capsys):
 
 
 def test_explorer_benchmark_smoke_run(capsys):
-    spec = importlib.util.spec_from_file_location("bench_explorer", SCRIPT.with_name("bench_explorer.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("bench_explorer")
     assert module.main(["--model", "toy-vit", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| architecture toggle |" in out and "× vanilla forward" in out
 
 
 def test_training_benchmark_smoke_run(capsys):
-    spec = importlib.util.spec_from_file_location("bench_training", SCRIPT.with_name("bench_training.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("bench_training")
     assert module.main(["--batch", "2", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| toy-rn | 2 |" in out and out.rstrip().endswith("channels-last |")
