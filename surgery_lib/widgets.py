@@ -154,7 +154,33 @@ def _parse_labels(text: str) -> list[str]:
     return validate_labels([part.strip() for part in text.split(",") if part.strip()])
 
 
-class Explorer:
+class _View:
+    """What every explorer shares: ``widget`` shows in a notebook; a control change redraws, and a bad
+    input (unknown label, empty caption, bad config) is reported in ``status``, keeping the last figure."""
+
+    widget: typing.Any  # the ipywidgets container shown in the notebook
+    status: typing.Any  # an ipywidgets.HTML line under it
+
+    def redraw(self) -> None:
+        raise NotImplementedError
+
+    def _on_change(self, _change: object = None) -> None:
+        try:
+            self.redraw()
+        except (ValueError, TypeError) as error:
+            self.status.value = _error_html(error)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _error_html(error: Exception) -> str:
+    return f"<span style='color:#b00'>{html.escape(str(error))}</span>"
+
+
+class Explorer(_View):
     """Every modification of the surgery config as a widget, on a grid of images × labels.
 
     Args:
@@ -262,12 +288,6 @@ class Explorer:
             f"· maps cached {c.hits} / computed {c.misses} · forward passes {c.forwards}"
         )
 
-    def _on_change(self, _change: object = None) -> None:
-        try:
-            self.redraw()
-        except (ValueError, TypeError) as error:  # bad labels or config: say so, keep the last image
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
-
     def export(self, name: str = "explorer") -> list:
         """Save the current view as PNG (300 dpi) and PDF; returns the paths."""
         fig = self.figure()
@@ -280,17 +300,12 @@ class Explorer:
         paths = self.export()
         self.status.value = "saved " + ", ".join(html.escape(str(p)) for p in paths)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
 
 def _query_token(row: int, col: int, grid: tuple[int, int]) -> int:
     return 1 + row * grid[1] + col
 
 
-class AttentionExplorer:
+class AttentionExplorer(_View):
     """Pick a block and a query patch (sliders): its attention maps for each attention kind.
 
     Heads are averaged; the class token's own weight is dropped so the patch weights fill the scale.
@@ -338,17 +353,8 @@ class AttentionExplorer:
         self.image.value = viz.figure_png(fig)
         viz.close(fig)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
 
-        display(self.widget)
-
-
-def _error_html(error: Exception) -> str:
-    return f"<span style='color:#b00'>{html.escape(str(error))}</span>"
-
-
-class CaptionExplorer:
+class CaptionExplorer(_View):
     """Type a caption: the importance of each of its words and each word's map on one image.
 
     Args:
@@ -422,19 +428,8 @@ class CaptionExplorer:
             f"{html.escape(key[0])} · redundancy {key[1]} · cached {self.hits} / drawn {self.misses}"
         )
 
-    def _on_change(self, _change: object = None) -> None:
-        try:
-            self.redraw()
-        except (ValueError, TypeError) as error:  # empty or too long caption: say so, keep the figures
-            self.status.value = _error_html(error)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-
-class SamExplorer:
+class SamExplorer(_View):
     """Type a target word (or ``"a+b"``): its map on the image with the SAM point prompts, and SAM's
     mask when a :class:`~surgery_lib.sam.SamSegmenter` is given.
 
@@ -535,14 +530,3 @@ class SamExplorer:
             viz.close(fig)
         self.image.value = self._png[key]
         self.status.value = f"target {html.escape(key[0])} · cached {self.hits} / drawn {self.misses}"
-
-    def _on_change(self, _change: object = None) -> None:
-        try:
-            self.redraw()
-        except (ValueError, TypeError) as error:  # unknown label or bad target: say so, keep the figure
-            self.status.value = _error_html(error)
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
