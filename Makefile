@@ -39,7 +39,7 @@ bench: setup
 	@$(PY) benchmarks/bench_training.py
 
 figures: setup
-	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.notebook_runner --out build/notebooks --figures figures
+	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.ui.notebooks --out build/notebooks --figures figures
 
 lab: setup
 	@JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyterlab/user-settings $(VENV)/bin/jupyter lab notebooks \
@@ -52,7 +52,7 @@ clean:
 .PHONY: real-data
 real-data: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-real.txt
-	@$(PY) -m surgery_lib.real_data --out data/real --work /tmp/real-work
+	@$(PY) -m surgery_tools.real_data --out data/real --work /tmp/real-work
 
 # make data   - the toy composite data: installs the background packages, the Tux Paint stamps if
 #               missing (apt, as root), builds data/cache/ and the eval sets in data/composites/
@@ -70,4 +70,4 @@ data: setup
 			exit 1; \
 		fi; \
 	fi
-	@$(PY) -m surgery_lib.toy.data build --cache data/cache --out data
+	@$(PY) -m surgery_tools.toy_data build --cache data/cache --out data

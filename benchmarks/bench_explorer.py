@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.loading import load_clip
-from surgery_lib.widgets import Explorer
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.widgets import Explorer
 
 LABELS = ["dog", "cat", "car"]
 

@@ -68,8 +68,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from surgery_lib.config import SurgeryConfig  # noqa: E402
-from surgery_lib.features import feature_surgery, feature_surgery_naive  # noqa: E402
-from surgery_lib.surgery import dense_forward  # noqa: E402
+from surgery_lib.maps.features import feature_surgery, feature_surgery_naive  # noqa: E402
+from surgery_lib.model.surgery import dense_forward  # noqa: E402
 
 MODEL_NAME = "ViT-B-16"
 PATCH_SIZE = 16

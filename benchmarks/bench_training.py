@@ -3,7 +3,7 @@
 One step = image tower forward + backward + AdamW update on a batch of random images at the model's
 input size (the text tower is left out: it is the same in every variant). For each model the
 contiguous memory format is the baseline and channels-last the variant, timed interleaved in the
-same run (median of ``--repeats``), so the ratio holds on any machine. ``surgery_lib.toy.train``
+same run (median of ``--repeats``), so the ratio holds on any machine. ``surgery_tools.train``
 uses channels-last exactly where this shows it pays (a convolutional image tower)::
 
     .venv/bin/python benchmarks/bench_training.py              # toy-vit and toy-rn, batch 64
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import open_clip
 import torch
 
-from surgery_lib.toy.models import TOY_MODELS, register_configs
-from surgery_lib.toy.train import _memory_format
+from surgery_lib.model.shipped import TOY_MODELS, register_configs
+from surgery_tools.train import _memory_format
 
 
 def _step_seconds(model: torch.nn.Module, images: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:

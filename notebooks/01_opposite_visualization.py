@@ -32,11 +32,11 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 import pandas as pd
 import seaborn as sns
 
-from surgery_lib.analysis import check_claims, map_records, maps_for, summarise
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.examples import default_source, example_images
-from surgery_lib.loading import load_clip
-from surgery_lib.viz import figure_style, panel_grid, save_figure
+from surgery_lib.data.shipped import default_source, example_images
+from surgery_lib.eval.analysis import check_claims, map_records, maps_for, summarise
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.viz import figure_style, panel_grid, save_figure
 
 METHODS = {"raw CLIP": SurgeryConfig.off(), "CLIP Surgery": SurgeryConfig.paper()}
 

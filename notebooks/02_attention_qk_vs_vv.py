@@ -33,11 +33,11 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "16"))
 import pandas as pd
 import seaborn as sns
 
-from surgery_lib.analysis import attention_locality, check_claims
-from surgery_lib.examples import default_source, example_images
-from surgery_lib.loading import load_clip
-from surgery_lib.viz import figure_style, save_figure
-from surgery_lib.widgets import AttentionExplorer, max_depth
+from surgery_lib.data.shipped import default_source, example_images
+from surgery_lib.eval.analysis import attention_locality, check_claims
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.viz import figure_style, save_figure
+from surgery_lib.ui.widgets import AttentionExplorer, max_depth
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

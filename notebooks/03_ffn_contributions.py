@@ -21,7 +21,7 @@
 # architecture surgery's depth and FFN skipping (its Table 5/6 idea).
 #
 # The output tokens split *exactly* into per-block attention and FFN parts (ln_post linearised with the
-# final stream's own statistics; `surgery_lib.introspection.residual_contributions`). A part's
+# final stream's own statistics; `surgery_lib.model.introspection.residual_contributions`). A part's
 # *contrast* is its mean similarity share over the object's patches minus over the background's: the
 # parts' contrasts add up to the raw map's.
 
@@ -36,12 +36,12 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 # %%
 import pandas as pd
 
-from surgery_lib.analysis import check_claims, contribution_records, map_records, maps_for, summarise
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.examples import default_source, example_images
-from surgery_lib.loading import load_clip
-from surgery_lib.viz import line_chart, method_comparison, save_figure
-from surgery_lib.widgets import max_depth
+from surgery_lib.data.shipped import default_source, example_images
+from surgery_lib.eval.analysis import check_claims, contribution_records, map_records, maps_for, summarise
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.viz import line_chart, method_comparison, save_figure
+from surgery_lib.ui.widgets import max_depth
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

@@ -33,9 +33,9 @@ LABELS = os.environ.get("SURGERY_LABELS", "")  # comma-separated; "" = classes o
 
 # %%
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.examples import default_source, example_images
-from surgery_lib.loading import load_clip
-from surgery_lib.widgets import Explorer
+from surgery_lib.data.shipped import default_source, example_images
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.widgets import Explorer
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

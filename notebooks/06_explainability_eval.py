@@ -22,11 +22,11 @@
 # datasets: `SURGERY_BACKBONES=ViT-B-16,RN50 SURGERY_PRETRAINED=openai
 # SURGERY_DATASETS=voc=/data/VOCdevkit,context=/data/VOCdevkit`.
 #
-# Protocol (`python -m surgery_lib.evaluate --task explain`): for each image and each class present in
+# Protocol (`python -m surgery_lib.eval.runner --task explain`): for each image and each class present in
 # its ground truth, the class's min-max normalised map at the label's resolution (ignore pixels left
 # out); IoU of the map thresholded at 0.5; score contrast SC = mean inside − mean outside (×100);
 # pointing game; each averaged per class, then over classes. The paper does not publish its exact
-# protocol (threshold, class list per image); this one is documented in `surgery_lib.metrics`.
+# protocol (threshold, class list per image); this one is documented in `surgery_lib.eval.metrics`.
 
 # %% tags=["parameters"]
 import os
@@ -40,9 +40,9 @@ EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")  # resumable resu
 # %%
 import pandas as pd
 
-from surgery_lib.analysis import check_claims
-from surgery_lib.evaluate import dataset_specs, evaluation_table
-from surgery_lib.viz import bar_chart, save_figure
+from surgery_lib.eval.analysis import check_claims
+from surgery_lib.eval.runner import dataset_specs, evaluation_table
+from surgery_lib.ui.viz import bar_chart, save_figure
 
 datasets = dataset_specs(DATASETS)
 rows = evaluation_table("explain", BACKBONES, datasets, EVAL_DIR, pretrained=PRETRAINED, limit=LIMIT)

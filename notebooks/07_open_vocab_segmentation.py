@@ -21,7 +21,7 @@
 # toy models; with data and weights: `SURGERY_BACKBONES=ViT-B-16 SURGERY_PRETRAINED=openai
 # SURGERY_DATASETS=context=/data/VOCdevkit,coco_stuff=/data/coco_stuff164k,cityscapes=/data/cityscapes`.
 #
-# Protocols (`surgery_lib.segmentation`): `paper` — the whole image at the model's input size, argmax
+# Protocols (`surgery_lib.eval.segmentation`): `paper` — the whole image at the model's input size, argmax
 # over the foreground classes, background where the winning class's normalised map is below 0.5 (the
 # paper does not say how it decides background: this is our documented assumption); `sliding` — the
 # common training-free protocol (short side 336/448/560, windows of 224 with stride 112, background by
@@ -40,13 +40,13 @@ EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")
 # %%
 import pandas as pd
 
-from surgery_lib.analysis import check_claims
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.datasets import load_dataset
-from surgery_lib.evaluate import dataset_specs, evaluation_table
-from surgery_lib.loading import load_clip
-from surgery_lib.segmentation import Protocol, segment_samples
-from surgery_lib.viz import bar_chart, save_figure, segmentation_figure
+from surgery_lib.data.datasets import load_dataset
+from surgery_lib.eval.analysis import check_claims
+from surgery_lib.eval.runner import dataset_specs, evaluation_table
+from surgery_lib.eval.segmentation import Protocol, segment_samples
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.viz import bar_chart, save_figure, segmentation_figure
 
 datasets = dataset_specs(DATASETS)
 rows = evaluation_table(

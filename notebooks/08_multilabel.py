@@ -36,11 +36,11 @@ EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")
 import pandas as pd
 import torch
 
-from surgery_lib.analysis import check_claims
-from surgery_lib.datasets import load_dataset
-from surgery_lib.evaluate import dataset_specs, evaluation_table, image_records
-from surgery_lib.metrics import precision_recall_curve
-from surgery_lib.viz import bar_chart, pr_curves, save_figure
+from surgery_lib.data.datasets import load_dataset
+from surgery_lib.eval.analysis import check_claims
+from surgery_lib.eval.metrics import precision_recall_curve
+from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
+from surgery_lib.ui.viz import bar_chart, pr_curves, save_figure
 
 datasets = dataset_specs(DATASETS)
 rows = evaluation_table("multilabel", BACKBONES, datasets, EVAL_DIR, pretrained=PRETRAINED, limit=LIMIT)

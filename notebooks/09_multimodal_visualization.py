@@ -21,7 +21,7 @@
 # and the importance of each word), with the two ways of removing the redundant part: the empty
 # prompt's features, or the mean over the caption's words.
 #
-# Word importance (`surgery_lib.multimodal.word_importance`) is the class token's score of each word,
+# Word importance (`surgery_lib.maps.multimodal.word_importance`) is the class token's score of each word,
 # min-max normalised over the caption. Per-word maps are the patch rows of `word_similarity`.
 
 # %% tags=["parameters"]
@@ -35,24 +35,25 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 # %%
 import pandas as pd
 
-from surgery_lib.analysis import check_claims
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.examples import DATA_DIR, example_images
-from surgery_lib.explain import encode_image_tokens
-from surgery_lib.features import similarity_map
-from surgery_lib.loading import load_clip
-from surgery_lib.multimodal import caption_tokens, word_importance, word_similarity
-from surgery_lib.text import empty_prompt_features
-from surgery_lib.toy.evaluate import caption_word_records, read_captions
-from surgery_lib.viz import caption_figure, map_grid, save_figure, word_maps_figure
-from surgery_lib.widgets import CaptionExplorer
+from surgery_lib.data.shipped import example_images, read_captions
+from surgery_lib.eval.analysis import check_claims
+from surgery_lib.eval.sets import caption_word_records
+from surgery_lib.maps.explain import encode_image_tokens
+from surgery_lib.maps.features import similarity_map
+from surgery_lib.maps.multimodal import caption_tokens, word_importance, word_similarity
+from surgery_lib.maps.text import empty_prompt_features
+from surgery_lib.model.loading import load_clip
+from surgery_lib.paths import data_dir
+from surgery_lib.ui.viz import caption_figure, map_grid, save_figure, word_maps_figure
+from surgery_lib.ui.widgets import CaptionExplorer
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 model, tokenizer = loaded.model, loaded.tokenizer
 source = IMAGES or "composites"
 folder = {"composites": "seen_instances", "composites-new": "new_instances"}[source]
 _, items = example_images(source, limit=LIMIT)
-captions = read_captions(DATA_DIR / "composites" / folder, limit=LIMIT)
+captions = read_captions(data_dir() / "composites" / folder, limit=LIMIT)
 empty = empty_prompt_features(model, tokenizer)
 
 # %% [markdown]
@@ -128,7 +129,7 @@ save_figure(fig, "09_redundancy_options")
 rows = []
 for name, folder in {"seen": "seen_instances", "new": "new_instances"}.items():
     _, set_items = example_images("composites" if name == "seen" else "composites-new", limit=LIMIT)
-    set_captions = read_captions(DATA_DIR / "composites" / folder, limit=LIMIT)
+    set_captions = read_captions(data_dir() / "composites" / folder, limit=LIMIT)
     for r in caption_word_records(model, tokenizer, set_items, set_captions, loaded.image_size):
         rows.append({**r, "set": name})
 words = pd.DataFrame(rows)

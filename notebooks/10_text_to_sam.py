@@ -21,7 +21,7 @@
 # surgery map, positives on the object, negatives on the background, fed to SAM) and its point
 # precision comparison, raw CLIP vs CLIP Surgery.
 #
-# Points follow the reference rule (`surgery_lib.sam.text_points`): the map is downsampled to half
+# Points follow the reference rule (`surgery_lib.maps.sam.text_points`): the map is downsampled to half
 # its token grid, cells ≥ 0.8 after min-max become positives (at most half the cells), as many of the
 # lowest cells become negatives. A combined target `"a+b"` takes positives from each map. The
 # *presence gate* (`min_probability`) gives no points to a word whose image-level probability is low.
@@ -44,15 +44,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from surgery_lib.analysis import check_claims
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.examples import default_source, example_images
-from surgery_lib.explain import explain
-from surgery_lib.loading import load_clip
-from surgery_lib.sam import SamSegmenter, SamUnavailableError, gate_rates, text_points
-from surgery_lib.toy.evaluate import point_precision_records, presence_records
-from surgery_lib.viz import figure_style, line_chart, points_figure, save_figure
-from surgery_lib.widgets import SamExplorer
+from surgery_lib.data.shipped import default_source, example_images
+from surgery_lib.eval.analysis import check_claims
+from surgery_lib.eval.sets import point_precision_records, presence_records
+from surgery_lib.maps.explain import explain
+from surgery_lib.maps.sam import SamSegmenter, SamUnavailableError, gate_rates, text_points
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.viz import figure_style, line_chart, points_figure, save_figure
+from surgery_lib.ui.widgets import SamExplorer
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

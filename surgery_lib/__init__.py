@@ -13,26 +13,38 @@ Quick use::
     result.maps  # (B, H, W, T)
 """
 
-from .adapters import UnsupportedModelError
-from .config import ATTENTION_KINDS, SurgeryConfig
-from .explain import Explanation, encode_image_tokens, explain, similarity
-from .features import (
+from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
+from surgery_lib.maps.explain import Explanation, encode_image_tokens, explain, similarity
+from surgery_lib.maps.features import (
     cosine_similarity,
     feature_surgery,
     similarity_map,
     similarity_to_points,
 )
-from .images import ImageInputError, preprocess_images, reference_transform, to_rgb
-from .introspection import ResidualContributions, attention_maps, residual_contributions, trace_forward
-from .loading import LoadedCLIP, WeightsNotAvailableError, load_clip
-from .surgery import SurgeryError, SurgeryHandle, Trace, apply_surgery, dense_forward, is_surgery_applied
-from .text import (
+from surgery_lib.maps.images import ImageInputError, preprocess_images, reference_transform, to_rgb
+from surgery_lib.maps.text import (
     PROMPT_TEMPLATES,
     LabelTooLongError,
     clear_text_cache,
     empty_prompt_features,
     encode_text,
     text_features,
+)
+from surgery_lib.model.adapters import UnsupportedModelError
+from surgery_lib.model.introspection import (
+    ResidualContributions,
+    attention_maps,
+    residual_contributions,
+    trace_forward,
+)
+from surgery_lib.model.loading import LoadedCLIP, WeightsNotAvailableError, load_clip
+from surgery_lib.model.surgery import (
+    SurgeryError,
+    SurgeryHandle,
+    Trace,
+    apply_surgery,
+    dense_forward,
+    is_surgery_applied,
 )
 
 __all__ = [

@@ -1,11 +1,16 @@
-"""Command line: explain images for some labels and write heat-map overlays.
+"""The ``surgery`` command: explain images, evaluate on a dataset, run the notebooks.
 
-    python -m surgery_lib explain photo.jpg --labels cat dog                     # the project's toy-vit
-    python -m surgery_lib explain photo.jpg --labels cat dog --model ViT-B-16 --pretrained openai
+    surgery explain photo.jpg --labels cat dog                        # the project's toy-vit, offline
+    surgery explain photo.jpg --labels cat dog --model ViT-B-16 --pretrained openai
+    surgery evaluate --task explain --dataset composites --root data/composites/seen_instances --out runs/x
+    surgery figures                                                  # = make figures
 
-Writes ``<stem>_<label>_<method>.png`` per image, label and method (``raw`` CLIP and/or CLIP
-``surgery``) into ``--out``, and ``summary.json`` with the image-level probabilities and the SAM
-point prompts of the surgery maps.
+(``python -m surgery_lib ...`` is the same command.) ``explain`` writes one overlay PNG per image, label
+and method into ``--out`` (``<image>_<label>_<method>.png``; names are made unique when two inputs or
+two labels would clean to the same file name) and ``summary.json`` with the image-level probabilities
+and the SAM point prompts of each map. A user error (missing or unreadable image, bad label, unknown
+model, unwritable ``--out``) prints one line naming the problem and exits with status 2; ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,24 +23,54 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .config import SurgeryConfig
-from .explain import explain
-from .images import preprocess_images, to_rgb
-from .loading import load_clip
-from .render import overlay
+from surgery_lib.config import METHODS, RAW_VS_SURGERY, SurgeryConfig, method_config
+from surgery_lib.maps.explain import explain
+from surgery_lib.maps.images import preprocess_images, to_rgb
+from surgery_lib.maps.text import validate_labels
+from surgery_lib.model.adapters import UnsupportedModelError
+from surgery_lib.model.loading import WeightsNotAvailableError, load_clip
+from surgery_lib.model.surgery import SurgeryError, max_depth
+from surgery_lib.ui.render import overlay
 
-METHODS = {"raw": SurgeryConfig.off, "surgery": SurgeryConfig.paper}
+USER_ERRORS = (
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+    UnidentifiedImageError,
+    ValueError,
+    TypeError,
+    WeightsNotAvailableError,
+    UnsupportedModelError,
+    SurgeryError,
+)
+"""Exceptions that mean the input was wrong: reported in one line, exit status 2."""
+
+
+class UsageError(ValueError):
+    """A command-line input that cannot be used; the message names it."""
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "label"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m surgery_lib", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` made unique by appending ``-2``, ``-3``, … to repeats (case-insensitively)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        key = name.lower()
+        seen[key] = seen.get(key, 0) + 1
+        out.append(name if seen[key] == 1 else f"{name}-{seen[key]}")
+    taken = {n.lower() for n in out}
+    if len(taken) != len(out):  # a suffixed name met an original one ("a-2" given twice): number all
+        out = [f"{n}-{i}" for i, n in enumerate(out)]
+    return out
+
+
+def _explain_parser(sub) -> None:
     ex = sub.add_parser("explain", help="similarity maps of labels on images")
     ex.add_argument("images", nargs="+", type=Path, help="image files")
     ex.add_argument("--labels", nargs="+", required=True, help="class names")
@@ -52,54 +87,138 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--size", type=int, default=None, help="input size n for Resize((n, n)) (default: native)"
     )
-    ex.add_argument("--method", choices=["raw", "surgery", "both"], default="both")
-    ex.add_argument("--depth", type=int, default=None, help="surgery depth (default: paper's 6)")
+    ex.add_argument(
+        "--method",
+        default="raw,surgery",
+        help=f"comma-separated method names ({', '.join(METHODS)}) or 'both' (raw,surgery)",
+    )
+    ex.add_argument("--depth", type=int, default=None, help="surgery depth (default: the method's)")
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--out", type=Path, default=Path("explanations"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgery", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _explain_parser(sub)
+    ev = sub.add_parser("evaluate", help="evaluate on a dataset (options: surgery evaluate --help)")
+    ev.add_argument("options", nargs=argparse.REMAINDER)
+    fig = sub.add_parser("figures", help="execute the notebooks (options: surgery figures --help)")
+    fig.add_argument("options", nargs=argparse.REMAINDER)
     return parser
 
 
+def _methods(spec: str) -> dict[str, SurgeryConfig]:
+    names = list(RAW_VS_SURGERY) if spec == "both" else [m.strip() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise UsageError("--method names no method")
+    return {name: method_config(name) for name in dict.fromkeys(names)}
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    if args.size is not None and args.size < 1:
+        raise UsageError(f"--size must be >= 1, got {args.size}")
+    if args.depth is not None and args.depth < 0:
+        raise UsageError(f"--depth must be >= 0, got {args.depth}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    for path in args.images:
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: pass image files")
+        if not path.is_file():
+            raise UsageError(f"{path}: no such image file")
+    if len({label for label in args.labels}) != len(args.labels):
+        repeated = sorted({lab for lab in args.labels if args.labels.count(lab) > 1})
+        raise UsageError(f"labels repeated: {', '.join(map(repr, repeated))}")
+    validate_labels(args.labels)
+
+
+def _prepare_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".surgery-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {out}: {error.strerror or error}") from None
+
+
 def run_explain(args: argparse.Namespace) -> dict:
-    """Run ``explain`` for the parsed arguments; returns the summary written to ``summary.json``."""
+    """Run ``explain`` for the parsed arguments; returns the summary written to ``summary.json``.
+
+    Every input is checked before anything is written (images readable, labels valid, methods
+    known, depth within the model's blocks).
+    """
+    _check_inputs(args)
+    methods = _methods(args.method)
+    images = {}
+    for path in args.images:
+        try:
+            with Image.open(path) as opened:
+                images[path] = to_rgb(opened, str(path)).copy()  # loaded before the file closes
+        except UnidentifiedImageError:
+            raise UsageError(f"{path} is not an image file PIL can read") from None
     name = None if args.model == "auto" else args.model
     clip = load_clip(name, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
+    if args.depth is not None:
+        limit = max_depth(clip.model)
+        if args.depth > limit:
+            raise UsageError(
+                f"--depth {args.depth} but the image tower of {clip.name} allows at most {limit}"
+            )
+        methods = {k: c.replace(depth=args.depth) if c.depth else c for k, c in methods.items()}
     size = args.size or clip.image_size
-    methods = ["raw", "surgery"] if args.method == "both" else [args.method]
-    args.out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"model": clip.name, "pretrained": clip.pretrained, "labels": args.labels, "images": {}}
-    for path in args.images:
-        with Image.open(path) as opened:
-            image = to_rgb(opened, str(path)).copy()  # loaded before the file closes
+    _prepare_out(args.out)
+    stems = _unique_names([_safe(p.stem) for p in args.images])
+    label_names = _unique_names([_safe(label) for label in args.labels])
+    summary: dict = {
+        "model": clip.name,
+        "pretrained": clip.pretrained,
+        "labels": list(args.labels),
+        "methods": list(methods),
+        "images": [],
+    }
+    for stem, (path, image) in zip(stems, images.items(), strict=True):
         batch = preprocess_images([image], size=size)
-        entry: dict = {"size": [image.height, image.width]}
-        for method in methods:
-            config = METHODS[method]()
-            if method == "surgery" and args.depth is not None:
-                config = config.replace(depth=args.depth)
+        entry: dict = {"path": str(path), "size": [image.height, image.width], "methods": {}}
+        for method, config in methods.items():
             result = explain(
                 clip.model, clip.tokenizer, batch, args.labels, config, size=(image.height, image.width)
             )
-            entry[method] = {
-                "probabilities": dict(zip(args.labels, result.image_scores[0].tolist(), strict=True))
-            }
+            record: dict = {"probabilities": result.image_scores[0].tolist(), "overlays": [], "points": []}
             for j, label in enumerate(args.labels):
-                target = args.out / f"{_safe(path.stem)}_{_safe(label)}_{method}.png"
+                target = args.out / f"{stem}_{label_names[j]}_{method}.png"
                 overlay(image, result.maps[0, :, :, j], args.alpha).save(target)
-            if method == "surgery":
-                entry[method]["points"] = {}
-                for label in args.labels:
-                    points, point_labels = result.points(label)
-                    entry[method]["points"][label] = {"xy": points.tolist(), "labels": point_labels.tolist()}
-        summary["images"][str(path)] = entry
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+                points, point_labels = result.points(label)
+                record["overlays"].append(target.name)
+                record["points"].append({"xy": points.tolist(), "labels": point_labels.tolist()})
+            entry["methods"][method] = record
+        summary["images"].append(entry)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``surgery`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    with torch.no_grad():
-        run_explain(args)
+    if args.command == "evaluate":
+        from surgery_lib.eval.runner import main as evaluate_main
+
+        return evaluate_main(args.options)
+    if args.command == "figures":
+        from surgery_lib.ui.notebooks import main as figures_main
+
+        return figures_main(args.options)
+    try:
+        with torch.no_grad():
+            run_explain(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"surgery explain: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote overlays and summary.json to {args.out.resolve()}")
     return 0
 

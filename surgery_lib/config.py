@@ -8,7 +8,9 @@ surgery on). Widgets are generated from the fields, so a new flag gets its contr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, get_args
 
 AttentionKind = Literal["qk", "vv", "qq", "kk", "identity"]
@@ -85,3 +87,35 @@ class SurgeryConfig:
     def replace(self, **changes: object) -> SurgeryConfig:
         """A copy with some fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)
+
+
+METHODS: Mapping[str, SurgeryConfig] = MappingProxyType(
+    {
+        "raw": SurgeryConfig.off(),
+        "surgery": SurgeryConfig.paper(),
+    }
+)
+"""The one registry of named methods: name -> config (read-only). ``raw`` is vanilla CLIP, ``surgery``
+CLIP Surgery as published."""
+
+
+RAW_VS_SURGERY: Mapping[str, SurgeryConfig] = MappingProxyType({k: METHODS[k] for k in ("raw", "surgery")})
+"""The paper's comparison: vanilla CLIP beside CLIP Surgery."""
+
+
+def method_config(method: str | SurgeryConfig | None) -> SurgeryConfig:
+    """The config a method name (a key of :data:`METHODS`) or a config stands for; None: the paper's.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+        TypeError: neither a name nor a :class:`SurgeryConfig`.
+    """
+    if method is None:
+        return SurgeryConfig.paper()
+    if isinstance(method, SurgeryConfig):
+        return method
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+        return METHODS[method]
+    raise TypeError(f"expected a method name or a SurgeryConfig, got {type(method).__name__}")

@@ -9,11 +9,12 @@ from PIL import Image
 
 from surgery_lib import analysis
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.examples import AnnotatedImage, example_images
-from surgery_lib.explain import encode_image_tokens
-from surgery_lib.features import cosine_similarity
-from surgery_lib.loading import load_clip
-from surgery_lib.text import text_features
+from surgery_lib.data.records import AnnotatedImage
+from surgery_lib.data.shipped import example_images
+from surgery_lib.maps.explain import encode_image_tokens
+from surgery_lib.maps.features import cosine_similarity
+from surgery_lib.maps.text import text_features
+from surgery_lib.model.loading import load_clip
 
 
 @pytest.fixture(scope="module")

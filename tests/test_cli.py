@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from surgery_lib.cli import main
-from surgery_lib.render import jet, overlay
+from surgery_lib.ui.render import jet, overlay
 
 GOLDEN = sorted((Path(__file__).resolve().parents[1] / ".." / "shared" / "golden").glob("*vit*.pt"))
 
@@ -59,12 +59,12 @@ def test_cli_explain(tmp_path, capsys):
     with Image.open(out / "photo_one_cat_surgery.png") as im:
         assert im.size == (90, 60)
     summary = json.loads((out / "summary.json").read_text())
-    entry = summary["images"][str(photo)]
-    assert sum(entry["raw"]["probabilities"].values()) == pytest.approx(1.0)
-    assert entry["raw"]["probabilities"] == pytest.approx(
-        entry["surgery"]["probabilities"], abs=1e-5
-    )  # dual path: vanilla CLS
-    points = entry["surgery"]["points"]["cat"]
+    (entry,) = summary["images"]
+    assert entry["path"] == str(photo)
+    raw, surgery = entry["methods"]["raw"], entry["methods"]["surgery"]
+    assert sum(raw["probabilities"]) == pytest.approx(1.0)
+    assert raw["probabilities"] == pytest.approx(surgery["probabilities"], abs=1e-5)  # dual path: vanilla CLS
+    points = surgery["points"][0]
     assert len(points["xy"]) == len(points["labels"]) > 0
     assert "wrote overlays" in capsys.readouterr().out
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surgery_lib.datasets import (
+from surgery_lib.data.datasets import (
     ADE20K_CLASSES,
     COCO_THINGS,
     NUS_WIDE_CLASSES,
     DatasetError,
     load_dataset,
 )
-from surgery_lib.real_data import load_real as load_real_photos
+from surgery_lib.data.shipped import read_real_photos as load_real_photos
 
 H, W = 12, 16
 

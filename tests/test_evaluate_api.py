@@ -7,15 +7,15 @@ import torch
 
 from surgery_lib import evaluate as ev
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.datasets import load_dataset
-from surgery_lib.loading import load_clip
-from surgery_lib.metrics import average_precision, precision_recall_curve
-from surgery_lib.segmentation import ConfusionMatrix, Protocol, segment_samples
+from surgery_lib.data.datasets import load_dataset
+from surgery_lib.eval.metrics import average_precision, precision_recall_curve
+from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
+from surgery_lib.model.loading import load_clip
 
 
 def test_dataset_specs():
     assert set(ev.dataset_specs("")) == {"composites-seen", "composites-new", "real"}
-    assert all(root.is_dir() for _, root in ev.OFFLINE_DATASETS.values())
+    assert all(root.is_dir() for _, root in ev.dataset_specs().values())
     specs = ev.dataset_specs("voc=/data/VOCdevkit, ade20k=~/ade")
     assert specs["voc"][0] == "voc" and str(specs["voc"][1]) == "/data/VOCdevkit"
     assert "~" not in str(specs["ade20k"][1])
@@ -26,7 +26,7 @@ def test_dataset_specs():
 
 
 def test_evaluation_table_runs_every_combination_and_resumes(tmp_path):
-    datasets = {"composites-seen": ev.OFFLINE_DATASETS["composites-seen"]}
+    datasets = {"composites-seen": ev.dataset_specs()["composites-seen"]}
     rows = ev.evaluation_table("explain", ["toy-vit"], datasets, tmp_path, limit=4, batch_size=2)
     assert [(r["backbone"], r["dataset"], r["method"]) for r in rows] == [
         ("toy-vit", "composites-seen", "raw"),
@@ -43,7 +43,7 @@ def test_evaluation_table_runs_every_combination_and_resumes(tmp_path):
 
 
 def test_segment_samples_match_the_command_line(tmp_path):
-    root = ev.OFFLINE_DATASETS["real"][1]
+    root = ev.dataset_specs()["real"][1]
     result = ev.evaluate("segment", "real", root, tmp_path / "seg", limit=3, batch_size=2, quiet=True)
     dataset = load_dataset("real", root)
     samples = [dataset[i] for i in range(3)]

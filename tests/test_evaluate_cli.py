@@ -1,4 +1,4 @@
-"""``python -m surgery_lib.evaluate`` end to end on a tiny VOC fixture with the shipped toy-vit."""
+"""``python -m surgery_lib.eval.runner`` end to end on a tiny VOC fixture with the shipped toy-vit."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from surgery_lib import evaluate
-from surgery_lib.datasets import NUS_WIDE_CLASSES
-from surgery_lib.loading import load_clip
-from surgery_lib.text import PROMPT_TEMPLATES, text_features
+from surgery_lib.data.datasets import NUS_WIDE_CLASSES
+from surgery_lib.maps.text import PROMPT_TEMPLATES, text_features
+from surgery_lib.model.loading import load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["2007_000001", "2007_000002", "2007_000003", "2007_000004", "2007_000005"]
@@ -208,7 +208,7 @@ def test_two_processes_match_one_exactly(composites_root, tmp_path):
     evaluate.main(args)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "surgery_lib.evaluate",
+           str(_free_port()), "-m", "surgery_lib.eval.runner",
            *_args(task, composites_root, tmp_path / "two", dataset="composites")]  # fmt: skip
     done = subprocess.run(two, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surgery_lib.examples import default_source, example_images
+from surgery_lib.data.shipped import default_source, example_images
 
 
 @pytest.mark.parametrize("source", ["composites", "composites-new", "real"])

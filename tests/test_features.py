@@ -20,7 +20,7 @@ from surgery_lib import (
     similarity_to_points,
     text_features,
 )
-from surgery_lib.features import feature_surgery_naive
+from surgery_lib.maps.features import feature_surgery_naive
 
 
 def _unit(*shape, seed=0):

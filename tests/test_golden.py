@@ -21,8 +21,8 @@ from surgery_lib import (
     similarity_to_points,
     text_features,
 )
-from surgery_lib.loading import model_from_openai_state_dict
-from surgery_lib.text import empty_prompt_features
+from surgery_lib.maps.text import empty_prompt_features
+from surgery_lib.model.loading import model_from_openai_state_dict
 
 GOLDEN_DIR = Path(
     os.environ.get("SURGERY_GOLDEN_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "golden")

@@ -10,7 +10,7 @@ from conftest import assert_unchanged, make_rn, make_vit, random_images, snapsho
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from PIL import Image
 
-import surgery_lib.images as images_module
+import surgery_lib.maps.images as images_module
 from surgery_lib import (
     ImageInputError,
     LabelTooLongError,
@@ -23,7 +23,7 @@ from surgery_lib import (
     text_features,
     to_rgb,
 )
-from surgery_lib.text import _CACHE
+from surgery_lib.maps.text import _CACHE
 
 
 @pytest.fixture

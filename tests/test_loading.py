@@ -15,7 +15,7 @@ from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
 from surgery_lib import WeightsNotAvailableError, encode_image_tokens, load_clip
-from surgery_lib.loading import canonical_name, read_state_dict
+from surgery_lib.model.loading import canonical_name, read_state_dict
 
 TINY = "surgery-test-tiny-vit"
 TINY_CFG = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surgery_lib.metrics import (
+from surgery_lib.eval.metrics import (
     ExplainabilityMeter,
     average_precision,
     map_scores,

@@ -8,10 +8,10 @@ import torch
 from conftest import make_vit, random_images
 
 from surgery_lib import SurgeryConfig, empty_prompt_features, encode_image_tokens, similarity_to_points
-from surgery_lib.explain import Explanation
-from surgery_lib.features import similarity_map
-from surgery_lib.multimodal import caption_tokens, word_importance, word_similarity
-from surgery_lib.sam import SamSegmenter, SamUnavailableError, parse_target, text_points
+from surgery_lib.maps.explain import Explanation
+from surgery_lib.maps.features import similarity_map
+from surgery_lib.maps.multimodal import caption_tokens, word_importance, word_similarity
+from surgery_lib.maps.sam import SamSegmenter, SamUnavailableError, parse_target, text_points
 
 # ---- multimodal ---------------------------------------------------------------------------------
 

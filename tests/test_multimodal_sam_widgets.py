@@ -11,19 +11,19 @@ import torch
 from matplotlib.collections import PathCollection
 from PIL import Image
 
-from surgery_lib import viz
-from surgery_lib.examples import DATA_DIR, example_images
-from surgery_lib.loading import load_clip
-from surgery_lib.sam import SamSegmenter, gate_rates, point_precision, text_points
-from surgery_lib.toy.evaluate import (
+from surgery_lib.data.shipped import example_images, read_captions
+from surgery_lib.eval.sets import (
     _is_class_word,
     _size_batches,
     caption_word_records,
     point_precision_records,
     presence_records,
-    read_captions,
 )
-from surgery_lib.widgets import CaptionExplorer, SamExplorer
+from surgery_lib.maps.sam import SamSegmenter, gate_rates, point_precision, text_points
+from surgery_lib.model.loading import load_clip
+from surgery_lib.paths import data_dir
+from surgery_lib.ui import viz
+from surgery_lib.ui.widgets import CaptionExplorer, SamExplorer
 
 matplotlib.use("Agg")
 CLASSES = ["nut", "bird", "pepper", "tank"]
@@ -138,7 +138,7 @@ def test_the_gate_rates_match_text_points(loaded, items):
     for i in range(len(items)):
         assert sum(r["probability"] for r in records if r["image"] == i) == pytest.approx(1.0, abs=1e-5)
     assert [r["present"] for r in records if r["image"] == 2] == [False, True, True, True]
-    from surgery_lib.explain import explain
+    from surgery_lib.maps.explain import explain
 
     ordered = sorted(r["probability"] for r in records)
     threshold = math.sqrt(ordered[len(ordered) // 2] * ordered[len(ordered) // 2 + 1])  # between two pairs
@@ -158,7 +158,7 @@ def test_point_precision_records(loaded, items):
     assert {r["method"] for r in records} == {"raw", "surgery"}
     assert all(r["precision"] is None or 0 <= r["precision"] <= 100 for r in records)
     from surgery_lib.config import SurgeryConfig
-    from surgery_lib.explain import explain
+    from surgery_lib.maps.explain import explain
 
     item = items[2]
     for method, config in {"raw": SurgeryConfig.off(), "surgery": SurgeryConfig.paper()}.items():
@@ -177,7 +177,7 @@ def test_point_precision_records(loaded, items):
 
 
 def test_captions_and_word_records(loaded, items):
-    captions = read_captions(DATA_DIR / "composites" / "seen_instances", limit=3)
+    captions = read_captions(data_dir() / "composites" / "seen_instances", limit=3)
     assert captions[0] == "a photo of a nut" and len(captions) == 3
     assert _is_class_word("cat", ["big cat"]) and not _is_class_word("a", ["big cat"])
     records = caption_word_records(loaded.model, loaded.tokenizer, items[:2], captions[:2], loaded.image_size)

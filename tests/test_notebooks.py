@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from surgery_lib.notebook_runner import NotebookError, main, notebook_paths, run_notebook
+from surgery_lib.ui.notebooks import NotebookError, main, notebook_paths, run_notebook
 
 NOTEBOOKS = notebook_paths()
 SMALL = {"SURGERY_LIMIT": "6", "HF_HUB_OFFLINE": "1"}  # few images: the same code paths, faster

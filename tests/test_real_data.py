@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surgery_lib.real_data import (
+from surgery_lib.data.shipped import (
     IGNORE_INDEX,
     VOC_CLASSES,
     RealDataError,
     RealImage,
-    load_real,
     objects_from_masks,
     rasterise_labelme,
+    read_real_photos,
 )
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "real"
@@ -28,7 +28,7 @@ REAL = Path(__file__).resolve().parent.parent / "data" / "real"
 
 @pytest.fixture(scope="module")
 def real() -> list[RealImage]:
-    return load_real(REAL)
+    return read_real_photos(REAL)
 
 
 def test_at_least_eight_photos_with_unique_ids(real: list[RealImage]) -> None:
@@ -81,7 +81,7 @@ def test_missing_mask_is_named(tmp_path: Path) -> None:
     missing = copy / "SegmentationObject" / f"{first}.png"
     missing.unlink()
     with pytest.raises(RealDataError, match="missing file") as info:
-        load_real(copy)
+        read_real_photos(copy)
     assert str(missing) in str(info.value)
 
 
@@ -92,7 +92,7 @@ def test_wrong_size_mask_is_named(tmp_path: Path) -> None:
     mask = copy / "SegmentationClass" / f"{first}.png"
     Image.new("P", (7, 5)).save(mask)
     with pytest.raises(RealDataError, match="malformed mask file") as info:
-        load_real(copy)
+        read_real_photos(copy)
     assert str(mask) in str(info.value)
 
 

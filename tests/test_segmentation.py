@@ -11,9 +11,7 @@ from conftest import make_vit
 from PIL import Image
 
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.explain import explain
-from surgery_lib.images import reference_transform
-from surgery_lib.segmentation import (
+from surgery_lib.eval.segmentation import (
     ConfusionMatrix,
     Protocol,
     class_similarity,
@@ -22,7 +20,9 @@ from surgery_lib.segmentation import (
     to_dataset_classes,
     window_boxes,
 )
-from surgery_lib.text import text_features
+from surgery_lib.maps.explain import explain
+from surgery_lib.maps.images import reference_transform
+from surgery_lib.maps.text import text_features
 
 
 def _target() -> torch.Tensor:

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from surgery_lib import SurgeryConfig, encode_image_tokens, load_clip, preprocess_images
-from surgery_lib.toy.models import WEIGHTS_DIR, recorded_metadata, sha256, weights_path
-from surgery_lib.toy.quick_check import quick_zero_shot
+from surgery_lib.model.shipped import WEIGHTS_DIR, recorded_metadata, sha256, weights_path
+from surgery_tools.quick_check import quick_zero_shot
 
 SHIPPED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
@@ -54,10 +54,11 @@ def test_recorded_quality_shows_surgery_beats_raw(name):
 
 
 def test_default_model_end_to_end_on_a_real_photo():
-    from surgery_lib.real_data import load_real
+    from surgery_lib.data.shipped import read_real_photos
+    from surgery_lib.paths import data_dir
 
     clip = load_clip()
-    photo = load_real(WEIGHTS_DIR.parent / "real")[0]
+    photo = read_real_photos(data_dir() / "real")[0]
     images = preprocess_images([photo.image], size=clip.image_size)
     tokens, grid = encode_image_tokens(clip.model, images, SurgeryConfig.paper())
     assert grid == (8, 8) and tokens.shape == (1, 65, 128) and torch.isfinite(tokens).all()

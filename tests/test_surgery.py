@@ -15,7 +15,7 @@ from surgery_lib import (
     encode_image_tokens,
     is_surgery_applied,
 )
-from surgery_lib.attention import attend
+from surgery_lib.model.attention import attend
 
 
 def _vanilla_image_features(model, images):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from surgery_lib.toy import data as toy
+from surgery_tools import toy_data as toy
 
 # Pure colours: in a composite, every pixel of an object's mask keeps its class's colour channel dominant
 # (jitter changes brightness / contrast / saturation by at most 20 %; backgrounds are grey).

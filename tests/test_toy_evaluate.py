@@ -9,7 +9,8 @@ import pytest
 from conftest import make_vit
 from PIL import Image
 
-from surgery_lib.toy.evaluate import evaluate, main, point_scores, read_set
+from surgery_lib.data.shipped import read_composite_set as read_set
+from surgery_lib.eval.sets import evaluate, main, point_scores
 
 CLASSES = ["cat", "dog", "sky"]
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 from test_toy_data import cache  # noqa: F401  (the synthetic cache fixture)
 
-from surgery_lib.toy.models import sha256
-from surgery_lib.toy.train import class_prompt_loss, contrastive_loss, train
+from surgery_lib.model.shipped import sha256
+from surgery_tools.train import class_prompt_loss, contrastive_loss, train
 
 
 def _args(cache_dir, work, out, steps, *extra):
@@ -76,8 +76,8 @@ def test_augmented_training_runs_and_is_recorded(cache, tmp_path):  # noqa: F811
 def test_convolutional_towers_train_channels_last():
     import open_clip
 
-    from surgery_lib.toy.models import register_configs
-    from surgery_lib.toy.train import _memory_format
+    from surgery_lib.model.shipped import register_configs
+    from surgery_tools.train import _memory_format
 
     register_configs()
     assert _memory_format(open_clip.create_model("toy-rn")) == torch.channels_last

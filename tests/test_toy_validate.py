@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_toy_data import cache  # noqa: F401  (the synthetic cache fixture)
 
-from surgery_lib.toy import validate
-from surgery_lib.toy.data import CompositeGenerator
+from surgery_tools import validate
+from surgery_tools.toy_data import CompositeGenerator
 
 
 def test_leave_one_out_never_copies_held_out_data(cache, tmp_path):  # noqa: F811

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from surgery_lib import viz
+from surgery_lib.ui import viz
 
 
 @pytest.fixture

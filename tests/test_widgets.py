@@ -11,11 +11,11 @@ import torch
 from conftest import assert_unchanged, snapshot
 
 from surgery_lib.config import ATTENTION_KINDS, REDUNDANT_FEATURES, SurgeryConfig
-from surgery_lib.examples import example_images
-from surgery_lib.explain import explain
-from surgery_lib.introspection import attention_maps
-from surgery_lib.loading import load_clip
-from surgery_lib.widgets import (
+from surgery_lib.data.shipped import example_images
+from surgery_lib.maps.explain import explain
+from surgery_lib.model.introspection import attention_maps
+from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.widgets import (
     AttentionExplorer,
     Explorer,
     MapCache,

@@ -1,0 +1,2 @@
+"""Evaluation: metrics, segmentation protocols, the paper's analyses, set measurements and the
+resumable evaluation runner."""

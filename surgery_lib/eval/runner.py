@@ -1,0 +1,637 @@
+"""Evaluate raw CLIP or CLIP Surgery on a dataset: explainability, segmentation or multi-label mAP.
+
+    python -m surgery_lib.eval.runner --task segment --dataset voc --root data/VOCdevkit \\
+        --model toy-vit --pretrained default --method surgery --out runs/voc-surgery
+
+Tasks (datasets: :mod:`surgery_lib.data.datasets`):
+
+* ``explain``: per (image, class present) the similarity map at the label's size against the class
+  mask, ignore pixels left out (:func:`surgery_lib.eval.metrics.masked_map_scores`): mIoU, mSC, pointing
+  game, share of "opposite" maps.
+* ``segment``: open-vocabulary segmentation (:mod:`surgery_lib.eval.segmentation`, ``--protocol paper`` or
+  ``sliding``), mIoU from the summed confusion matrix.
+* ``multilabel``: image-level scores per class, mAP (:func:`surgery_lib.eval.metrics.mean_average_precision`);
+  ``raw``: vanilla CLIP, softmax over the classes of 100 × the class token's cosine similarity;
+  ``surgery``: the class token's feature-surgery similarity (the paper's multi-class form). On
+  segmentation datasets a class is a positive of an image when any of its pixels is labelled.
+
+Outputs in ``--out``: ``results.json`` (summary, per-class scores, settings, timing), ``results.csv``
+(per-class table), ``run.json`` (the settings a resumed run must match, with a sha256 of the model's
+weights: retrained weights under the same name never reuse old records) and ``parts/rank<r>.jsonl``
+(one record per finished image, appended after every batch). A rerun with the same settings reads the
+records and computes only the images that have none, so an interrupted run resumes where it stopped.
+
+Images are split into fixed batches of ``--batch-size`` in dataset order; under ``torchrun`` batch ``k``
+runs on rank ``k mod world_size`` (gloo on CPU, nccl on GPU), confusion matrices are summed with
+``all_reduce`` and per-image records gathered on rank 0, so the results equal a single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from surgery_lib.config import METHODS
+from surgery_lib.data.datasets import DATASETS, Dataset, Sample, load_dataset
+from surgery_lib.eval.metrics import (
+    ExplainabilityMeter,
+    MapScores,
+    average_precision,
+    masked_map_scores,
+    mean_average_precision,
+)
+from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
+from surgery_lib.maps.explain import encode_image_tokens, similarity
+from surgery_lib.maps.features import similarity_map
+from surgery_lib.maps.images import reference_transform
+from surgery_lib.maps.text import empty_prompt_features, text_features
+from surgery_lib.model.loading import LoadedCLIP, load_clip
+from surgery_lib.paths import data_dir
+
+TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """One evaluation run, validated on construction (the command line parses into this).
+
+    Attributes:
+        task: one of :data:`TASKS`.
+        dataset: one of :data:`~surgery_lib.data.datasets.DATASETS`; ``root`` is its folder.
+        out: the run folder (results, resumable records).
+        split: dataset split (default: the dataset's).
+        model, pretrained, checkpoint: what :func:`~surgery_lib.model.loading.load_clip` loads.
+        method: a name of :data:`~surgery_lib.config.METHODS`.
+        image_size: n×n input for explain, multilabel and the paper protocol (default: native); the
+            short side for the sliding protocol (default: the dataset's).
+        protocol, window, stride, bg_threshold: segmentation protocol (``paper`` or ``sliding``).
+        limit: only the first N images (sorted order).
+        batch_size: images per batch; device: ``auto``, ``cpu`` or ``cuda``; quiet: no progress output.
+    """
+
+    task: str
+    dataset: str
+    root: Path
+    out: Path
+    split: str | None = None
+    model: str = "toy-vit"
+    pretrained: str = "default"
+    checkpoint: Path | None = None
+    method: str = "surgery"
+    image_size: int | None = None
+    protocol: str = "paper"
+    window: int | None = None
+    stride: int | None = None
+    bg_threshold: float | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("root", "out", "checkpoint"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {DATASETS}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {tuple(METHODS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
+        for name in ("image_size", "window", "stride", "limit", "batch_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.bg_threshold is not None and not 0.0 <= self.bg_threshold <= 1.0:
+            raise ValueError(f"bg_threshold must be in [0, 1], got {self.bg_threshold}")
+
+
+PROTOCOLS: tuple[str, ...] = ("paper", "sliding")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m surgery_lib.eval.runner", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument(
+        "--root", type=Path, required=True, help="the dataset folder (layouts: surgery_lib.data.datasets)"
+    )
+    p.add_argument("--split", help="dataset split (default: val; test for nus_wide)")
+    p.add_argument("--model", default="toy-vit", help="toy-vit, toy-rn or an open_clip name (ViT-B-16, ...)")
+    p.add_argument("--pretrained", default="default", help="pretrained tag or weights file (see load_clip)")
+    p.add_argument("--checkpoint", type=Path, help="a local weights file")
+    p.add_argument("--method", choices=sorted(METHODS), default="surgery")
+    size_help = (
+        "input side: n×n for explain, multilabel and the paper protocol (default: the model's native size), "
+        "the short side for the sliding protocol (default: the dataset's)"
+    )
+    p.add_argument("--image-size", type=int, help=size_help)
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="segmentation protocol")
+    p.add_argument("--window", type=int, help="sliding window side (default 224)")
+    p.add_argument("--stride", type=int, help="sliding window stride (default 112)")
+    p.add_argument("--bg-threshold", type=float, help="background threshold (default 0.5)")
+    p.add_argument("--limit", type=int, help="only the first N images (in sorted order)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary on stdout")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; starts a process group when launched by ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device(f"cuda:{local}" if use_cuda and world > 1 else ("cuda" if use_cuda else "cpu"))
+    if world > 1:
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return dist.get_rank(), world, dev
+    return 0, 1, dev
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------
+# per-image records (append-only jsonl shards)
+
+
+def _read_records(parts: Path) -> dict[int, dict]:
+    """Every complete record in ``parts/*.jsonl`` by image index (a torn last line is skipped)."""
+    records: dict[int, dict] = {}
+    for path in sorted(parts.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records.setdefault(int(record["index"]), record)
+    return records
+
+
+def _repair(path: Path) -> None:
+    """Cut a torn last line (an interrupted write) so that new records start on a line of their own."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _append(path: Path, records: Sequence[dict]) -> None:
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------
+# the three tasks: a batch of samples -> one record per sample
+
+
+class _Context:
+    """What every batch needs: model, text features, config, protocol."""
+
+    def __init__(
+        self, args: EvalSettings, dataset: Dataset, device: torch.device, loaded: LoadedCLIP | None
+    ) -> None:
+        self.args, self.dataset = args, dataset
+        self.clip = loaded or load_clip(
+            args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device
+        )
+        self.model, self.tokenizer = self.clip.model, self.clip.tokenizer
+        self.config = METHODS[args.method]
+        self.size = args.image_size or self.clip.image_size
+        fg = dataset.foreground
+        self.texts = text_features(self.model, self.tokenizer, [dataset.prompts[i] for i in fg])
+        self.position = {c: j for j, c in enumerate(fg)}
+        self.empty = empty_prompt_features(self.model, self.tokenizer)
+        self.protocol = Protocol.for_dataset(
+            args.protocol,
+            dataset.name,
+            image_size=args.image_size if args.protocol == "paper" else None,
+            short_side=args.image_size if args.protocol == "sliding" else None,
+            window=args.window,
+            stride=args.stride,
+            background_threshold=args.bg_threshold,
+        )
+
+    def candidates(self, sample: Sample) -> list[int]:
+        """Dataset class indices the image is evaluated on (its vocabulary, background excluded)."""
+        fg = self.dataset.foreground
+        return list(fg) if sample.vocabulary is None else [c for c in fg if c in sample.vocabulary]
+
+    def texts_for(self, candidates: Sequence[int]) -> torch.Tensor:
+        return self.texts[[self.position[c] for c in candidates]]
+
+    def tokens(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, tuple[int, int]]:
+        transform = reference_transform(self.size)
+        return encode_image_tokens(
+            self.model, torch.stack([transform(s.image) for s in samples]), self.config
+        )
+
+
+def _explain_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
+    tokens, grid = ctx.tokens(samples)
+    records = []
+    for b, sample in enumerate(samples):
+        cands = ctx.candidates(sample)
+        sim = similarity(tokens[b : b + 1], ctx.texts_for(cands), ctx.config, ctx.empty)
+        label = torch.from_numpy(sample.label)
+        valid = label != ctx.dataset.ignore_index
+        present = [c for c in cands if bool((label == c).any())]
+        pairs, skipped = [], []
+        if present:
+            cols = [cands.index(c) for c in present]
+            maps = similarity_map(sim[:, 1:, cols].cpu(), tuple(label.shape), grid)[0]
+            for j, c in enumerate(present):
+                name = ctx.dataset.class_names[c]
+                try:
+                    s = masked_map_scores(maps[:, :, j], label == c, valid)
+                except ValueError:
+                    skipped.append(name)  # the class covers every evaluated pixel: SC is undefined
+                    continue
+                pairs.append({"class": name, "iou": s.iou, "sc": s.score_contrast, "hit": s.pointing_hit})
+        records.append({"pairs": pairs, "skipped": skipped})
+    return records
+
+
+def _segment_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
+    preds = segment_samples(ctx.clip, ctx.dataset, samples, ctx.config, ctx.protocol, ctx.args.batch_size)
+    records = []
+    for pred, sample in zip(preds, samples, strict=True):
+        cm = ConfusionMatrix(len(ctx.dataset.class_names), ctx.dataset.ignore_index)
+        cm.update(pred, sample.label)
+        records.append({"confusion": cm.sparse()})
+    return records
+
+
+def _multilabel_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
+    tokens, _ = ctx.tokens(samples)
+    records = []
+    k = len(ctx.dataset.class_names)
+    for b, sample in enumerate(samples):
+        cands = ctx.candidates(sample)
+        texts = ctx.texts_for(cands)
+        if ctx.args.method == "raw":
+            row = torch.softmax(100.0 * tokens[b : b + 1, 0] @ texts.t(), dim=-1)[0]
+        else:
+            row = similarity(tokens[b : b + 1], texts, ctx.config, ctx.empty)[0, 0]
+        scores: list[float | None] = [None] * k
+        targets = [-1] * k
+        if sample.tags is not None:
+            present = {int(c) for c in np.nonzero(sample.tags)[0]}
+        else:
+            present = {int(c) for c in np.unique(sample.label)}
+        for j, c in enumerate(cands):
+            scores[c] = float(row[j])
+            targets[c] = int(c in present)
+        records.append({"scores": scores, "targets": targets})
+    return records
+
+
+_BATCH_FUNCTIONS = {"explain": _explain_batch, "segment": _segment_batch, "multilabel": _multilabel_batch}
+
+
+# ---------------------------------------------------------------------------------------------------
+# summaries
+
+
+def _summarise(task: str, dataset: Dataset, records: Sequence[dict], confusion: ConfusionMatrix) -> tuple:
+    """``(summary dict, per-class rows)`` of the task from all records in image order."""
+    names = dataset.class_names
+    if task == "explain":
+        meter = ExplainabilityMeter()
+        for record in records:
+            for p in record["pairs"]:
+                meter.add_scores(p["class"], MapScores(p["iou"], p["sc"], p["hit"]))
+        skipped = sum(len(r["skipped"]) for r in records)
+        summary = {**meter.summary(), "skipped_pairs": skipped} if len(meter) else {"skipped_pairs": skipped}
+        rows = [
+            {"class": c, "count": v["count"], "iou": 100.0 * v["iou"], "score_contrast": v["score_contrast"],
+             "pointing_game": 100.0 * v["pointing_game"]}
+            for c, v in meter.per_class().items()
+        ]  # fmt: skip
+        return summary, rows
+    if task == "segment":
+        iou = confusion.iou_per_class()
+        gt, pred = confusion.matrix.sum(1), confusion.matrix.sum(0)
+        summary = {"mIoU": confusion.miou(), "pixel_accuracy": confusion.pixel_accuracy()}
+        summary["classes_evaluated"] = int((~torch.isnan(iou)).sum())
+        rows = [
+            {
+                "class": names[c],
+                "iou": 100.0 * float(iou[c]),
+                "gt_pixels": int(gt[c]),
+                "pred_pixels": int(pred[c]),
+            }
+            for c in range(len(names))
+            if not torch.isnan(iou[c])
+        ]
+        return summary, rows
+    scores = torch.tensor(
+        [[0.0 if s is None else s for s in r["scores"]] for r in records], dtype=torch.float64
+    )
+    targets = torch.tensor([r["targets"] for r in records], dtype=torch.int64)
+    ap = average_precision(scores, targets)
+    m, excluded = mean_average_precision(scores, targets)
+    summary = {"mAP": m, "classes_evaluated": len(names) - len(excluded)}
+    summary["classes_without_positives"] = [names[c] for c in excluded if bool((targets[:, c] >= 0).any())]
+    rows = [
+        {"class": names[c], "ap": 100.0 * float(ap[c]), "positives": int((targets[:, c] > 0).sum())}
+        for c in range(len(names))
+        if not torch.isnan(ap[c])
+    ]
+    return summary, rows
+
+
+def _write_results(out: Path, result: dict, rows: Sequence[dict]) -> None:
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    with (out / "results.csv").open("w", newline="") as f:
+        fields = list(rows[0]) if rows else ["class"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# main
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of every tensor of ``model.state_dict()`` (names, dtypes, shapes and bytes, sorted by name):
+    retrained or swapped weights under the same model name and tag change it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _settings(args: EvalSettings, model: nn.Module) -> dict:
+    """What a resumed run must share with the run that wrote the records, the weights included."""
+    keys = ("task", "dataset", "root", "split", "model", "pretrained", "checkpoint", "method", "image_size",
+            "protocol", "window", "stride", "bg_threshold", "batch_size")  # fmt: skip
+    settings = {
+        k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys
+    }
+    return {**settings, "weights_sha256": _weights_fingerprint(model)}
+
+
+def _check_settings(out: Path, settings: dict, rank: int, world: int) -> None:
+    path = out / "run.json"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "parts").mkdir(exist_ok=True)
+        if path.is_file():
+            before = json.loads(path.read_text())
+            if before != settings:
+                changed = sorted(k for k in settings if before.get(k) != settings[k])
+                raise SystemExit(
+                    f"{out} holds results of a run with other settings ({', '.join(changed)}): "
+                    "use another --out or delete it"
+                )
+        else:
+            path.write_text(json.dumps(settings, indent=2) + "\n")
+    _barrier(world)
+
+
+def _run(args: EvalSettings, rank: int, world: int, device: torch.device, loaded: LoadedCLIP | None) -> int:
+    dataset = load_dataset(args.dataset, args.root, args.split)
+    if args.task in ("explain", "segment") and dataset.multilabel_only:
+        raise SystemExit(f"{args.dataset} has no label maps: only --task multilabel runs on it")
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be >= 1")
+    n = min(len(dataset), args.limit) if args.limit is not None else len(dataset)
+    ctx = _Context(args, dataset, device, loaded)
+    _check_settings(args.out, _settings(args, ctx.model), rank, world)
+    parts = args.out / "parts"
+    own = parts / f"rank{rank}.jsonl"
+    _repair(own)
+    finished = {i: r for i, r in _read_records(parts).items() if i < n}
+    for i, record in finished.items():
+        if record["id"] != dataset.ids[i]:
+            raise SystemExit(
+                f"{parts}: the record of image {i} is for {record['id']!r}, the dataset now has "
+                f"{dataset.ids[i]!r} there: the dataset changed; use another --out"
+            )
+    batches = [list(range(s, min(s + args.batch_size, n))) for s in range(0, n, args.batch_size)]
+    mine = [i for batch in batches[rank::world] for i in batch]
+    todo = [i for i in mine if i not in finished]
+    compute = _BATCH_FUNCTIONS[args.task]
+    start, computed = time.perf_counter(), 0
+    with tqdm(
+        total=len(mine), initial=len(mine) - len(todo), disable=rank != 0 or args.quiet, desc=args.task
+    ) as bar:
+        for batch in batches[rank::world]:
+            pending = [i for i in batch if i not in finished]
+            if not pending:
+                continue
+            samples = [dataset[i] for i in pending]
+            records = compute(ctx, samples)
+            for i, sample, record in zip(pending, samples, records, strict=True):
+                record.update(index=i, id=sample.image_id)
+                finished[i] = record
+            _append(own, records)
+            computed += len(pending)
+            bar.update(len(pending))
+    seconds = time.perf_counter() - start
+
+    shard = [finished[i] for i in mine]
+    confusion = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index)
+    if args.task == "segment":
+        for record in shard:
+            confusion.add_sparse(record["confusion"])
+    timing = [(computed, seconds)]
+    if world > 1:
+        state = confusion.state().to(device)
+        dist.all_reduce(state)
+        confusion.matrix = state.cpu()
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (shard, computed, seconds))
+        shard = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["index"])
+        timing = [(c, s) for _, c, s in gathered]
+    if rank != 0:
+        return 0
+    if len(shard) != n:
+        raise RuntimeError(f"expected {n} image records, got {len(shard)}")
+    summary, rows = _summarise(args.task, dataset, shard, confusion)
+    total_computed = sum(c for c, _ in timing)
+    result = {
+        "task": args.task,
+        "dataset": args.dataset,
+        "split": args.split,
+        "images": n,
+        "model": ctx.clip.name,
+        "pretrained": ctx.clip.pretrained,
+        "method": args.method,
+        "config": dataclasses.asdict(ctx.config),
+        "image_size": ctx.size,
+        "protocol": dataclasses.asdict(ctx.protocol) if args.task == "segment" else None,
+        "summary": summary,
+        "per_class": rows,
+        "run": {
+            "world_size": world,
+            "computed_images": total_computed,
+            "seconds": max(s for _, s in timing),
+            "seconds_per_image": sum(s for _, s in timing) / total_computed if total_computed else None,
+        },
+    }
+    _write_results(args.out, result, rows)
+    if not args.quiet:
+        print(json.dumps({"summary": summary, "run": result["run"]}, indent=1))
+    return 0
+
+
+def evaluate(
+    task: str,
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    model: str = "toy-vit",
+    pretrained: str = "default",
+    method: str = "surgery",
+    loaded: LoadedCLIP | None = None,
+    **options: object,
+) -> dict:
+    """Run one evaluation in this process (an :class:`EvalSettings` built from the arguments);
+    returns ``results.json``.
+
+    ``loaded``: the model ``model``/``pretrained`` name, already loaded (saves loading it per call).
+
+    ``options`` are the other :class:`EvalSettings` fields (``limit=20``,
+    ``protocol="sliding"``, ``image_size=448``, ``batch_size=16``, ``split="val"``, …). A finished or
+    interrupted run in ``out`` with the same settings is resumed: finished images are not recomputed.
+    """
+    settings = EvalSettings(
+        task=task, dataset=dataset, root=Path(root), out=Path(out), model=model, pretrained=pretrained,
+        method=method, **options,  # type: ignore[arg-type]
+    )  # fmt: skip
+    run_evaluation(settings, loaded)
+    return json.loads(settings.out.joinpath("results.json").read_text())
+
+
+def run_evaluation(settings: EvalSettings, loaded: LoadedCLIP | None = None) -> int:
+    """Run (or resume) one evaluation in this process, or in every ``torchrun`` process; writes
+    ``results.json`` in ``settings.out`` on rank 0. ``loaded``: the model ``settings.model`` names,
+    already loaded (the caller vouches that it is that model)."""
+    rank, world, device = _init_distributed(settings.device)
+    try:
+        return _run(settings, rank, world, device, loaded)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def image_records(out: str | Path) -> list[dict]:
+    """The per-image records of the run in ``out``, in image order (multilabel: ``scores`` and
+    ``targets`` per class; explain: the scored ``pairs``; segment: the sparse confusion counts)."""
+    parts = Path(out) / "parts"
+    if not parts.is_dir():
+        raise FileNotFoundError(f"no evaluation records in {out}: {parts} is missing")
+    records = _read_records(parts)
+    return [records[i] for i in sorted(records)]
+
+
+OFFLINE_DATASETS: dict[str, tuple[str, str]] = {
+    "composites-seen": ("composites", "composites/seen_instances"),
+    "composites-new": ("composites", "composites/new_instances"),
+    "real": ("real", "real"),
+}
+"""The evaluation sets shipped in ``data/`` (label -> (dataset name, folder under the data folder))."""
+
+
+def _offline_datasets() -> dict[str, tuple[str, Path]]:
+    root = data_dir()
+    return {label: (name, root / folder) for label, (name, folder) in OFFLINE_DATASETS.items()}
+
+
+def dataset_specs(spec: str = "") -> dict[str, tuple[str, Path]]:
+    """Datasets to evaluate, from ``"NAME=ROOT,NAME=ROOT"`` (NAME in :data:`DATASETS`; the label is
+    NAME), or the shipped :data:`OFFLINE_DATASETS` when ``spec`` is empty."""
+    if not spec.strip():
+        return _offline_datasets()
+    specs = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, root = part.partition("=")
+        if not sep or name not in DATASETS:
+            raise ValueError(f"bad dataset entry {part!r}: expected NAME=ROOT with NAME one of {DATASETS}")
+        specs[name] = (name, Path(root).expanduser())
+    return specs
+
+
+def evaluation_table(
+    task: str,
+    backbones: Sequence[str],
+    datasets: dict[str, tuple[str, Path]],
+    out_dir: str | Path,
+    methods: Sequence[str] = ("raw", "surgery"),
+    pretrained: str = "default",
+    **options: object,
+) -> list[dict]:
+    """One :func:`evaluate` per backbone × dataset × method (each resumable in its own folder under
+    ``out_dir``); rows of ``{"backbone", "dataset", "method", <summary>, "s_per_image", "out"}``."""
+    device = str(options.pop("device", "auto"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for backbone in backbones:
+        loaded = load_clip(backbone, pretrained=pretrained, device=device)
+        for label, (name, root) in datasets.items():
+            for method in methods:
+                out = Path(out_dir) / task / f"{backbone}__{pretrained}__{label}__{method}".replace("/", "_")
+                result = evaluate(
+                    task, name, root, out, backbone, pretrained, method, loaded, quiet=True, **options
+                )
+                summary = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
+                seconds = result["run"]["seconds_per_image"]
+                row = {"backbone": backbone, "dataset": label, "method": method, **summary}
+                rows.append({**row, "s_per_image": seconds, "out": str(out)})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None, loaded: LoadedCLIP | None = None) -> int:
+    """Command line (see the module doc). ``loaded``: the model of ``--model``, already loaded (the
+    caller vouches that it is what ``--model``/``--pretrained`` name)."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = EvalSettings(**vars(args))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    return run_evaluation(settings, loaded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Image input: validation, conversion to RGB, and the reference preprocessing.
+
+Accepted images: PIL images, ``(H, W, 3)`` / ``(H, W)`` numpy arrays (uint8, or float in [0, 1]) and
+``(3, H, W)`` uint8 tensors. Conversions that cannot change the meaning of an image are done
+(grayscale, palette without transparency, CMYK/YCbCr -> RGB); anything ambiguous is refused with an
+:class:`ImageInputError` that names the problem: an alpha channel (composite it yourself first),
+16-bit or 32-bit pixels (choose a scaling yourself), channel-first arrays, NaN, too small or too
+large images. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from surgery_lib.model.preprocess import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    ImageInputError,
+    check_image_batch,
+    reference_transform,
+)
+
+MIN_SIDE = 16
+MAX_PIXELS = 64_000_000
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor
+
+
+_CONVERTIBLE = {"L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"}
+_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _check_size(width: int, height: int, what: str) -> None:
+    if min(width, height) < MIN_SIDE:
+        raise ImageInputError(f"{what} is {width}×{height} pixels: at least {MIN_SIDE}×{MIN_SIDE} is needed")
+    if width * height > MAX_PIXELS:
+        raise ImageInputError(
+            f"{what} is {width}×{height} pixels ({width * height / 1e6:.0f} MP), more than "
+            f"{MAX_PIXELS / 1e6:.0f} MP: downscale it first (it is resized for CLIP anyway)"
+        )
+
+
+def _pil_to_rgb(image: Image.Image, what: str) -> Image.Image:
+    mode = image.mode
+    _check_size(image.width, image.height, what)
+    if mode == "RGB":
+        return image
+    if mode in _ALPHA or (mode == "P" and "transparency" in image.info):
+        raise ImageInputError(
+            f"{what} has mode {mode!r} with an alpha channel: composite it on a background of your "
+            "choice first, e.g. Image.alpha_composite(Image.new('RGBA', im.size, 'white'), "
+            "im.convert('RGBA')).convert('RGB')"
+        )
+    if mode in _CONVERTIBLE:
+        return image.convert("RGB")
+    raise ImageInputError(
+        f"{what} has mode {mode!r} (16/32-bit or unsupported pixels): scale it to 8-bit RGB yourself, "
+        "since the right scaling depends on the data"
+    )
+
+
+def _array_to_rgb(array: np.ndarray, what: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        raise ImageInputError(
+            f"{what} has shape {array.shape}, which looks channel-first: pass (H, W, 3) "
+            "(e.g. array.transpose(1, 2, 0))"
+        )
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
+        extra = (
+            " (4 channels: an alpha channel? drop or composite it first)" if array.shape[-1:] == (4,) else ""
+        )
+        raise ImageInputError(f"{what} has shape {array.shape}: expected (H, W, 3) or (H, W){extra}")
+    height, width = array.shape[:2]
+    _check_size(width, height, what)
+    if array.dtype == np.uint8:
+        data = array
+    elif array.dtype in (np.float32, np.float64, np.float16):
+        if not np.isfinite(array).all():
+            raise ImageInputError(f"{what} contains NaN or infinite values")
+        if array.min() < 0.0 or array.max() > 1.0:
+            raise ImageInputError(
+                f"{what} is a float array with values in [{array.min():.3g}, {array.max():.3g}]: "
+                "expected [0, 1] (or pass uint8)"
+            )
+        data = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
+    else:
+        raise ImageInputError(
+            f"{what} has dtype {array.dtype}: expected uint8, or float in [0, 1] "
+            "(16-bit images must be scaled to 8 bits by you, since the right scaling depends on the data)"
+        )
+    return Image.fromarray(np.ascontiguousarray(data)).convert("RGB")
+
+
+def to_rgb(image: ImageLike, what: str = "image") -> Image.Image:
+    """An RGB PIL image from a PIL image, numpy array or uint8 ``(3, H, W)`` tensor (see module doc)."""
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, what)
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ImageInputError(
+                f"{what} is a {image.dtype} tensor of shape {tuple(image.shape)}: to preprocess, pass a "
+                "uint8 (3, H, W) tensor; an already normalised (B, 3, H, W) float batch goes to the "
+                "encoders directly"
+            )
+        return _array_to_rgb(image.permute(1, 2, 0).cpu().numpy(), what)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, what)
+    raise ImageInputError(f"{what} is a {type(image).__name__}: expected a PIL image, numpy array or tensor")
+
+
+def preprocess_images(
+    images: ImageLike | Sequence[ImageLike],
+    size: int | tuple[int, int] = 224,
+    transform=None,
+) -> torch.Tensor:
+    """Validate, convert to RGB and preprocess one image or a list of images.
+
+    Args:
+        images: see :func:`to_rgb`.
+        size: resize target for the reference transform, ``n`` or ``(H, W)``.
+        transform: PIL -> tensor transform to use instead (e.g. open_clip's own preprocessing).
+    Returns:
+        ``(B, 3, H, W)`` float32.
+    """
+    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise ImageInputError("the image list is empty")
+    transform = transform or reference_transform(size)
+    return torch.stack([transform(to_rgb(im, f"image {i}")) for i, im in enumerate(images)])
+
+
+__all__ = [
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "ImageInputError",
+    "check_image_batch",
+    "preprocess_images",
+    "reference_transform",
+    "to_rgb",
+]

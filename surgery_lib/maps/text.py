@@ -1,0 +1,141 @@
+"""Text features: CLIP's prompt ensemble with a per-model cache, and label validation.
+
+Labels too long for the text context raise :class:`LabelTooLongError` rather than being truncated:
+a truncated prompt would silently describe another class.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from surgery_lib.model.adapters import check_clip
+
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+SCENE_TEMPLATES: tuple[str, ...] = (
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
+
+def _imagenet_templates() -> tuple[str, ...]:
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+PROMPT_TEMPLATES: tuple[str, ...] = _imagenet_templates() + SCENE_TEMPLATES
+"""The 85 templates of the paper: CLIP's 80 ImageNet templates and 5 scene templates."""
+
+
+class LabelTooLongError(ValueError):
+    """A label whose prompts do not fit in the text encoder's context."""
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def validate_labels(labels: Sequence[str], allow_empty_label: bool = False) -> list[str]:
+    """Check a list of class names: non-empty list of strings, no empty or whitespace-only name."""
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of class names, got the string {labels!r}; wrap it in a list")
+    labels = list(labels)
+    if not labels:
+        raise ValueError("the label list is empty: give at least one class name")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise TypeError(f"label {i} is {type(label).__name__} {label!r}, expected a string")
+        if not allow_empty_label and not label.strip():
+            raise ValueError(f"label {i} ({label!r}) is empty or whitespace: a class name is needed")
+    return labels
+
+
+def _context_length(model: nn.Module, tokenizer: Tokenizer) -> int:
+    return int(getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77))
+
+
+def _tokenize(model: nn.Module, tokenizer: Tokenizer, label: str, prompts: list[str]) -> torch.Tensor:
+    """Tokenize prompts, refusing those that the tokenizer would truncate."""
+    inner = getattr(tokenizer, "encode", None)
+    limit = _context_length(model, tokenizer)
+    if callable(inner):
+        longest = max(len(inner(p)) + 2 for p in prompts)  # + start and end tokens
+        if longest > limit:
+            raise LabelTooLongError(
+                f"label {label!r} is too long: its longest prompt needs {longest} tokens, the text "
+                f"context holds {limit}; shorten the label"
+            )
+    return tokenizer(prompts)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def encode_text(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """Normalised features of plain texts (no templates), ``(T, D)``; texts may be empty strings."""
+    check_clip(model)
+    texts = validate_labels(texts, allow_empty_label=True)
+    tokens = torch.cat([_tokenize(model, tokenizer, t, [t]) for t in texts]).to(_device(model))
+    return model.encode_text(tokens, normalize=True).float()
+
+
+@torch.no_grad()
+def text_features(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    labels: Sequence[str],
+    templates: Sequence[str] | None = None,
+    use_cache: bool = True,
+    allow_empty_label: bool = False,
+) -> torch.Tensor:
+    """Prompt-ensemble features per label: each prompt normalised, mean over templates normalised.
+
+    Results are cached per (model, templates, label); the cache assumes frozen weights (call
+    :func:`clear_text_cache` after changing them).
+
+    Args:
+        labels: class names; empty names are refused unless ``allow_empty_label``.
+        templates: format strings with one ``{}``; default :data:`PROMPT_TEMPLATES`.
+    Returns:
+        ``(T, D)`` float32, rows of unit norm.
+    """
+    check_clip(model)
+    labels = validate_labels(labels, allow_empty_label=allow_empty_label)
+    templates = tuple(templates) if templates is not None else PROMPT_TEMPLATES
+    if not templates or any(t.count("{}") != 1 for t in templates):
+        raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
+    cache = _CACHE.setdefault(model, {}) if use_cache else {}
+    rows = []
+    for label in labels:
+        key = (templates, label)
+        if key not in cache:
+            tokens = _tokenize(model, tokenizer, label, [t.format(label) for t in templates])
+            feats = model.encode_text(tokens.to(_device(model)), normalize=True).float()
+            mean = feats.mean(dim=0)
+            cache[key] = (mean / mean.norm()).cpu()
+        rows.append(cache[key])
+    return torch.stack(rows).to(_device(model))
+
+
+def empty_prompt_features(
+    model: nn.Module, tokenizer: Tokenizer, templates: Sequence[str] | None = None
+) -> torch.Tensor:
+    """The redundant features of the paper: the prompt ensemble of the empty class name ``""``, ``(1, D)``."""
+    return text_features(model, tokenizer, [""], templates=templates, allow_empty_label=True)
+
+
+def clear_text_cache(model: nn.Module | None = None) -> None:
+    """Forget cached text features (of one model, or of all)."""
+    if model is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(model, None)

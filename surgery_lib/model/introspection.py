@@ -1,0 +1,159 @@
+"""Introspection for the analysis notebooks: attention maps, residual contributions, intermediates.
+
+Everything runs the same wrapper-free forward as the surgery (:func:`surgery_lib.model.surgery.dense_forward`
+with a :class:`~surgery_lib.model.surgery.Trace`), so the model is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
+from surgery_lib.model.adapters import ResNetAdapter, ViTAdapter, adapter_for
+from surgery_lib.model.attention import attention_weights
+from surgery_lib.model.preprocess import check_image_batch
+from surgery_lib.model.surgery import SurgeryError, Trace, dense_forward
+
+
+@torch.no_grad()
+def trace_forward(model: nn.Module, images: torch.Tensor, config: SurgeryConfig | None = None) -> Trace:
+    """Run a ViT tower under ``config`` (vanilla by default) and record its residual streams.
+
+    Returns:
+        a :class:`~surgery_lib.model.surgery.Trace` (intermediate tokens per block, per-block attention
+        and FFN updates of the path that reaches the output, the final stream).
+    """
+    check_image_batch(images)
+    trace = Trace()
+    dense_forward(model, images, config or SurgeryConfig.off(), trace)
+    return trace
+
+
+@torch.no_grad()
+def attention_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    block: int,
+    query: int | None,
+    kinds: Sequence[str] = ("qk", "qq", "kk", "vv"),
+    config: SurgeryConfig | None = None,
+) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+    """Attention of one query token over all tokens, for each attention kind, at one block.
+
+    The block's input is the original path's stream (vanilla CLIP under the default ``off()``
+    config). On a ModifiedResNet the only attention is the attention pool: use ``block=0`` (or -1).
+
+    Args:
+        block: block index (negative counts from the end).
+        query: token index (0 = class token, 1 + r·w + c = patch (r, c)); None for every query.
+    Returns:
+        ``{kind: (B, heads, 1 + N)}`` attention weights of the query (``(B, heads, 1 + N, 1 + N)``,
+        queries along dim 2, when ``query`` is None), and the grid ``(h, w)``.
+    """
+    check_image_batch(images)
+    for kind in kinds:
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {kind!r}; expected some of {ATTENTION_KINDS}")
+    adapter = adapter_for(model)
+    config = config or SurgeryConfig.off()
+    if isinstance(adapter, ResNetAdapter):
+        if block not in (0, -1):
+            raise IndexError(f"a ModifiedResNet has one attention layer (block 0), not block {block}")
+        tokens, grid = adapter.pool_tokens(adapter.trunk(images))
+        q, k, v = adapter.qkv(0, tokens)
+    else:
+        n = adapter.num_blocks
+        if not -n <= block < n:
+            raise IndexError(f"block {block} out of range for {n} blocks")
+        block %= n
+        trace = trace_forward(model, images, config)
+        grid = trace.grid
+        q, k, v = adapter.qkv(block, adapter.ln_1(block, trace.block_inputs[block]))
+    n_tokens = q.shape[-2]
+    if query is None:
+        return {kind: attention_weights(kind, q, k, v) for kind in kinds}, grid
+    if not 0 <= query < n_tokens:
+        raise IndexError(f"query token {query} out of range for {n_tokens} tokens")
+    return {kind: attention_weights(kind, q, k, v)[:, :, query] for kind in kinds}, grid
+
+
+@dataclass
+class ResidualContributions:
+    """The output tokens split into the residual updates that built them (ViT towers).
+
+    ``ln_post`` is linearised with the final stream's own mean and standard deviation, so the parts
+    add up exactly: ``embedding + attention.sum(0) + ffn.sum(0) + bias == tokens`` (projected, before
+    normalisation). Patch tokens follow the new path in surgery blocks, the class token the original.
+
+    Attributes:
+        embedding: ``(B, 1+N, D)`` the patch/class/positional embedding's part.
+        attention: ``(L, B, 1+N, D)`` each block's attention part.
+        ffn: ``(L, B, 1+N, D)`` each block's FFN part (zero where skipped).
+        bias: ``(D,)`` ``ln_post``'s bias, projected.
+        tokens: ``(B, 1+N, D)`` the projected output tokens.
+        grid: token grid ``(h, w)``.
+    """
+
+    embedding: torch.Tensor
+    attention: torch.Tensor
+    ffn: torch.Tensor
+    bias: torch.Tensor
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+
+    def similarity_parts(self, text_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each part's share of the cosine similarity of the output tokens with ``text_features``.
+
+        A part ``c`` contributes ``c · t / ‖token‖``; all shares (embedding, attention and FFN of
+        every block, bias) add up to the tokens' cosine similarity.
+
+        Args:
+            text_features: normalised ``(T, D)``.
+        Returns:
+            ``{"embedding": (B, 1+N, T), "attention": (L, B, 1+N, T), "ffn": (L, B, 1+N, T),
+            "bias": (B, 1+N, T)}``.
+        """
+        t = text_features.float().to(self.tokens.device).t()
+        norm = self.tokens.norm(dim=-1, keepdim=True)
+        return {
+            "embedding": (self.embedding @ t) / norm,
+            "attention": (self.attention @ t) / norm,
+            "ffn": (self.ffn @ t) / norm,
+            "bias": (self.bias @ t).expand(*norm.shape[:-1], -1) / norm,
+        }
+
+
+@torch.no_grad()
+def residual_contributions(
+    model: nn.Module, images: torch.Tensor, config: SurgeryConfig | None = None
+) -> ResidualContributions:
+    """Per-block attention and FFN contributions to the output tokens under ``config``."""
+    adapter = adapter_for(model)
+    if not isinstance(adapter, ViTAdapter):
+        raise SurgeryError("residual contributions need a ViT tower: a ModifiedResNet has no residual stream")
+    trace = trace_forward(model, images, config)
+    ln = adapter.visual.ln_post
+    if not isinstance(ln, nn.LayerNorm):
+        raise SurgeryError(f"cannot linearise ln_post of type {type(ln).__name__}")
+    final = trace.final.float()
+    sigma = (final.var(dim=-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+    weight = ln.weight.float() if ln.weight is not None else torch.ones(final.shape[-1])
+    proj = adapter.visual.proj.float()
+
+    def part(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        return ((t - t.mean(dim=-1, keepdim=True)) / sigma * weight) @ proj
+
+    bias = (ln.bias.float() @ proj) if ln.bias is not None else torch.zeros(proj.shape[1])
+    return ResidualContributions(
+        embedding=part(trace.embedding),
+        attention=torch.stack([part(a) for a in trace.attention]),
+        ffn=torch.stack([part(f) for f in trace.ffn]),
+        bias=bias,
+        tokens=adapter.project(trace.final).float(),
+        grid=trace.grid,
+    )

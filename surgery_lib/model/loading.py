@@ -1,0 +1,310 @@
+"""Loading CLIP models: open_clip's pretrained tags, local checkpoint files, the HF cache.
+
+Weights are loaded with ``weights_only=True`` (no pickled code runs). Offline, a tag whose weights
+are not on disk fails at once with :class:`WeightsNotAvailableError`, which says how to supply them:
+
+* a local checkpoint file: ``load_clip("ViT-B-16", checkpoint="ViT-B-16.safetensors")``
+  (open_clip format, or OpenAI's state-dict format; ``name=None`` infers an OpenAI architecture);
+* the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), filled on a machine with internet by
+  ``open_clip.create_model("ViT-B-16", pretrained="openai")``;
+* the environment variable ``SURGERY_CHECKPOINT`` naming a file used when no other weights are given.
+
+Set ``HF_HUB_OFFLINE=1`` to forbid network access; otherwise a failed download is reported the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pickle
+import socket
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from surgery_lib.model.preprocess import reference_transform
+
+_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class WeightsNotAvailableError(RuntimeError):
+    """Pretrained weights could not be found or fetched; the message says how to supply them."""
+
+
+@dataclass
+class LoadedCLIP:
+    """A model with its tokenizer and both preprocessings.
+
+    Attributes:
+        model: the open_clip model, in eval mode.
+        tokenizer: texts -> ``(T, context)`` token ids.
+        preprocess: open_clip's own transform for these weights (resize, centre crop, normalise).
+        reference_preprocess: the CLIP Surgery reference transform (``Resize((n, n))`` bicubic, no crop).
+        name, pretrained: what was loaded.
+        image_size: the tower's native input size.
+    """
+
+    model: nn.Module
+    tokenizer: Callable
+    preprocess: Callable
+    reference_preprocess: Callable
+    name: str
+    pretrained: str | None
+    image_size: int
+
+
+def _how_to_supply(name: str, tag: str) -> str:
+    return (
+        f"Supply the weights of {name}/{tag} in one of these ways:\n"
+        f"  - a local file: load_clip({name!r}, checkpoint='/path/to/weights.safetensors|.pt|.bin');\n"
+        f"  - the environment variable SURGERY_CHECKPOINT=/path/to/file;\n"
+        f"  - the Hugging Face cache (HF_HOME/HF_HUB_CACHE), filled on a machine with internet by\n"
+        f'    python -c "import open_clip; open_clip.create_model({name!r}, pretrained={tag!r})"\n'
+        f"    and copied here (with HF_HUB_OFFLINE=1 set)."
+    )
+
+
+def canonical_name(name: str) -> str:
+    """open_clip's config name for ``name`` (``ViT-B/16`` -> ``ViT-B-16``, ``ViT-L/14@336px`` ->
+    ``ViT-L-14-336``); an unknown name raises ``ValueError`` with close matches."""
+    import open_clip
+
+    from surgery_lib.model.shipped import register_configs
+
+    register_configs()
+    cleaned = name.replace("/", "-").replace("@336px", "-336")
+    known = open_clip.list_models()
+    if cleaned not in known:
+        close = difflib.get_close_matches(cleaned, known, n=5, cutoff=0.5)
+        raise ValueError(
+            f"unknown model {name!r}; close matches: {close or 'none'} (see open_clip.list_models())"
+        )
+    return cleaned
+
+
+def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
+    """A file for the tag already on disk: the HF cache or open_clip's URL cache."""
+    parts = cfg.get("hf_hub", "").strip("/").split("/")
+    if len(parts) >= 2:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = "/".join(parts[:2])
+        filenames = ["/".join(parts[2:])] if len(parts) > 2 else list(_HF_FILES)
+        for filename in filenames:
+            found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = cfg.get("url", "")
+    if url:
+        local = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if local.is_file():
+            return str(local)
+    return None
+
+
+def _unreachable_hosts(cfg: dict, timeout: float = 3.0) -> list[str]:
+    """Hosts the tag would download from that do not answer within ``timeout`` seconds.
+
+    huggingface_hub retries a failed connection for about a minute; probing first makes an offline
+    machine fail at once.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    urls = [constants.ENDPOINT] if cfg.get("hf_hub") else []
+    urls += [cfg["url"]] if cfg.get("url") else []
+    bad = []
+    for url in urls:
+        host = urlparse(url).hostname or ""
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+        except OSError:
+            bad.append(host)
+    return bad if len(bad) == len(urls) else []
+
+
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict, loaded without running pickled code.
+
+    Accepts safetensors files and ``torch.save`` files of a state dict (optionally under
+    ``"state_dict"``, optionally with ``module.`` prefixes). OpenAI's original TorchScript archives
+    are refused with instructions to convert them.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if _is_torchscript(path):
+        raise ValueError(
+            f"{path} is a TorchScript archive (OpenAI's original .pt format), which cannot be loaded "
+            "without running its code. Convert it once, where you trust the file:\n"
+            "  python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu')"
+            ".state_dict(), 'OUT.pt')\"\nand pass OUT.pt."
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds pickled objects other than tensors; it is not loaded, since that would run "
+            f"code from the file ({err.__class__.__name__}). Save a plain state dict instead."
+        ) from err
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path} does not hold a state dict")
+    if next(iter(data)).startswith("module."):
+        data = {k.removeprefix("module."): v for k, v in data.items()}
+    return data
+
+
+def model_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Build a float32 CLIP (QuickGELU, as OpenAI trained it) from an OpenAI-format state dict."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    return build_model_from_openai_state_dict(sd).float().eval()
+
+
+def load_clip(
+    name: str | None = "toy-vit",
+    pretrained: str | None = "default",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    quick_gelu: bool | None = None,
+    reference_size: int | None = None,
+    cache_dir: str | None = None,
+) -> LoadedCLIP:
+    """Load a CLIP model with its tokenizer and preprocessing.
+
+    Args:
+        name: the project's own ``"toy-vit"`` / ``"toy-rn"`` (the default: shipped weights, offline),
+            or an open_clip model name (``"ViT-B-16"``, ``"ViT-B/16"``, ``"RN50"``, ``"ViT-L-14-336"``…);
+            ``None`` with ``checkpoint`` infers an OpenAI-format architecture from the weights.
+        pretrained: ``"default"`` (shipped weights for toy models, the ``openai`` tag where open_clip
+            has one, else the model's first tag), an open_clip pretrained tag (``"openai"``,
+            ``"laion2b_s34b_b88k"``…), a file path, or ``None`` for random weights.
+        checkpoint: a local weights file (takes precedence over ``pretrained``); also read from the
+            environment variable ``SURGERY_CHECKPOINT`` when neither is given.
+        quick_gelu: force the activation; by default QuickGELU for OpenAI weights (the ``openai``
+            tag and OpenAI-format checkpoints loaded with ``name=None``), the config's otherwise.
+        reference_size: input size of ``reference_preprocess`` (default: the native size).
+    """
+    import open_clip
+
+    from surgery_lib.model.shipped import TOY_MODELS, register_configs, weights_path
+
+    if name in TOY_MODELS:
+        register_configs()
+        if pretrained == "default" and checkpoint is None:
+            checkpoint = weights_path(name)
+            if not checkpoint.is_file():
+                raise WeightsNotAvailableError(
+                    f"the shipped weights of {name} are missing ({checkpoint}); train them with "
+                    f"`make data && python -m surgery_tools.train --arch {name}`"
+                )
+        pretrained = None if pretrained == "default" else pretrained
+    elif pretrained == "default":
+        if checkpoint is None and name is not None and not os.environ.get("SURGERY_CHECKPOINT"):
+            tags = open_clip.list_pretrained_tags_by_model(canonical_name(name))
+            if not tags:
+                raise ValueError(
+                    f"open_clip knows no pretrained weights for {name}: "
+                    "pass checkpoint=... or pretrained=None"
+                )
+            pretrained = "openai" if "openai" in tags else tags[0]
+        else:
+            pretrained = None
+    checkpoint = checkpoint or (os.environ.get("SURGERY_CHECKPOINT") if pretrained is None else None)
+    if pretrained is not None and checkpoint is None and os.path.isfile(str(pretrained)):
+        checkpoint, pretrained = pretrained, None
+    if name is None:
+        if checkpoint is None:
+            raise ValueError("name=None needs a checkpoint file to infer the architecture from")
+        model = model_from_openai_state_dict(read_state_dict(checkpoint)).to(device)
+        shown_name = "openai-state-dict"
+        image_size = int(
+            model.visual.image_size
+            if isinstance(model.visual.image_size, int)
+            else model.visual.image_size[0]
+        )
+        preprocess = open_clip.image_transform(image_size, is_train=False)
+    else:
+        shown_name = canonical_name(name)
+        tag_cfg: dict = {}
+        if checkpoint is None and pretrained is not None:
+            tag_cfg = open_clip.get_pretrained_cfg(shown_name, pretrained) or {}
+            if not tag_cfg:
+                tags = open_clip.list_pretrained_tags_by_model(shown_name)
+                raise ValueError(
+                    f"unknown pretrained tag {pretrained!r} for {shown_name}; known tags: {tags}"
+                )
+        force_qg = bool(tag_cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
+        source: str | None = str(checkpoint) if checkpoint is not None else None
+        if source is None and tag_cfg:
+            source = _cached_tag_file(tag_cfg, cache_dir)
+            if source is None and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+                raise WeightsNotAvailableError(
+                    f"weights for {shown_name}/{pretrained} are not on this machine and HF_HUB_OFFLINE is "
+                    f"set.\n{_how_to_supply(shown_name, pretrained)}"
+                )
+            unreachable = _unreachable_hosts(tag_cfg) if source is None else []
+            if unreachable:
+                raise WeightsNotAvailableError(
+                    f"weights for {shown_name}/{pretrained} are not on this machine and "
+                    f"{', '.join(unreachable)} cannot be reached (offline?).\n"
+                    f"{_how_to_supply(shown_name, pretrained)}"
+                )
+        kwargs = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+        renamed = {
+            "mean": "image_mean",
+            "std": "image_std",
+            "interpolation": "image_interpolation",
+            "resize_mode": "image_resize_mode",
+        }
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                shown_name,
+                pretrained=source if source is not None else pretrained,
+                device=device,
+                force_quick_gelu=force_qg,
+                cache_dir=cache_dir,
+                weights_only=True,
+                **{renamed[k]: v for k, v in kwargs.items()},
+            )
+        except (OSError, RuntimeError) as err:
+            if checkpoint is not None or not tag_cfg:
+                raise
+            raise WeightsNotAvailableError(
+                f"could not fetch weights for {shown_name}/{pretrained}: {err}\n"
+                f"{_how_to_supply(shown_name, pretrained)}"
+            ) from err
+        model.eval()
+        size = model.visual.image_size
+        image_size = int(size if isinstance(size, int) else size[0])
+    tokenizer = (
+        open_clip.get_tokenizer(shown_name) if name is not None else open_clip.get_tokenizer("ViT-B-16")
+    )
+    return LoadedCLIP(
+        model=model,
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        reference_preprocess=reference_transform(reference_size or image_size),
+        name=shown_name,
+        pretrained=pretrained if checkpoint is None else str(checkpoint),
+        image_size=image_size,
+    )

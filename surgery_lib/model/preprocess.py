@@ -1,0 +1,59 @@
+"""What the image tower takes: CLIP's normalisation, the reference preprocessing, batch checks.
+
+Owned by the model layer because loading a model builds its preprocessing; :mod:`surgery_lib.maps.images`
+re-exports these names for users.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageInputError(ValueError):
+    """An image that cannot be used as it is; the message says why and what to do."""
+
+
+def reference_transform(size: int | tuple[int, int] = 224):
+    """The reference code's preprocessing: ``Resize((n, n))`` bicubic (no crop), CLIP mean/std.
+
+    ``size`` may be ``(H, W)`` for a non-square resize. Returns a torchvision transform
+    PIL image -> ``(3, H, W)`` float tensor.
+    """
+    from torchvision import transforms as T
+
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return T.Compose(
+        [
+            T.Resize(hw, interpolation=T.InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(OPENAI_MEAN, OPENAI_STD),
+        ]
+    )
+
+
+def check_image_batch(images: torch.Tensor, min_hw: tuple[int, int] = (1, 1)) -> None:
+    """Check a preprocessed batch: ``(B, 3, H, W)`` floating point, finite, at least ``min_hw``."""
+    if not isinstance(images, torch.Tensor):
+        raise ImageInputError(
+            f"expected a preprocessed (B, 3, H, W) tensor, got {type(images).__name__}: "
+            "use surgery_lib.preprocess_images first"
+        )
+    if images.ndim != 4 or images.shape[1] != 3:
+        hint = " (add a batch dimension: images[None])" if images.ndim == 3 else ""
+        raise ImageInputError(f"expected a (B, 3, H, W) image batch, got shape {tuple(images.shape)}{hint}")
+    if images.shape[0] == 0:
+        raise ImageInputError("the image batch is empty")
+    if not images.is_floating_point():
+        raise ImageInputError(
+            f"expected a normalised floating-point batch, got dtype {images.dtype}: use preprocess_images"
+        )
+    if not torch.isfinite(images).all():
+        raise ImageInputError("the image batch contains NaN or infinite values")
+    if images.shape[2] < min_hw[0] or images.shape[3] < min_hw[1]:
+        raise ImageInputError(
+            f"images of {images.shape[2]}×{images.shape[3]} pixels are smaller than one token "
+            f"({min_hw[0]}×{min_hw[1]} pixels) of this model"
+        )

@@ -1,0 +1,592 @@
+"""Visualisation: functions that return a matplotlib ``Figure``, and one way to save them.
+
+Every figure is drawn inside :func:`figure_style` (a consistent, publication-ready look: small serif-free
+fonts, no top/right spines, tight layout) and saved by :func:`save_figure` as PNG (300 dpi) and PDF with
+nothing clipped. Maps are ``(H, W)`` arrays in [0, 1] drawn over the image they explain, with a shared
+colorbar. matplotlib is imported lazily, so the core library does not depend on it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FIGURES_ENV = "SURGERY_FIGURES_DIR"
+"""Environment variable naming the folder :func:`save_figure` writes to (``figures/`` by default)."""
+
+COLORMAPS: tuple[str, ...] = ("jet", "viridis", "magma", "inferno", "coolwarm", "gray")
+
+_STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.05,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by publishers
+    "ps.fonttype": 42,
+    "image.interpolation": "bilinear",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    if not os.environ.get("MPLBACKEND") and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextmanager
+def figure_style() -> Iterator[None]:
+    """The project's matplotlib style, as a context (``rcParams`` restored on exit)."""
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+def _as_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _safe_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    if not safe:
+        raise ValueError(f"figure name {name!r} has no usable characters")
+    return safe
+
+
+def save_figure(
+    fig: Figure,
+    name: str,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    dpi: int = 300,
+) -> list[Path]:
+    """Save ``fig`` as ``<out_dir>/<name>.<format>`` for each format; returns the written paths.
+
+    ``out_dir`` defaults to ``$SURGERY_FIGURES_DIR`` or ``figures/``. The bounding box is fitted to the
+    drawn artists (titles, colorbars and labels are never clipped); PDFs keep their text as text.
+    """
+    if not formats:
+        raise ValueError("formats is empty: nothing to save")
+    folder = Path(out_dir or os.environ.get(FIGURES_ENV, "figures"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with figure_style():
+        for fmt in formats:
+            path = folder / f"{_safe_name(name)}.{fmt.lstrip('.')}"
+            fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
+            paths.append(path)
+    return paths
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure rendered to PNG bytes (for an ``ipywidgets.Image``)."""
+    buffer = io.BytesIO()
+    with figure_style():
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
+    return buffer.getvalue()
+
+
+def close(fig: Figure) -> None:
+    """Release a figure that was only rendered, never shown."""
+    _pyplot().close(fig)
+
+
+def _fitted(image: Image.Image, hw: tuple[int, int]) -> np.ndarray:
+    if (image.height, image.width) != hw:
+        image = image.resize((hw[1], hw[0]), Image.BICUBIC)
+    return np.asarray(image.convert("RGB"))
+
+
+def _bare(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _overlay(ax: Axes, image: Image.Image | None, heat: np.ndarray, cmap: str, alpha: float):
+    if image is not None:
+        ax.imshow(_fitted(image, heat.shape))
+    shown = ax.imshow(heat, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha if image is not None else 1.0)
+    _bare(ax)
+    return shown
+
+
+def _opaque(cmap: str):
+    """A mappable for a colorbar in full colour (the overlays themselves are translucent)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    return ScalarMappable(Normalize(0.0, 1.0), cmap)
+
+
+def _check_maps(maps: np.ndarray, labels: Sequence[str], what: str) -> None:
+    if maps.ndim != 3 or maps.shape[-1] != len(labels):
+        raise ValueError(f"{what} must be (H, W, T) with T = {len(labels)} labels, got shape {maps.shape}")
+
+
+def map_grid(
+    images: Sequence[Image.Image],
+    maps: Sequence[torch.Tensor | np.ndarray],
+    labels: Sequence[str],
+    row_titles: Sequence[str] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    show_image: bool = True,
+    panel_size: float = 1.6,
+) -> Figure:
+    """Rows of images, one column per label: each map over its image, a shared colorbar.
+
+    Args:
+        images: R images (PIL; resized to their maps).
+        maps: R arrays ``(H, W, T)`` in [0, 1], one per image (sizes may differ between rows).
+        labels: the T labels (column titles).
+        row_titles: R titles shown left of each row (e.g. image names or methods).
+        show_image: add a first column with the plain image.
+    """
+    if len(images) != len(maps) or not images:
+        raise ValueError(f"need one map array per image, got {len(images)} images and {len(maps)} maps")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    arrays = [_as_array(m) for m in maps]
+    for i, m in enumerate(arrays):
+        _check_maps(m, labels, f"maps[{i}]")
+    rows, cols = len(images), len(labels) + int(show_image)
+    plt = _pyplot()
+    with figure_style():
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(panel_size * cols + 0.6, panel_size * rows + 0.3), squeeze=False
+        )
+        for r, (image, m) in enumerate(zip(images, arrays, strict=True)):
+            offset = 0
+            if show_image:
+                axes[r, 0].imshow(_fitted(image, m.shape[:2]))
+                _bare(axes[r, 0])
+                offset = 1
+            for t, label in enumerate(labels):
+                _overlay(axes[r, t + offset], image, m[:, :, t], cmap, alpha)
+                if r == 0:
+                    axes[r, t + offset].set_title(label)
+            if row_titles is not None:
+                axes[r, 0].set_ylabel(row_titles[r])
+        if show_image:
+            axes[0, 0].set_title("image")
+        fig.colorbar(
+            _opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="similarity (min-max)"
+        )
+    return fig
+
+
+def panel_grid(
+    images: Sequence[Image.Image],
+    columns: Mapping[str, Sequence[torch.Tensor | np.ndarray]],
+    row_titles: Sequence[str] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_size: float = 1.6,
+) -> Figure:
+    """Rows of images; per named column, one ``(H, W)`` map in [0, 1] per row, over that row's image.
+
+    Use it when each row shows a different class (e.g. each image's own object, raw vs surgery).
+    """
+    for name, maps in columns.items():
+        if len(maps) != len(images):
+            raise ValueError(f"column {name!r} has {len(maps)} maps for {len(images)} images")
+    stacked = [
+        np.stack([_as_array(columns[name][r]) for name in columns], axis=-1) for r in range(len(images))
+    ]
+    return map_grid(images, stacked, list(columns), row_titles, cmap, alpha, panel_size=panel_size)
+
+
+def method_comparison(
+    image: Image.Image,
+    maps_by_method: Mapping[str, torch.Tensor | np.ndarray],
+    labels: Sequence[str],
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> Figure:
+    """One image, one row per method (e.g. raw CLIP vs CLIP Surgery), one column per label.
+
+    Args:
+        maps_by_method: ``{method: (H, W, T)}`` maps in [0, 1].
+    """
+    methods = list(maps_by_method)
+    return map_grid(
+        [image] * len(methods), [maps_by_method[m] for m in methods], labels, methods, cmap, alpha
+    )
+
+
+def attention_figure(
+    image: Image.Image,
+    attention: Mapping[str, torch.Tensor | np.ndarray],
+    grid: tuple[int, int],
+    query: tuple[int, int] | None,
+    cmap: str = "viridis",
+) -> Figure:
+    """The attention of one query token for each attention kind, over the image.
+
+    Args:
+        attention: ``{kind: (h·w,)}`` weights over the patch tokens (heads averaged), any scale.
+        grid: the token grid ``(h, w)``.
+        query: ``(row, col)`` of the query patch (marked with a cross), or None for the class token.
+    """
+    kinds = list(attention)
+    h, w = grid
+    plt = _pyplot()
+    with figure_style():
+        fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(1.9 * (len(kinds) + 1), 2.1), squeeze=False)
+        axes = axes[0]
+        scale = max(1, -(-224 // max(h, w)))  # integer upsampling keeps the token cells visible
+        side = (h * scale, w * scale)
+        axes[0].imshow(_fitted(image, side))
+        axes[0].set_title("query" if query else "query: class token")
+        for ax, kind in zip(axes[1:], kinds, strict=True):
+            weights = _as_array(attention[kind]).reshape(h, w)
+            span = weights.max() - weights.min()
+            heat = (weights - weights.min()) / span if span > 0 else np.zeros_like(weights)
+            up = np.repeat(np.repeat(heat, scale, axis=0), scale, axis=1)
+            _overlay(ax, image, up, cmap, 0.6)
+            ax.set_title(f"{'-'.join(kind)} attention" if len(kind) == 2 else kind)
+        for ax in axes:
+            _bare(ax)
+            if query is not None:
+                y, x = (query[0] + 0.5) * side[0] / h, (query[1] + 0.5) * side[1] / w
+                ax.plot([x], [y], marker="+", color="white", markersize=10, markeredgewidth=2)
+        fig.tight_layout()
+    return fig
+
+
+def bar_chart(
+    values: Mapping[str, Mapping[str, float]],
+    ylabel: str,
+    title: str = "",
+    xlabel: str = "",
+) -> Figure:
+    """Grouped bars: ``values[group][series]`` (groups along x, one colour per series)."""
+    groups = list(values)
+    if not groups:
+        raise ValueError("no values to plot")
+    series = list(dict.fromkeys(s for g in groups for s in values[g]))
+    plt = _pyplot()
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * len(groups) * len(series) + 1.0), 2.4))
+        width = 0.8 / len(series)
+        x = np.arange(len(groups))
+        for i, name in enumerate(series):
+            heights = [values[g].get(name, np.nan) for g in groups]
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+        ax.set_xticks(x, groups, rotation=30 if max(len(g) for g in groups) > 6 else 0, ha="right")
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_ylabel(ylabel)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        if title:
+            ax.set_title(title)
+        if len(series) > 1:
+            ax.legend(frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def line_chart(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Figure:
+    """One line per series over a shared x (e.g. a value per block)."""
+    plt = _pyplot()
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(3.4, 2.4))
+        for name, ys in series.items():
+            if len(ys) != len(x):
+                raise ValueError(f"series {name!r} has {len(ys)} values for {len(x)} x positions")
+            ax.plot(list(x), list(ys), marker="o", markersize=3, label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.legend(frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def caption_figure(
+    tokens: Sequence[str],
+    importance: torch.Tensor | np.ndarray | Sequence[float],
+    title: str = "",
+    cmap: str = "Reds",
+    width: float = 6.0,
+) -> Figure:
+    """The caption's words, each on a box shaded by its importance in [0, 1], with a colorbar.
+
+    Args:
+        tokens: the K words (e.g. :attr:`~surgery_lib.maps.multimodal.CaptionTokens.words`).
+        importance: ``(K,)`` values in [0, 1] (e.g. :func:`~surgery_lib.maps.multimodal.word_importance`).
+        width: figure width in inches; long captions wrap onto further lines.
+    """
+    values = _as_array(importance).astype(float).reshape(-1)
+    if _as_array(importance).ndim != 1 or len(values) != len(tokens):
+        raise ValueError(
+            f"need one importance per word: {len(tokens)} words, importance shape {values.shape}"
+        )
+    if not len(tokens):
+        raise ValueError("no words to draw")
+    plt = _pyplot()
+    colormap = plt.get_cmap(cmap)
+    with figure_style():
+        fig = plt.figure(figsize=(width, 1.0))
+        ax = fig.add_axes((0.02, 0.45, 0.96, 0.5))
+        ax.set_axis_off()
+        texts = []
+        for word, value in zip(tokens, values, strict=True):
+            shade = float(np.clip(value, 0.0, 1.0))
+            box = {"boxstyle": "round,pad=0.25", "facecolor": colormap(shade), "edgecolor": "none"}
+            color = "white" if shade > 0.6 else "black"
+            texts.append(ax.text(0, 0, word, fontsize=10, color=color, bbox=box, va="center"))
+        renderer = fig.canvas.get_renderer()
+        axes_width = ax.get_window_extent(renderer).width
+        gap = 0.025
+        lines, x = [[]], 0.0
+        for text in texts:  # wrap: a word goes on the next line when it would pass the right edge
+            w = text.get_window_extent(renderer).width / axes_width + gap
+            if x > 0 and x + w > 1.0:
+                lines.append([])
+                x = 0.0
+            lines[-1].append((text, x))
+            x += w
+        line_height, top, bar, below = 0.3, 0.3 if title else 0.05, 0.1, 0.4  # inches
+        words_height = line_height * len(lines)
+        height = top + words_height + 0.1 + bar + below
+        fig.set_size_inches(width, height)
+        ax.set_position((0.02, (below + bar + 0.1) / height, 0.96, words_height / height))
+        for row, line in enumerate(lines):
+            for text, x in line:
+                text.set_position((x + 0.005, 1.0 - (row + 0.5) / len(lines)))
+        cax = fig.add_axes((0.3, below / height, 0.4, bar / height))
+        fig.colorbar(_opaque(cmap), cax=cax, orientation="horizontal", label="word importance")
+        if title:
+            ax.set_title(title)
+    return fig
+
+
+def word_maps_figure(
+    image: Image.Image,
+    words: Sequence[str],
+    maps: torch.Tensor | np.ndarray,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_size: float = 1.3,
+) -> Figure:
+    """A strip: the image, then one map per word of a caption over it.
+
+    Args:
+        maps: ``(H, W, K)`` per-word maps in [0, 1], one per word (see :func:`map_grid`).
+    """
+    array = _as_array(maps)
+    _check_maps(array, words, "maps")
+    return map_grid([image], [array], list(words), cmap=cmap, alpha=alpha, panel_size=panel_size)
+
+
+def points_figure(
+    image: Image.Image,
+    heat: torch.Tensor | np.ndarray,
+    points: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    mask: np.ndarray | torch.Tensor | None = None,
+    title: str = "",
+    ax: Axes | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.45,
+    legend: bool = True,
+) -> Figure:
+    """A map over its image with SAM point prompts: positives as green stars, negatives as red crosses,
+    and the SAM mask (white outline, light fill) when given.
+
+    Args:
+        heat: ``(H, W)`` map in [0, 1]; the image is resized to it.
+        points: ``(K, 2)`` pixel coordinates ``[x, y]`` in the map's frame; labels: ``(K,)`` 1 / 0.
+        mask: ``(H, W)`` bool, or None.
+        ax: draw into these axes (e.g. one panel of a grid; make it with ``layout="constrained"`` so
+            the legend below each panel keeps its room); a new figure otherwise.
+    """
+    heat_a, raw_points, lab = _as_array(heat), _as_array(points), _as_array(labels).reshape(-1)
+    if heat_a.ndim != 2:
+        raise ValueError(f"the map must be (H, W), got shape {heat_a.shape}")
+    if (raw_points.size and (raw_points.ndim != 2 or raw_points.shape[1] != 2)) or len(raw_points) != len(
+        lab
+    ):
+        raise ValueError(f"need (K, 2) points and K labels, got {raw_points.shape} and {lab.shape}")
+    pts = raw_points.reshape(-1, 2)
+    plt = _pyplot()
+    with figure_style():
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(2.6, 2.8), layout="constrained")
+        else:
+            fig = ax.figure
+        _overlay(ax, image, heat_a, cmap, alpha)
+        if mask is not None:
+            m = _as_array(mask).astype(bool)
+            if m.shape != heat_a.shape:
+                raise ValueError(f"the mask {m.shape} must match the map {heat_a.shape}")
+            ax.imshow(np.ma.masked_where(~m, np.ones(m.shape)), cmap="gray", vmin=0, vmax=1, alpha=0.35)
+            ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=1.2)
+        pos, neg = pts[lab == 1], pts[lab == 0]
+        ax.scatter(pos[:, 0], pos[:, 1], marker="*", s=90, c="lime", edgecolors="black", linewidths=0.6)
+        ax.scatter(neg[:, 0], neg[:, 1], marker="x", s=40, c="red", linewidths=1.8)
+        ax.set_xlim(-0.5, heat_a.shape[1] - 0.5)
+        ax.set_ylim(heat_a.shape[0] - 0.5, -0.5)
+        if title:
+            ax.set_title(title)
+        if legend:
+            handles = [
+                plt.Line2D(
+                    [], [], marker="*", ls="", color="lime", mec="black", ms=9, label=f"object ({len(pos)})"
+                ),
+                plt.Line2D(
+                    [], [], marker="x", ls="", color="red", mew=1.8, ms=6, label=f"background ({len(neg)})"
+                ),
+            ]
+            if mask is not None:
+                handles.append(
+                    plt.Line2D(
+                        [],
+                        [],
+                        color="white",
+                        mec="black",
+                        lw=0,
+                        marker="s",
+                        ms=7,
+                        alpha=0.6,
+                        label="SAM mask",
+                    )
+                )
+            ax.legend(
+                handles=handles,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.01),
+                ncol=len(handles),
+                frameon=False,
+                fontsize=6,
+                handletextpad=0.2,
+                columnspacing=0.8,
+            )
+    return fig
+
+
+def label_colors(n: int) -> np.ndarray:
+    """``(n, 3)`` uint8 distinct colours for class indices (the PASCAL VOC palette rule)."""
+    colors = np.zeros((n, 3), dtype=np.uint8)
+    for index in range(n):
+        c, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colors[index] = (r, g, b)
+    return colors
+
+
+def segmentation_figure(
+    image: Image.Image,
+    label: np.ndarray | torch.Tensor,
+    predictions: Mapping[str, np.ndarray | torch.Tensor],
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+    panel_size: float = 2.0,
+) -> Figure:
+    """The image, its ground truth and each method's prediction as colour-coded class maps.
+
+    Args:
+        label: ``(H, W)`` ground-truth class indices (``ignore_index``: drawn white).
+        predictions: ``{method: (H, W)}`` predicted class indices.
+        class_names: names of the class indices; the legend lists the classes that appear.
+    """
+    label = _as_array(label).astype(np.int64)
+    preds = {k: _as_array(v).astype(np.int64) for k, v in predictions.items()}
+    for name, pred in preds.items():
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction {name!r} is {pred.shape}, the label map {label.shape}")
+    colors = label_colors(len(class_names))
+
+    def paint(classes: np.ndarray) -> np.ndarray:
+        rgb = np.full((*classes.shape, 3), 255, dtype=np.uint8)
+        valid = (classes >= 0) & (classes < len(class_names))
+        rgb[valid] = colors[classes[valid]]
+        return rgb
+
+    plt = _pyplot()
+    panels = {"image": None, "ground truth": label, **preds}
+    with figure_style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.6))
+        for ax, (title, classes) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+            ax.imshow(_fitted(image, label.shape) if classes is None else paint(classes))
+            ax.set_title(title)
+            _bare(ax)
+        shown = sorted(
+            {int(c) for m in (label, *preds.values()) for c in np.unique(m) if 0 <= c < len(class_names)}
+        )
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=colors[c] / 255.0, label=class_names[c]) for c in shown]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), frameon=False)
+        fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(handles) // 6), 1, 1))
+    return fig
+
+
+def pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "") -> Figure:
+    """Precision-recall curves: ``{name: (precision, recall)}`` (steps, as average precision integrates)."""
+    if not curves:
+        raise ValueError("no curves to plot")
+    plt = _pyplot()
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(3.2, 2.8))
+        for name, (precision, recall) in curves.items():
+            p, r = _as_array(precision), _as_array(recall)
+            if p.shape != r.shape:
+                raise ValueError(f"curve {name!r}: precision {p.shape} and recall {r.shape} differ")
+            ax.step(
+                np.concatenate([[0.0], r]),
+                np.concatenate([[p[0] if len(p) else 1.0], p]),
+                where="pre",
+                label=name,
+            )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        if title:
+            ax.set_title(title)
+        ax.legend(frameon=False, fontsize=6)
+        fig.tight_layout()
+    return fig
