@@ -2,16 +2,17 @@
 #                executed notebooks -> build/notebooks/, figures (PNG 300 dpi + PDF) -> figures/
 # make lab     - JupyterLab on notebooks/ (the jupytext .py files open as notebooks)
 # make setup   - create .venv and install everything (idempotent, quiet when already done)
-# make test    - setup, lint, then the whole test suite
+# make test    - setup, lint, then the whole test suite (what CI runs)
+# make test-fast - the unit tests only (tests/unit, not marked slow): the inner loop, < 90 s
 # make bench   - the speed / memory benchmark (CPU)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format bench clean figures lab
+.PHONY: setup test test-fast lint format bench clean figures lab
 REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt
-LINTED := surgery_lib tests benchmarks notebooks
+LINTED := surgery_lib surgery_tools tests benchmarks notebooks
 
 setup: $(STAMP)
 
@@ -25,6 +26,7 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml
 lint: setup
 	@$(PY) -m ruff check $(LINTED)
 	@$(PY) -m ruff format --check $(LINTED)
+	@$(VENV)/bin/lint-imports --no-cache >/dev/null || $(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	@$(PY) -m ruff format $(LINTED)
@@ -33,13 +35,16 @@ format: setup
 test: setup lint
 	@$(PY) -m pytest -q
 
+test-fast: setup
+	@$(PY) -m pytest -q -p no:cacheprovider tests/unit -m "not slow"
+
 bench: setup
 	@$(PY) benchmarks/bench_surgery.py
 	@$(PY) benchmarks/bench_explorer.py
 	@$(PY) benchmarks/bench_training.py
 
 figures: setup
-	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.ui.notebooks --out build/notebooks --figures figures
+	@HF_HUB_OFFLINE=1 $(VENV)/bin/surgery figures --out build/notebooks --figures figures
 
 lab: setup
 	@JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyterlab/user-settings $(VENV)/bin/jupyter lab notebooks \

@@ -1,11 +1,45 @@
-"""Shared fixtures: tiny open_clip models built in the tests (no downloads)."""
+"""Shared fixtures: tiny open_clip models built in the tests (no downloads), and where the repository and
+the golden reference files are.
+
+Test folders: ``unit/`` (fast; ``make test-fast``), ``integration/`` (training, evaluation runs, shipped
+models), ``golden/`` (exact agreement with reference outputs), ``notebooks/`` (executes notebooks),
+``browser/`` (JupyterLab in headless Chromium). Slow tests carry the ``slow`` marker.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def golden_files(env: str, default: Path, pattern: str = "*.pt") -> list[Path]:
+    """The golden files ``pattern`` in the folder named by ``$env`` (default ``default``).
+
+    A missing or empty folder skips the calling module with the reason, except under ``CI=true``,
+    where it fails: CI always has the golden files beside the repository.
+    """
+    folder = Path(os.environ.get(env) or default)
+    files = sorted(folder.glob(pattern))
+    if not files:
+        reason = f"no golden files {pattern} in {folder} (set {env})"
+        if IN_CI:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+    return files
+
+
+def golden_dir() -> Path:
+    """``$SURGERY_GOLDEN_DIR``, default ``../shared/golden`` beside the repository."""
+    return Path(os.environ.get("SURGERY_GOLDEN_DIR") or REPO.parent / "shared" / "golden")
+
 
 TEXT_CFG = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from surgery_lib import analysis
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.data.shipped import example_images
+from surgery_lib.eval import analysis
 from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import cosine_similarity
 from surgery_lib.maps.text import text_features
@@ -71,6 +71,7 @@ def test_summarise_averages_per_class_then_over_classes():
     assert row["opposite_pct"] == pytest.approx(100 / 3) and row["pairs"] == 3
 
 
+@pytest.mark.slow
 def test_map_records_score_every_present_class_for_every_method(loaded, data):
     classes, items = data
     methods = {"raw": SurgeryConfig.off(), "surgery": SurgeryConfig.paper()}

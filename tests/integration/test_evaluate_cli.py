@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
-from surgery_lib import evaluate
 from surgery_lib.data.datasets import NUS_WIDE_CLASSES
+from surgery_lib.eval import runner as evaluate
 from surgery_lib.maps.text import PROMPT_TEMPLATES, text_features
 from surgery_lib.model.loading import load_clip
 
-REPO = Path(__file__).resolve().parents[1]
 IDS = ["2007_000001", "2007_000002", "2007_000003", "2007_000004", "2007_000005"]
 
 

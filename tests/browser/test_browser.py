@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "build" / "test-artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK_ENV = "SURGERY_BROWSER_NOTEBOOK"

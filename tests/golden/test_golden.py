@@ -6,12 +6,12 @@ output keys absent from a file are not checked.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from conftest import golden_dir, golden_files
 
 from surgery_lib import (
     SurgeryConfig,
@@ -24,10 +24,8 @@ from surgery_lib import (
 from surgery_lib.maps.text import empty_prompt_features
 from surgery_lib.model.loading import model_from_openai_state_dict
 
-GOLDEN_DIR = Path(
-    os.environ.get("SURGERY_GOLDEN_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "golden")
-)
-GOLDEN_FILES = sorted(GOLDEN_DIR.glob("*.pt"))
+GOLDEN_DIR = golden_dir()
+GOLDEN_FILES = golden_files("SURGERY_GOLDEN_DIR", GOLDEN_DIR)
 TOKEN_ATOL, MAP_ATOL = 1e-4, 1e-3
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from surgery_lib import evaluate as ev
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.datasets import load_dataset
+from surgery_lib.eval import runner as ev
 from surgery_lib.eval.metrics import average_precision, precision_recall_curve
 from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
 from surgery_lib.model.loading import load_clip

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_surgery.py"
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "bench_surgery.py"
 
 
 def _script(name: str):

@@ -90,6 +90,7 @@ def test_toggling_a_flag_redraws_and_uses_the_cache(loaded, items, tmp_path):
     assert_unchanged(loaded.model, before)
 
 
+@pytest.mark.slow
 def test_explorer_view_controls(loaded, items, tmp_path):
     explorer = Explorer(loaded, items, ["dog"], selected=[items[1].name], figure_dir=tmp_path)
     shown = bytes(explorer.image.value)

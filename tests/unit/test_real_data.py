@@ -18,12 +18,12 @@ from surgery_lib.data.shipped import (
     VOC_CLASSES,
     RealDataError,
     RealImage,
-    objects_from_masks,
-    rasterise_labelme,
     read_real_photos,
 )
+from surgery_lib.paths import data_dir
+from surgery_tools.real_data import objects_from_masks, rasterise_labelme
 
-REAL = Path(__file__).resolve().parent.parent / "data" / "real"
+REAL = data_dir() / "real"
 
 
 @pytest.fixture(scope="module")

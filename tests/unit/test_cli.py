@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import IN_CI, REPO, golden_dir
 from PIL import Image
 
 from surgery_lib.cli import main
 from surgery_lib.ui.render import jet, overlay
 
-GOLDEN = sorted((Path(__file__).resolve().parents[1] / ".." / "shared" / "golden").glob("*vit*.pt"))
+GOLDEN = sorted(golden_dir().glob("*vit*.pt"))
 
 
 def test_jet_endpoints_and_overlay():
@@ -26,7 +26,8 @@ def test_jet_endpoints_and_overlay():
         overlay(Image.new("RGB", (4, 4)), torch.ones(4, 4), alpha=2)
 
 
-@pytest.mark.skipif(not GOLDEN, reason="no golden ViT weights")
+@pytest.mark.slow
+@pytest.mark.skipif(not GOLDEN and not IN_CI, reason="no golden ViT weights (set SURGERY_GOLDEN_DIR)")
 def test_cli_explain(tmp_path, capsys):
     ckpt = tmp_path / "openai.pt"
     torch.save(torch.load(GOLDEN[0], weights_only=True)["state_dict"], ckpt)
@@ -71,14 +72,7 @@ def test_cli_explain(tmp_path, capsys):
 
 def test_cli_default_model_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    image = (
-        Path(__file__).resolve().parents[1]
-        / "data"
-        / "composites"
-        / "seen_instances"
-        / "images"
-        / "00002.jpg"
-    )
+    image = REPO / "data" / "composites" / "seen_instances" / "images" / "00002.jpg"
     out = tmp_path / "out"
     assert (
         main(["explain", str(image), "--labels", "pepper", "tank", "--method", "surgery", "--out", str(out)])

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
-from conftest import random_images
+from conftest import golden_dir, golden_files, random_images
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
@@ -96,9 +95,7 @@ def test_checkpoint_from_environment(tiny_config, tmp_path, monkeypatch):
 
 
 def test_openai_format_state_dict_infers_architecture(tmp_path):
-    golden = sorted((Path(__file__).resolve().parents[1] / ".." / "shared" / "golden").glob("*vit*.pt"))
-    if not golden:
-        pytest.skip("no golden ViT file to take an OpenAI-format state dict from")
+    golden = golden_files("SURGERY_GOLDEN_DIR", golden_dir(), "*vit*.pt")
     sd = torch.load(golden[0], weights_only=True)["state_dict"]
     path = tmp_path / "openai.pt"
     torch.save(sd, path)
