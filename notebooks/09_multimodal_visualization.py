@@ -29,14 +29,14 @@ import os
 
 MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
-IMAGES = os.environ.get("SURGERY_IMAGES", "")  # the captions come with the composites (labels.json)
+IMAGES = os.environ.get("SURGERY_IMAGES", "")  # composites carry captions; other images get "a photo of …"
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 
 # %%
 import pandas as pd
 
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import example_images, read_captions
+from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.analysis import check_claims
 from surgery_lib.eval.sets import caption_word_records
 from surgery_lib.maps.explain import encode_image_tokens
@@ -44,16 +44,13 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.multimodal import caption_tokens, word_importance, word_similarity
 from surgery_lib.maps.text import empty_prompt_features
 from surgery_lib.model.loading import load_clip
-from surgery_lib.paths import data_dir
 from surgery_lib.ui.viz import caption_figure, map_grid, save_figure, word_maps_figure
 from surgery_lib.ui.widgets import CaptionExplorer
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 model, tokenizer = loaded.model, loaded.tokenizer
-source = IMAGES or "composites"
-folder = {"composites": "seen_instances", "composites-new": "new_instances"}[source]
-_, items = example_images(source, limit=LIMIT)
-captions = read_captions(data_dir() / "composites" / folder, limit=LIMIT)
+_, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
+captions = [item.describe() for item in items]
 empty = empty_prompt_features(model, tokenizer)
 
 # %% [markdown]
@@ -127,9 +124,9 @@ save_figure(fig, "09_redundancy_options")
 
 # %%
 rows = []
-for name, folder in {"seen": "seen_instances", "new": "new_instances"}.items():
-    _, set_items = example_images("composites" if name == "seen" else "composites-new", limit=LIMIT)
-    set_captions = read_captions(data_dir() / "composites" / folder, limit=LIMIT)
+for name, source in {"seen": "composites", "new": "composites-new"}.items():
+    _, set_items = example_images(source, limit=LIMIT)
+    set_captions = [item.describe() for item in set_items]
     for r in caption_word_records(model, tokenizer, set_items, set_captions, loaded.image_size):
         rows.append({**r, "set": name})
 words = pd.DataFrame(rows)

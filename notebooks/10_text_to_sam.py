@@ -47,9 +47,10 @@ import torch
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.analysis import check_claims
+from surgery_lib.eval.metrics import mask_iou
 from surgery_lib.eval.sets import point_precision_records, presence_records
 from surgery_lib.maps.explain import explain
-from surgery_lib.maps.sam import SamSegmenter, SamUnavailableError, gate_rates, text_points
+from surgery_lib.maps.sam import SamSegmenter, SamUnavailableError, gate_rates, target_map, text_points
 from surgery_lib.model.loading import load_clip
 from surgery_lib.ui.viz import figure_style, line_chart, points_figure, save_figure
 from surgery_lib.ui.widgets import SamExplorer
@@ -86,7 +87,7 @@ with figure_style():
         for row, (method, config) in enumerate(methods.items()):
             ex = explained(item, config)
             points, labels = text_points(ex, target)
-            heat = ex.maps[0][:, :, [classes.index(t) for t in target.split("+")]].mean(dim=-1)
+            heat = target_map(ex, target)
             points_figure(item.image, heat, points, labels, title=f"{method}: {target}", ax=axes[row, col])
 save_figure(fig, "10_text_points")
 
@@ -172,9 +173,8 @@ if segmenter is not None:
             ex = explained(item, SurgeryConfig.paper())
             points, labels = text_points(ex, target)
             mask, score = segmenter.segment(np.asarray(item.image), points, labels)
-            truth = np.any([item.masks[t] for t in target.split("+")], axis=0)
-            iou = (mask & truth).sum() / max(1, (mask | truth).sum())
-            heat = ex.maps[0][:, :, [classes.index(t) for t in target.split("+")]].mean(dim=-1)
+            iou = mask_iou(mask, item.target_mask(target))
+            heat = target_map(ex, target)
             points_figure(item.image, heat, points, labels, mask, title=f"{target}: IoU {iou:.2f}", ax=ax)
     save_figure(fig, "10_sam_masks")
 

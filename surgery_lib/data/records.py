@@ -31,3 +31,29 @@ class AnnotatedImage:
     def labels(self) -> list[str]:
         """The classes present (those with a mask)."""
         return list(self.masks)
+
+    def describe(self) -> str:
+        """The image's caption; without one, a caption naming the classes present
+        (``"a photo of a cat, a dog and a car."``; ``"a photo."`` when none is known)."""
+        if self.caption:
+            return self.caption
+        names = [f"a {label}" for label in self.labels]
+        if not names:
+            return "a photo."
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return f"a photo of {listed}."
+
+    def target_mask(self, target: str) -> np.ndarray:
+        """The union of the masks of ``"a"`` or ``"a+b"`` (the same target rule as
+        :func:`surgery_lib.maps.sam.parse_target`), ``(H, W)`` bool.
+
+        Raises:
+            ValueError: a named class has no mask in this image (the message lists the known ones).
+        """
+        names = [t.strip() for t in target.split("+")]
+        missing = [n for n in names if n not in self.masks]
+        if missing or not all(names):
+            raise ValueError(
+                f"target {target!r}: no mask for {missing or names} in {self.name}; known: {self.labels}"
+            )
+        return np.any([self.masks[n] for n in names], axis=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -93,6 +94,18 @@ class ExplainabilityMeter:
     def add_scores(self, label: str, scores: MapScores) -> None:
         """Add scores computed elsewhere (e.g. read back from a per-image record)."""
         self._scores[label].append(scores)
+
+
+def mask_iou(prediction: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
+    """Intersection over union of two ``(H, W)`` boolean masks (0 when both are empty)."""
+    pred, true = (
+        torch.as_tensor(np.asarray(prediction, dtype=bool)),
+        torch.as_tensor(np.asarray(truth, dtype=bool)),
+    )
+    if pred.shape != true.shape:
+        raise ValueError(f"mask shapes differ: {tuple(pred.shape)} vs {tuple(true.shape)}")
+    union = int((pred | true).sum())
+    return int((pred & true).sum()) / union if union else 0.0
 
 
 def masked_map_scores(heat: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> MapScores:

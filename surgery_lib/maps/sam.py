@@ -35,6 +35,13 @@ def parse_target(target: str, labels: list[str]) -> list[int]:
     return [labels.index(n) for n in names]
 
 
+def target_map(explanation: Explanation, target: str, image: int = 0) -> torch.Tensor:
+    """The map of ``"a"`` or ``"a+b"`` (the mean of the targets' maps), ``(H, W)``: what
+    :func:`text_points` draws its points from, for figures."""
+    indices = parse_target(target, explanation.labels)
+    return explanation.maps[image][:, :, indices].mean(dim=-1)
+
+
 def text_points(
     explanation: Explanation,
     target: str,

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-NOTEBOOK_DIR = Path("notebooks")
+from surgery_lib.paths import checkout_dir
+
+NOTEBOOK_DIR = (checkout_dir() or Path.cwd()) / "notebooks"
 
 
 class NotebookError(RuntimeError):

@@ -37,6 +37,18 @@ def test_notebook_runs_and_saves_its_figures(path, tmp_path):
     assert all(p.name.startswith(path.name[:2]) for p in pngs)  # figures are named after their notebook
 
 
+@pytest.mark.notebooks
+@pytest.mark.slow
+@pytest.mark.parametrize("number", ["09", "10"])
+def test_caption_and_sam_notebooks_run_on_the_real_photos(number, tmp_path):
+    """SURGERY_IMAGES=real (the README's real-weights command) reaches every notebook that reads images."""
+    (path,) = [p for p in NOTEBOOKS if p.name.startswith(number)]
+    env = {**SMALL, "SURGERY_IMAGES": "real", "SURGERY_EVAL_DIR": str(tmp_path / "eval")}
+    out = run_notebook(path, tmp_path / "nb", tmp_path / "figures", timeout=600, env=env)
+    code = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+
 def test_a_failing_cell_names_the_notebook(tmp_path, capsys):
     bad = tmp_path / "07_bad.py"
     bad.write_text('# %%\nx = 1\n\n# %%\nraise RuntimeError("boom in a cell")\n')

@@ -41,3 +41,35 @@ def test_bad_sources_are_named(tmp_path):
 
 def test_default_source_per_model():
     assert default_source("toy-vit") == "composites" and default_source("ViT-B-16") == "real"
+
+
+def test_describe_uses_the_caption_or_names_the_classes():
+    from PIL import Image
+
+    from surgery_lib.data.records import AnnotatedImage
+
+    mask = np.ones((2, 2), bool)
+    image = Image.new("RGB", (2, 2))
+    assert AnnotatedImage("a", image, {"cat": mask}, caption="two cats.").describe() == "two cats."
+    assert AnnotatedImage("b", image, {"cat": mask, "dog": mask, "car": mask}).describe() == (
+        "a photo of a cat, a dog and a car."
+    )
+    assert AnnotatedImage("c", image).describe() == "a photo."
+
+
+def test_target_mask_and_iou_follow_the_target_rule():
+    from PIL import Image
+
+    from surgery_lib.data.records import AnnotatedImage
+    from surgery_lib.eval.metrics import mask_iou
+
+    left = np.zeros((4, 4), bool)
+    left[:, :2] = True
+    item = AnnotatedImage("x", Image.new("RGB", (4, 4)), {"a": left, "b": ~left})
+    assert item.target_mask("a+b").all() and np.array_equal(item.target_mask("a"), left)
+    with pytest.raises(ValueError, match="no mask for \\['zebra'\\]"):
+        item.target_mask("a+zebra")
+    assert mask_iou(left, item.target_mask("a+b")) == 0.5
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        mask_iou(left, np.zeros((2, 2), bool))
