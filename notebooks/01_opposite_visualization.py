@@ -23,8 +23,9 @@
 # %% tags=["parameters"]
 import os
 
-BACKBONES = os.environ.get("SURGERY_BACKBONES", "toy-vit,toy-rn").split(",")  # e.g. "ViT-B-16,RN50"
-PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")  # for every backbone
+# SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models # e.g. "ViT-B-16,RN50"
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit,toy-rn")).split(",")
+PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")  # for every backbone but the toy models
 IMAGES = os.environ.get("SURGERY_IMAGES", "")  # "composites", "composites-new", "real"; "" = per model
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 
@@ -36,6 +37,7 @@ from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.analysis import check_claims, map_records, maps_for, summarise
 from surgery_lib.model.loading import load_clip
+from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.ui.viz import figure_style, panel_grid, save_figure
 
 METHODS = {"raw CLIP": SurgeryConfig.off(), "CLIP Surgery": SurgeryConfig.paper()}
@@ -45,7 +47,7 @@ METHODS = {"raw CLIP": SurgeryConfig.off(), "CLIP Surgery": SurgeryConfig.paper(
 # One row per image, the map of the class it contains: raw CLIP next to CLIP Surgery.
 
 # %%
-loaded = load_clip(BACKBONES[0], pretrained=PRETRAINED)
+loaded = load_clip(BACKBONES[0], pretrained=pretrained_for(BACKBONES[0], PRETRAINED))
 classes, items = example_images(IMAGES or default_source(BACKBONES[0]), limit=LIMIT)
 shown = [it for it in items if it.masks][:4]
 columns = {name: [] for name in METHODS}
@@ -63,7 +65,7 @@ save_figure(fig, "01_opposite_examples")
 # %%
 records = []
 for backbone in BACKBONES:
-    loaded = load_clip(backbone, pretrained=PRETRAINED)
+    loaded = load_clip(backbone, pretrained=pretrained_for(backbone, PRETRAINED))
     classes, items = example_images(IMAGES or default_source(backbone), limit=LIMIT)
     for r in map_records(loaded, items, classes, METHODS):
         records.append({"backbone": backbone, **r})

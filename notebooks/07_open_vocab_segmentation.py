@@ -30,7 +30,8 @@
 # %% tags=["parameters"]
 import os
 
-BACKBONES = os.environ.get("SURGERY_BACKBONES", "toy-vit,toy-rn").split(",")
+# SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit,toy-rn")).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 DATASETS = os.environ.get("SURGERY_DATASETS", "")  # "NAME=ROOT,..."; "" = the shipped sets
 PROTOCOL = os.environ.get("SURGERY_PROTOCOL", "paper")  # "paper" or "sliding"
@@ -46,6 +47,7 @@ from surgery_lib.eval.analysis import check_claims
 from surgery_lib.eval.runner import dataset_specs, evaluation_table
 from surgery_lib.eval.segmentation import Protocol, segment_samples
 from surgery_lib.model.loading import load_clip
+from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.ui.viz import bar_chart, save_figure, segmentation_figure
 
 datasets = dataset_specs(DATASETS)
@@ -76,7 +78,7 @@ save_figure(fig, "07_per_class_iou")
 # Ground truth and predictions of raw CLIP and CLIP Surgery (white: ignored pixels).
 
 # %%
-loaded = load_clip(BACKBONES[0], pretrained=PRETRAINED)
+loaded = load_clip(BACKBONES[0], pretrained=pretrained_for(BACKBONES[0], PRETRAINED))
 name, root = next(iter(datasets.values()))
 dataset = load_dataset(name, root)
 samples = [dataset[i] for i in range(min(3, len(dataset)))]

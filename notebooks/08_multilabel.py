@@ -26,7 +26,8 @@
 # %% tags=["parameters"]
 import os
 
-BACKBONES = os.environ.get("SURGERY_BACKBONES", "toy-vit,toy-rn").split(",")
+# SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit,toy-rn")).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 DATASETS = os.environ.get("SURGERY_DATASETS", "")  # "NAME=ROOT,..."; "" = the shipped sets
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "300"))

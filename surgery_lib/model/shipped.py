@@ -23,6 +23,12 @@ def register_configs() -> None:
         _registered = True
 
 
+def pretrained_for(name: str, tag: str | None) -> str | None:
+    """The pretrained tag to load ``name`` with: ``tag``, except for the shipped toy models, which have
+    only their own weights (a tag such as ``openai`` given for a list of backbones is not theirs)."""
+    return "default" if name in TOY_MODELS else tag
+
+
 def weights_path(name: str) -> Path:
     """Where the shipped fp16 safetensors weights of ``name`` live."""
     if name not in TOY_MODELS:

@@ -156,3 +156,11 @@ def test_random_weights_when_asked():
     clip = load_clip("RN50", pretrained=None)
     assert clip.image_size == 224 and clip.name == "RN50"
     assert clip.reference_preprocess.transforms[0].size == (224, 224)
+
+
+def test_a_tag_for_a_list_of_backbones_is_not_applied_to_the_toy_models():
+    from surgery_lib.model.shipped import pretrained_for
+
+    assert pretrained_for("toy-vit", "openai") == "default"
+    assert pretrained_for("toy-rn", None) == "default"
+    assert pretrained_for("ViT-B-16", "openai") == "openai"
