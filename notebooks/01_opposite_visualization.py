@@ -35,9 +35,10 @@ import seaborn as sns
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import check_claims, map_records, maps_for, summarise
+from surgery_lib.eval.analysis import map_records, maps_for, summarise
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.shipped import pretrained_for
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import figure_style, panel_grid, save_figure
 
 METHODS = {"raw CLIP": SurgeryConfig.off(), "CLIP Surgery": SurgeryConfig.paper()}
@@ -95,12 +96,12 @@ s = table.set_index(["backbone", "method"])
 claims = {}
 for b in BACKBONES:
     raw, surgery = s.loc[(b, "raw CLIP")], s.loc[(b, "CLIP Surgery")]
-    claims[f"{b}: raw maps are opposite for {raw.opposite_pct:.0f} % of pairs (≥ 20 %)"] = (
-        raw.opposite_pct >= 20
+    claims[f"{b}: raw maps are opposite for {raw.opposite_rate:.0f} % of pairs (≥ 20 %)"] = (
+        raw.opposite_rate >= 20
     )
     claims[f"{b}: CLIP Surgery raises mSC ({raw.mSC:.1f} → {surgery.mSC:.1f})"] = surgery.mSC > raw.mSC
     claims[f"{b}: CLIP Surgery raises mIoU ({raw.mIoU:.1f} → {surgery.mIoU:.1f})"] = surgery.mIoU > raw.mIoU
-    claims[f"{b}: fewer opposite maps ({raw.opposite_pct:.0f} → {surgery.opposite_pct:.0f} %)"] = (
-        surgery.opposite_pct < raw.opposite_pct
+    claims[f"{b}: fewer opposite maps ({raw.opposite_rate:.0f} → {surgery.opposite_rate:.0f} %)"] = (
+        surgery.opposite_rate < raw.opposite_rate
     )
 print(check_claims(claims))

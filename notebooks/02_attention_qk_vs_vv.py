@@ -34,8 +34,9 @@ import pandas as pd
 import seaborn as sns
 
 from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import attention_locality, check_claims
+from surgery_lib.eval.analysis import attention_locality
 from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import figure_style, save_figure
 from surgery_lib.ui.widgets import AttentionExplorer, max_depth
 

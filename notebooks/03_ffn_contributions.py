@@ -38,8 +38,9 @@ import pandas as pd
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import check_claims, contribution_records, map_records, maps_for, summarise
+from surgery_lib.eval.analysis import contribution_records, map_records, maps_for, summarise
 from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import line_chart, method_comparison, save_figure
 from surgery_lib.ui.widgets import max_depth
 

@@ -36,8 +36,9 @@ import seaborn as sns
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import check_claims, map_records, maps_for, redundancy_records, summarise
+from surgery_lib.eval.analysis import map_records, maps_for, redundancy_records, summarise
 from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import figure_style, method_comparison, save_figure
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)

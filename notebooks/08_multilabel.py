@@ -38,9 +38,9 @@ import pandas as pd
 import torch
 
 from surgery_lib.data.datasets import load_dataset
-from surgery_lib.eval.analysis import check_claims
 from surgery_lib.eval.metrics import precision_recall_curve
 from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import bar_chart, pr_curves, save_figure
 
 datasets = dataset_specs(DATASETS)

@@ -37,13 +37,13 @@ import pandas as pd
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import check_claims
 from surgery_lib.eval.sets import caption_word_records
 from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.multimodal import caption_tokens, word_importance, word_similarity
 from surgery_lib.maps.text import empty_prompt_features
 from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import caption_figure, map_grid, save_figure, word_maps_figure
 from surgery_lib.ui.widgets import CaptionExplorer
 

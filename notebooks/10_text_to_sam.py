@@ -46,12 +46,12 @@ import torch
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import check_claims
 from surgery_lib.eval.metrics import mask_iou
 from surgery_lib.eval.sets import point_precision_records, presence_records
 from surgery_lib.maps.explain import explain
 from surgery_lib.maps.sam import SamSegmenter, SamUnavailableError, gate_rates, target_map, text_points
 from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import figure_style, line_chart, points_figure, save_figure
 from surgery_lib.ui.widgets import SamExplorer
 

@@ -106,8 +106,8 @@ def summarise(records: Sequence[dict], by: Sequence[str] = ("method",)) -> list[
         row.update(
             mIoU=over_classes("iou"),
             mSC=over_classes("score_contrast"),
-            pointing=100.0 * over_classes("pointing_hit"),
-            opposite_pct=100.0 * float(np.mean([r["opposite"] for r in rs])),
+            pointing_game=100.0 * over_classes("pointing_hit"),
+            opposite_rate=100.0 * float(np.mean([r["opposite"] for r in rs])),
             pairs=len(rs),
         )
         rows.append(row)
@@ -279,13 +279,3 @@ def redundancy_records(
                 }
             )
     return records
-
-
-def check_claims(claims: Mapping[str, bool]) -> str:
-    """The notebook's "what you should see" claims, each marked as holding (✓) or not (✗) on the
-    model and images it ran on; a ✗ means this model differs from what the paper reports."""
-    if not claims:
-        raise ValueError("no claims to check")
-    lines = [f"{'✓' if bool(holds) else '✗'} {claim}" for claim, holds in claims.items()]
-    held = sum(bool(h) for h in claims.values())
-    return "\n".join([*lines, f"{held} of {len(claims)} hold on this model"])

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from surgery_lib.data.shipped import voc_palette
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -119,6 +121,12 @@ def close(fig: Figure) -> None:
     _pyplot().close(fig)
 
 
+def plain_text(text: object) -> str:
+    """``text`` as matplotlib shows it literally: ``$`` escaped, so that a label such as ``$\\foo$`` is not
+    parsed as mathtext (which fails on unknown commands or draws something else)."""
+    return str(text).replace("$", r"\$")
+
+
 def _fitted(image: Image.Image, hw: tuple[int, int]) -> np.ndarray:
     if (image.height, image.width) != hw:
         image = image.resize((hw[1], hw[0]), Image.BICUBIC)
@@ -194,9 +202,9 @@ def map_grid(
             for t, label in enumerate(labels):
                 _overlay(axes[r, t + offset], image, m[:, :, t], cmap, alpha)
                 if r == 0:
-                    axes[r, t + offset].set_title(label)
+                    axes[r, t + offset].set_title(plain_text(label))
             if row_titles is not None:
-                axes[r, 0].set_ylabel(row_titles[r])
+                axes[r, 0].set_ylabel(plain_text(row_titles[r]))
         if show_image:
             axes[0, 0].set_title("image")
         fig.colorbar(
@@ -372,7 +380,7 @@ def caption_figure(
             shade = float(np.clip(value, 0.0, 1.0))
             box = {"boxstyle": "round,pad=0.25", "facecolor": colormap(shade), "edgecolor": "none"}
             color = "white" if shade > 0.6 else "black"
-            texts.append(ax.text(0, 0, word, fontsize=10, color=color, bbox=box, va="center"))
+            texts.append(ax.text(0, 0, plain_text(word), fontsize=10, color=color, bbox=box, va="center"))
         renderer = fig.canvas.get_renderer()
         axes_width = ax.get_window_extent(renderer).width
         gap = 0.025
@@ -395,7 +403,7 @@ def caption_figure(
         cax = fig.add_axes((0.3, below / height, 0.4, bar / height))
         fig.colorbar(_opaque(cmap), cax=cax, orientation="horizontal", label="word importance")
         if title:
-            ax.set_title(title)
+            ax.set_title(plain_text(title))
     return fig
 
 
@@ -466,7 +474,7 @@ def points_figure(
         ax.set_xlim(-0.5, heat_a.shape[1] - 0.5)
         ax.set_ylim(heat_a.shape[0] - 0.5, -0.5)
         if title:
-            ax.set_title(title)
+            ax.set_title(plain_text(title))
         if legend:
             handles = [
                 plt.Line2D(
@@ -504,17 +512,10 @@ def points_figure(
 
 
 def label_colors(n: int) -> np.ndarray:
-    """``(n, 3)`` uint8 distinct colours for class indices (the PASCAL VOC palette rule)."""
-    colors = np.zeros((n, 3), dtype=np.uint8)
-    for index in range(n):
-        c, r, g, b = index, 0, 0, 0
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        colors[index] = (r, g, b)
-    return colors
+    """``(n, 3)`` uint8 distinct colours for class indices: the PASCAL VOC palette
+    (:func:`surgery_lib.data.shipped.voc_palette`), repeated beyond 256 classes."""
+    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    return palette[np.arange(n) % 256]
 
 
 def segmentation_figure(

@@ -15,6 +15,7 @@ from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import cosine_similarity
 from surgery_lib.maps.text import text_features
 from surgery_lib.model.loading import load_clip
+from surgery_lib.ui.claims import check_claims
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,8 @@ def test_summarise_averages_per_class_then_over_classes():
     (row,) = analysis.summarise(rows)
     assert row["mIoU"] == pytest.approx((20.0 + 60.0) / 2)  # per class first: a = 20, b = 60
     assert row["mSC"] == pytest.approx((2.0 - 4.0) / 2)
-    assert row["pointing"] == pytest.approx(100 * (0.5 + 1.0) / 2)
-    assert row["opposite_pct"] == pytest.approx(100 / 3) and row["pairs"] == 3
+    assert row["pointing_game"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    assert row["opposite_rate"] == pytest.approx(100 / 3) and row["pairs"] == 3
 
 
 @pytest.mark.slow
@@ -140,7 +141,7 @@ def test_redundancy_of_a_single_class_is_fully_shared(loaded, data):
 
 
 def test_check_claims_marks_each_claim():
-    text = analysis.check_claims({"a holds": True, "b fails": np.False_})
+    text = check_claims({"a holds": True, "b fails": np.False_})
     assert text.splitlines() == ["✓ a holds", "✗ b fails", "1 of 2 hold on this model"]
     with pytest.raises(ValueError, match="no claims"):
-        analysis.check_claims({})
+        check_claims({})
