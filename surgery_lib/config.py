@@ -3,6 +3,10 @@
 Presets: :meth:`SurgeryConfig.off` (vanilla CLIP) and :meth:`SurgeryConfig.paper` (CLIP Surgery as
 published: v-v attention on a dual path over the last 6 blocks, FFN skipped on the new path, feature
 surgery on). Widgets are generated from the fields, so a new flag gets its control for free.
+
+The other training-free dense methods (MaskCLIP, SCLIP, GEM, ClearCLIP, NACLIP) are presets of the same
+config in the one registry :data:`METHODS`; the gradient explainers (Grad-CAM, attention Grad-CAM,
+Chefer relevancy) are listed in :data:`GRADIENT_METHODS`, and :func:`resolve_method` resolves any name.
 """
 
 from __future__ import annotations
@@ -13,13 +17,29 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, get_args
 
-AttentionKind = Literal["qk", "vv", "qq", "kk", "identity"]
+AttentionKind = Literal["qk", "vv", "qq", "kk", "identity", "qq+kk", "gem"]
 """Which token pairs build the attention matrix of the new path.
 
 ``qk``: ordinary self-attention; ``vv``: the paper's value-value attention;
-``qq`` / ``kk``: query-query and key-key attention (analysis only);
-``identity``: no attention mixing at all, each token keeps its own value (as in MaskCLIP).
+``qq`` / ``kk``: query-query and key-key attention (ClearCLIP, NACLIP);
+``identity``: no attention mixing at all, each token keeps its own value (as in MaskCLIP);
+``qq+kk``: SCLIP's correlative self-attention, the SUM ``softmax(s·qqᵀ) + softmax(s·kkᵀ)`` (rows sum
+to 2); ``gem``: GEM's self-self ensemble ``(A_q + A_k + A_v) / 3`` over L2-normalised projections,
+refined by ``self_attn_iters`` clustering iterations, at the temperature ``attn_temperature``.
 """
+
+AttnTemperature = Literal["auto", "head_dim", "adaptive"]
+"""The multiplier of the attention logits: ``head_dim``: ``s = d_head^-0.5``; ``adaptive``: GEM's
+``s · mean_i ||LN1(x)_i||`` (per image, over all tokens and the full width); ``auto``: ``adaptive`` for
+``attention="gem"``, ``head_dim`` otherwise."""
+
+PosEmbedInterp = Literal["bilinear", "bicubic", "bicubic-antialias", "bicubic-dino"]
+"""How the spatial positional embedding is resampled for a token grid other than the native one:
+``bilinear``: ``size=(h, w)``, ``align_corners=False`` (CLIP Surgery); ``bicubic``: ``size=(h, w)``,
+``align_corners=False`` (MaskCLIP's mmseg ``resize_pos_embed``); ``bicubic-antialias``: the same with
+``antialias=True`` (GEM, timm's ``resample_abs_pos_embed``); ``bicubic-dino``: DINO's
+``scale_factor=((h + 0.1)/g_h, (w + 0.1)/g_w)`` (SCLIP, NACLIP, ClearCLIP). The class token's position
+is never resampled; at the native grid every mode is the identity."""
 
 RedundantFeatures = Literal["classes", "empty_prompt"]
 """What feature surgery subtracts: the (weighted) mean over the given classes, or the features of
@@ -27,6 +47,22 @@ the empty prompt ``""``."""
 
 ATTENTION_KINDS: tuple[str, ...] = get_args(AttentionKind)
 REDUNDANT_FEATURES: tuple[str, ...] = get_args(RedundantFeatures)
+ATTN_TEMPERATURES: tuple[str, ...] = get_args(AttnTemperature)
+POS_EMBED_INTERPS: tuple[str, ...] = get_args(PosEmbedInterp)
+
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "attention",
+    "dual_path",
+    "skip_ffn",
+    "depth",
+    "keep_residual",
+    "attn_temperature",
+    "self_attn_iters",
+    "spatial_prior_sigma",
+    "pos_embed_interp",
+)
+"""The :class:`SurgeryConfig` fields that change the image tower's forward pass (the others act on the
+features): image tokens computed under one config can be reused for another that agrees on these."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +82,26 @@ class SurgeryConfig:
         feature_surgery: subtract the redundant features from the image-text similarity.
         redundant_features: what feature surgery subtracts (``"classes"``: the weighted class mean,
             the paper's multi-class form; ``"empty_prompt"``: the features of the empty prompt).
+
+    Fields for the other training-free dense methods (``/shared/METHODS.md`` §11; the defaults are
+    CLIP Surgery's, so they change nothing unless set). They act on ViT towers only: a ModifiedResNet
+    raises :class:`~surgery_lib.model.adapters.UnsupportedModelError` when one of them is not at its
+    default (or for the kinds ``qq+kk`` and ``gem``) with ``depth >= 1``.
+
+        keep_residual: the modified blocks add their attention output to the stream (``x + a``).
+            False: the block output is the attention output ``a`` itself (ClearCLIP, NACLIP); on a
+            dual path the new path then does not accumulate (it is the last block's ``a``).
+        attn_temperature: multiplier of the attention logits (:data:`AttnTemperature`); ``"auto"``
+            is GEM's adaptive temperature for ``attention="gem"`` and ``d_head^-0.5`` otherwise.
+        self_attn_iters: GEM's clustering iterations ``u ← softmax(β ûûᵀ) û`` before the final
+            attention (``attention="gem"`` only; GEM's code default 1).
+        spatial_prior_sigma: NACLIP's neighbourhood prior: ``σ > 0`` adds
+            ``Ω_ij = exp(-‖p_i − p_j‖² / 2σ²)`` (patch units, untruncated, 0 on the class token's row
+            and column, the same for every head) to the scaled logits before the softmax; 0: off.
+            Single path only. An int (whole patches; NACLIP uses 5) so that the generated widgets can
+            show it.
+        pos_embed_interp: how the positional embedding is resampled for a non-native token grid
+            (:data:`PosEmbedInterp`; each method's official code has its own).
     """
 
     attention: AttentionKind = "vv"
@@ -54,6 +110,11 @@ class SurgeryConfig:
     depth: int = 6
     feature_surgery: bool = True
     redundant_features: RedundantFeatures = "classes"
+    keep_residual: bool = True
+    attn_temperature: AttnTemperature = "auto"
+    self_attn_iters: int = 0
+    spatial_prior_sigma: int = 0
+    pos_embed_interp: PosEmbedInterp = "bilinear"
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -63,11 +124,59 @@ class SurgeryConfig:
                 f"unknown redundant_features {self.redundant_features!r}; "
                 f"expected one of {REDUNDANT_FEATURES}"
             )
-        for name in ("dual_path", "skip_ffn", "feature_surgery"):
+        for name in ("dual_path", "skip_ffn", "feature_surgery", "keep_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SurgeryConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 0:
-            raise ValueError(f"SurgeryConfig.depth must be an int >= 0, got {self.depth!r}")
+        for name in ("depth", "self_attn_iters", "spatial_prior_sigma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SurgeryConfig.{name} must be an int >= 0, got {value!r}")
+        if self.attn_temperature not in ATTN_TEMPERATURES:
+            raise ValueError(
+                f"unknown attn_temperature {self.attn_temperature!r}; expected one of {ATTN_TEMPERATURES}"
+            )
+        if self.pos_embed_interp not in POS_EMBED_INTERPS:
+            raise ValueError(
+                f"unknown pos_embed_interp {self.pos_embed_interp!r}; expected one of {POS_EMBED_INTERPS}"
+            )
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        """Raise ``ValueError`` naming the conflict for combinations that mean nothing."""
+        kind = self.attention
+        if self.self_attn_iters and kind != "gem":
+            raise ValueError(
+                f"self_attn_iters={self.self_attn_iters} needs attention='gem' (GEM's clustering "
+                f"iterations), not attention={kind!r}"
+            )
+        if self.attn_temperature == "adaptive" and kind != "gem":
+            raise ValueError(
+                f"attn_temperature='adaptive' (GEM's temperature for L2-normalised projections) needs "
+                f"attention='gem', not attention={kind!r}"
+            )
+        if self.attn_temperature != "auto" and kind == "identity":
+            raise ValueError(
+                f"attn_temperature={self.attn_temperature!r} with attention='identity': the identity "
+                "attention has no logits to scale"
+            )
+        if self.spatial_prior_sigma:
+            if self.dual_path:
+                raise ValueError(
+                    "spatial_prior_sigma with dual_path=True: NACLIP's spatial prior is defined for a "
+                    "single path (set dual_path=False)"
+                )
+            if kind in ("identity", "gem"):
+                raise ValueError(
+                    f"spatial_prior_sigma with attention={kind!r}: the spatial prior is added to "
+                    "attention logits of the kinds qk, vv, qq, kk and qq+kk only"
+                )
+
+    @property
+    def temperature(self) -> str:
+        """The resolved :attr:`attn_temperature`: ``"head_dim"`` or ``"adaptive"``."""
+        if self.attn_temperature == "auto":
+            return "adaptive" if self.attention == "gem" else "head_dim"
+        return self.attn_temperature
 
     @classmethod
     def off(cls) -> SurgeryConfig:
@@ -89,14 +198,120 @@ class SurgeryConfig:
         return dataclasses.replace(self, **changes)
 
 
+_SINGLE_LAST_BLOCK = {"dual_path": False, "depth": 1, "feature_surgery": False}
+
 METHODS: Mapping[str, SurgeryConfig] = MappingProxyType(
     {
         "raw": SurgeryConfig.off(),
         "surgery": SurgeryConfig.paper(),
+        # CLIP Surgery ablations
+        "surgery-no-fs": SurgeryConfig.paper().replace(feature_surgery=False),
+        "feature-surgery-only": SurgeryConfig.off().replace(feature_surgery=True),
+        # the other training-free dense methods, as their official code runs them (METHODS.md §11.4)
+        "maskclip": SurgeryConfig(
+            attention="identity", skip_ffn=False, pos_embed_interp="bicubic", **_SINGLE_LAST_BLOCK
+        ),
+        "sclip": SurgeryConfig(
+            attention="qq+kk", skip_ffn=False, pos_embed_interp="bicubic-dino", **_SINGLE_LAST_BLOCK
+        ),
+        "gem": SurgeryConfig(
+            attention="gem",
+            self_attn_iters=1,
+            feature_surgery=False,
+            pos_embed_interp="bicubic-antialias",
+        ),
+        "clearclip": SurgeryConfig(
+            attention="qq", keep_residual=False, pos_embed_interp="bicubic-dino", **_SINGLE_LAST_BLOCK
+        ),
+        "naclip": SurgeryConfig(
+            attention="kk",
+            keep_residual=False,
+            spatial_prior_sigma=5,
+            pos_embed_interp="bicubic-dino",
+            **_SINGLE_LAST_BLOCK,
+        ),
     }
 )
-"""The one registry of named methods: name -> config (read-only). ``raw`` is vanilla CLIP, ``surgery``
-CLIP Surgery as published."""
+"""The one registry of named methods: name -> config (read-only); gradient explainers are listed
+in :data:`GRADIENT_METHODS`, and :func:`method_names` gives both.
+
+* ``raw``: vanilla CLIP; ``surgery``: CLIP Surgery as published (arXiv 2304.05653).
+* ``surgery-no-fs``: architecture surgery alone (the authors' open-vocabulary segmentation setting);
+  ``feature-surgery-only``: feature surgery on vanilla CLIP's tokens.
+* ``maskclip`` (ECCV 2022, official ViT code): identity attention in the last block, residual and FFN
+  kept; its KS/PD post-processing is not part of the config (off in its released configs).
+* ``sclip`` (ECCV 2024): last block with the SUM of q-q and k-k softmaxes, residual and FFN kept.
+* ``gem`` (CVPR 2024, code defaults): CLIP Surgery's dual path over the last 6 blocks with GEM's
+  self-self ensemble, adaptive temperature, 1 clustering iteration (the paper's best: 2-3, per dataset).
+* ``clearclip`` (ECCV 2024): last block q-q attention, no residual, no FFN.
+* ``naclip`` (WACV 2025, ``arch='reduced'``): last block k-k attention plus a Gaussian neighbourhood
+  prior (σ = 5), no residual, no FFN. Without PAMR (the paper's main row; its README uses PAMR).
+
+Each method resamples the positional embedding as its official code does (:data:`PosEmbedInterp`).
+"""
+
+
+GradientExplainer = Literal["gradcam", "attn_gradcam", "chefer"]
+"""The gradient explainers (``surgery_lib.model.gradients``)."""
+
+GRADIENT_EXPLAINERS: tuple[str, ...] = get_args(GradientExplainer)
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """A gradient explainer and its options (not a modified forward: it back-propagates
+    ``logit_scale.exp() · cos(class feature, text)`` through vanilla CLIP).
+
+    Fields:
+        explainer: ``gradcam`` (Grad-CAM on the last block's ``ln_1`` output, or ``layer4`` of a
+            ModifiedResNet), ``attn_gradcam`` (Grad-CAM on the last attention probabilities) or
+            ``chefer`` (Chefer et al.'s relevancy).
+        start_layer: ``chefer`` only: the first block whose attention enters the relevancy
+            (negative counts from the end). ``-1``, the CLIP notebook's default, is the last block
+            only; ``0`` is every block (the paper's rule).
+    """
+
+    explainer: GradientExplainer
+    start_layer: int = -1
+
+    def __post_init__(self) -> None:
+        if self.explainer not in GRADIENT_EXPLAINERS:
+            raise ValueError(
+                f"unknown gradient explainer {self.explainer!r}; expected one of {GRADIENT_EXPLAINERS}"
+            )
+        if isinstance(self.start_layer, bool) or not isinstance(self.start_layer, int):
+            raise TypeError(f"GradientConfig.start_layer must be an int, got {self.start_layer!r}")
+        if self.start_layer != -1 and self.explainer != "chefer":
+            raise ValueError(f"start_layer={self.start_layer} applies to explainer='chefer' only")
+
+    def replace(self, **changes: object) -> GradientConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+
+GRADIENT_METHODS: Mapping[str, GradientConfig] = MappingProxyType(
+    {
+        "gradcam": GradientConfig("gradcam"),
+        "attn_gradcam": GradientConfig("attn_gradcam"),
+        "chefer": GradientConfig("chefer"),
+        "chefer-all-layers": GradientConfig("chefer", start_layer=0),
+    }
+)
+"""Named gradient explainers: name -> :class:`GradientConfig` (read-only). ``chefer`` uses the CLIP
+notebook's default ``start_layer=-1`` (last block only), ``chefer-all-layers`` the paper's rule."""
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method name: the dense methods of :data:`METHODS`, then the gradient explainers of
+    :data:`GRADIENT_METHODS`."""
+    return (*METHODS, *GRADIENT_METHODS)
+
+
+def _unknown(method: str) -> ValueError:
+    return ValueError(
+        f"unknown method {method!r}; known methods: {', '.join(METHODS)}; "
+        f"gradient methods: {', '.join(GRADIENT_METHODS)}"
+    )
 
 
 RAW_VS_SURGERY: Mapping[str, SurgeryConfig] = MappingProxyType({k: METHODS[k] for k in ("raw", "surgery")})
@@ -107,7 +322,8 @@ def method_config(method: str | SurgeryConfig | None) -> SurgeryConfig:
     """The config a method name (a key of :data:`METHODS`) or a config stands for; None: the paper's.
 
     Raises:
-        ValueError: an unknown name (the message lists the known ones).
+        ValueError: an unknown name (the message lists the known ones), or the name of a gradient
+            method (those have no :class:`SurgeryConfig`: see :func:`resolve_method`).
         TypeError: neither a name nor a :class:`SurgeryConfig`.
     """
     if method is None:
@@ -115,7 +331,28 @@ def method_config(method: str | SurgeryConfig | None) -> SurgeryConfig:
     if isinstance(method, SurgeryConfig):
         return method
     if isinstance(method, str):
+        if method in GRADIENT_METHODS:
+            raise ValueError(
+                f"{method!r} is a gradient method, not a SurgeryConfig preset: pass it as "
+                "explain(..., method=...) (dense methods: " + ", ".join(METHODS) + ")"
+            )
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+            raise _unknown(method)
         return METHODS[method]
     raise TypeError(f"expected a method name or a SurgeryConfig, got {type(method).__name__}")
+
+
+def resolve_method(
+    method: str | SurgeryConfig | GradientConfig | None,
+) -> SurgeryConfig | GradientConfig:
+    """The config of any method name (:func:`method_names`) or config; None: the paper's.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+        TypeError: neither a name nor a config.
+    """
+    if isinstance(method, GradientConfig):
+        return method
+    if isinstance(method, str) and method in GRADIENT_METHODS:
+        return GRADIENT_METHODS[method]
+    return method_config(method)

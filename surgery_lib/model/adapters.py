@@ -41,13 +41,38 @@ def check_clip(model: object) -> nn.Module:
     return visual
 
 
-def _interpolate_grid(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resample spatial positional embeddings ``(old_h·old_w, C)`` to ``(new_h·new_w, C)``."""
+def _resample(grid: torch.Tensor, old: tuple[int, int], new: tuple[int, int], mode: str) -> torch.Tensor:
+    """``(1, C, old_h, old_w)`` -> ``(1, C, new_h, new_w)`` the way ``mode`` (a
+    :data:`~surgery_lib.config.PosEmbedInterp`) names."""
+    if mode == "bilinear":
+        return F.interpolate(grid, size=new, mode="bilinear", align_corners=False)
+    if mode == "bicubic":
+        return F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+    if mode == "bicubic-antialias":
+        return F.interpolate(grid, size=new, mode="bicubic", align_corners=False, antialias=True)
+    if mode == "bicubic-dino":
+        # DINO's trick: the source coordinates follow the factor (n + 0.1)/g, not n/g
+        factor = ((new[0] + 0.1) / old[0], (new[1] + 0.1) / old[1])
+        out = F.interpolate(
+            grid, scale_factor=factor, mode="bicubic", align_corners=False, recompute_scale_factor=False
+        )
+        if tuple(out.shape[-2:]) != tuple(new):  # pragma: no cover - floor((n + 0.1)) is n
+            raise RuntimeError(f"DINO-style resampling gave {tuple(out.shape[-2:])}, expected {new}")
+        return out
+    raise ValueError(f"unknown positional-embedding interpolation {mode!r}")
+
+
+def _interpolate_grid(
+    pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Resample spatial positional embeddings ``(old_h·old_w, C)`` to ``(new_h·new_w, C)`` (in float32;
+    bilinear by default, see :data:`~surgery_lib.config.PosEmbedInterp`); the native grid is returned
+    as is."""
     if old == new:
         return pos
     c = pos.shape[-1]
     grid = pos.reshape(1, old[0], old[1], c).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new, mode="bilinear", align_corners=False).to(pos.dtype)
+    grid = _resample(grid.float(), old, new, mode).to(pos.dtype)
     return grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], c)
 
 
@@ -134,11 +159,15 @@ class ViTAdapter:
         """Token grid ``(h, w)`` for an input of ``image_hw`` pixels."""
         return image_hw[0] // self.patch_size[0], image_hw[1] // self.patch_size[1]
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed(
+        self, images: torch.Tensor, interpolation: str = "bilinear"
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch + class embeddings, positional embedding (interpolated for other sizes), ``ln_pre``.
 
         Args:
             images: ``(B, 3, H, W)``.
+            interpolation: how the positional embedding is resampled for a non-native grid
+                (:data:`~surgery_lib.config.PosEmbedInterp`).
         Returns:
             tokens ``(B, 1 + h·w, C)`` and the grid ``(h, w)``.
         """
@@ -148,7 +177,7 @@ class ViTAdapter:
         x = x.flatten(2).transpose(1, 2)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
         pos = v.positional_embedding
-        pos = torch.cat([pos[:1], _interpolate_grid(pos[1:], self.pos_grid, grid)], dim=0)
+        pos = torch.cat([pos[:1], _interpolate_grid(pos[1:], self.pos_grid, grid, interpolation)], dim=0)
         x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
         return v.ln_pre(x), grid
 
@@ -234,11 +263,14 @@ class ResNetAdapter:
         x = v.stem(images.to(self.dtype()))
         return v.layer4(v.layer3(v.layer2(v.layer1(x))))
 
-    def pool_tokens(self, feats: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def pool_tokens(
+        self, feats: torch.Tensor, interpolation: str = "bilinear"
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens of the attention pool: mean token first, positional embedding added.
 
         Args:
             feats: ``(B, C, h, w)``.
+            interpolation: as for :meth:`ViTAdapter.embed`.
         Returns:
             ``(B, 1 + h·w, C)`` and the grid ``(h, w)``.
         """
@@ -246,7 +278,7 @@ class ResNetAdapter:
         t = feats.flatten(2).transpose(1, 2)
         t = torch.cat([t.mean(dim=1, keepdim=True), t], dim=1)
         pos = self.pool.positional_embedding
-        pos = torch.cat([pos[:1], _interpolate_grid(pos[1:], self.pos_grid, grid)], dim=0)
+        pos = torch.cat([pos[:1], _interpolate_grid(pos[1:], self.pos_grid, grid, interpolation)], dim=0)
         return t + pos.to(t.dtype), grid
 
     def heads(self, i: int = 0) -> int:

@@ -1,6 +1,10 @@
-"""Attention kinds over per-head projections: q-k, v-v, q-q, k-k and identity.
+"""Attention kinds over per-head projections: q-k, v-v, q-q, k-k, identity, SCLIP's q-q + k-k and
+GEM's self-self ensemble; NACLIP's spatial prior and GEM's adaptive temperature.
 
 All functions take per-head tensors of shape ``(B, heads, N, d_head)`` and never write into them.
+Options (keyword-only): ``temperature``, the multiplier of the logits (a float or a ``(B, 1, 1, 1)``
+tensor; ``None``: ``d_head^-0.5``); ``bias``, an additive ``(N, N)`` logit bias applied after the scaling
+(:func:`spatial_prior`); ``iters``, GEM's clustering iterations (``gem`` only).
 """
 
 from __future__ import annotations
@@ -19,11 +23,78 @@ def _pair(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple
     return pairs[kind]
 
 
-def attend(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention output ``softmax(a bᵀ · d_head^-0.5) v`` for the pair (a, b) of ``kind``.
+def spatial_prior(grid: tuple[int, int], sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """NACLIP's neighbourhood prior over ``[CLS, patches]``: ``(1 + h·w, 1 + h·w)``.
+
+    ``Ω_ij = exp(-((r_i − r_j)² + (c_i − c_j)²) / 2σ²)`` over the patches' (row, col) on the ``h×w``
+    grid (untruncated, peak 1, the same for every head); 0 on the class token's row and column.
+    ``like``: a tensor whose dtype and device the result takes.
+    """
+    h, w = grid
+    rows = torch.arange(h, dtype=torch.float64, device=like.device)
+    cols = torch.arange(w, dtype=torch.float64, device=like.device)
+    gr = torch.exp(-((rows[:, None] - rows[None, :]) ** 2) / (2.0 * sigma**2))  # (h, h)
+    gc = torch.exp(-((cols[:, None] - cols[None, :]) ** 2) / (2.0 * sigma**2))  # (w, w)
+    omega = torch.zeros(1 + h * w, 1 + h * w, dtype=torch.float64, device=like.device)
+    omega[1:, 1:] = (gr[:, None, :, None] * gc[None, :, None, :]).reshape(h * w, h * w)
+    return omega.to(like.dtype)
+
+
+def adaptive_temperature(z: torch.Tensor, d_head: int) -> torch.Tensor:
+    """GEM's inverse temperature ``β = d_head^-0.5 · mean_i ||z_i||`` per image.
 
     Args:
-        kind: one of ``qk``, ``vv``, ``qq``, ``kk``, ``identity`` (returns ``v``).
+        z: the block's normalised input ``LN1(x)``, ``(B, N, C)`` (norm over the full width C, mean over
+            all tokens including the class token).
+    Returns:
+        ``(B, 1, 1, 1)``, shared by every head.
+    """
+    return (z.norm(dim=-1).mean(dim=-1) * d_head**-0.5).reshape(-1, 1, 1, 1)
+
+
+def _weights(a: torch.Tensor, b: torch.Tensor, temperature, bias: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(a bᵀ · temperature + bias)``."""
+    if temperature is None:
+        temperature = a.shape[-1] ** -0.5
+    logits = (a @ b.transpose(-1, -2)) * temperature
+    if bias is not None:
+        logits = logits + bias
+    return torch.softmax(logits, dim=-1)
+
+
+def _gem_weights(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature, iters: int
+) -> list[torch.Tensor]:
+    """GEM's three self-self attentions ``[A_v, A_k, A_q]`` over L2-normalised projections, after
+    ``iters`` clustering iterations ``u ← softmax(β ûûᵀ) û``."""
+    matrices = []
+    for u in (v, k, q):
+        for _ in range(iters):
+            u = F.normalize(u, dim=-1)
+            u = _weights(u, u, temperature, None) @ u
+        u = F.normalize(u, dim=-1)
+        matrices.append(_weights(u, u, temperature, None))
+    return matrices
+
+
+def attend(
+    kind: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    iters: int = 0,
+) -> torch.Tensor:
+    """Attention output ``A v`` for the attention matrix ``A`` of ``kind``.
+
+    ``qk`` / ``vv`` / ``qq`` / ``kk``: ``softmax(a bᵀ · temperature + bias)`` for the pair (a, b);
+    ``identity``: ``v``; ``qq+kk``: ``softmax(q qᵀ ·) v + softmax(k kᵀ ·) v`` (a sum); ``gem``:
+    ``(A_v v + A_k v + A_q v) / 3`` with GEM's normalised, iterated self-self attentions (no bias).
+
+    Args:
+        kind: one of :data:`~surgery_lib.config.ATTENTION_KINDS`.
         q, k, v: ``(B, heads, N, d_head)``; ``q`` may have fewer tokens than ``k``/``v`` for ``qk``.
     Returns:
         ``(B, heads, N_q, d_head)``.
@@ -32,22 +103,47 @@ def attend(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
         raise ValueError(f"unknown attention kind {kind!r}; expected one of {ATTENTION_KINDS}")
     if kind == "identity":
         return v
+    options = {"temperature": temperature, "bias": bias}
+    if kind == "qq+kk":
+        return attend("qq", q, k, v, **options) + attend("kk", q, k, v, **options)
+    if kind == "gem":
+        if bias is not None:
+            raise ValueError("the attention kind 'gem' takes no logit bias")
+        a_v, a_k, a_q = _gem_weights(q, k, v, temperature, iters)
+        return (a_v @ v + a_k @ v + a_q @ v) / 3
     a, b = _pair(kind, q, k, v)
-    return F.scaled_dot_product_attention(a, b, v)
+    if temperature is None:
+        return F.scaled_dot_product_attention(a, b, v, attn_mask=bias)
+    return _weights(a, b, temperature, bias) @ v
 
 
-def attention_weights(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The attention matrix of ``kind``: ``softmax(a bᵀ · d_head^-0.5)``.
+def attention_weights(
+    kind: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    iters: int = 0,
+) -> torch.Tensor:
+    """The attention matrix of ``kind`` (options as in :func:`attend`).
 
     Args:
         q, k, v: ``(B, heads, N, d_head)``.
     Returns:
-        ``(B, heads, N, N)``; the identity matrix for ``identity``.
+        ``(B, heads, N, N)``; the identity matrix for ``identity``; rows sum to 2 for ``qq+kk``.
     """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; expected one of {ATTENTION_KINDS}")
     if kind == "identity":
         n = v.shape[-2]
         eye = torch.eye(n, dtype=v.dtype, device=v.device)
         return eye.expand(*v.shape[:-2], n, n).clone()
+    if kind == "qq+kk":
+        return _weights(q, q, temperature, bias) + _weights(k, k, temperature, bias)
+    if kind == "gem":
+        a_v, a_k, a_q = _gem_weights(q, k, v, temperature, iters)
+        return (a_v + a_k + a_q) / 3
     a, b = _pair(kind, q, k, v)
-    scale = a.shape[-1] ** -0.5
-    return torch.softmax((a @ b.transpose(-1, -2)) * scale, dim=-1)
+    return _weights(a, b, temperature, bias)

@@ -14,7 +14,7 @@ from torch import nn
 
 from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
 from surgery_lib.model.adapters import ResNetAdapter, ViTAdapter, adapter_for
-from surgery_lib.model.attention import attention_weights
+from surgery_lib.model.attention import adaptive_temperature, attention_weights
 from surgery_lib.model.preprocess import check_image_batch
 from surgery_lib.model.surgery import SurgeryError, Trace, dense_forward
 
@@ -64,6 +64,7 @@ def attention_maps(
         if block not in (0, -1):
             raise IndexError(f"a ModifiedResNet has one attention layer (block 0), not block {block}")
         tokens, grid = adapter.pool_tokens(adapter.trunk(images))
+        z = tokens
         q, k, v = adapter.qkv(0, tokens)
     else:
         n = adapter.num_blocks
@@ -72,13 +73,19 @@ def attention_maps(
         block %= n
         trace = trace_forward(model, images, config)
         grid = trace.grid
-        q, k, v = adapter.qkv(block, adapter.ln_1(block, trace.block_inputs[block]))
+        z = adapter.ln_1(block, trace.block_inputs[block])
+        q, k, v = adapter.qkv(block, z)
     n_tokens = q.shape[-2]
-    if query is None:
-        return {kind: attention_weights(kind, q, k, v) for kind in kinds}, grid
-    if not 0 <= query < n_tokens:
+    if query is not None and not 0 <= query < n_tokens:
         raise IndexError(f"query token {query} out of range for {n_tokens} tokens")
-    return {kind: attention_weights(kind, q, k, v)[:, :, query] for kind in kinds}, grid
+
+    def weights(kind: str) -> torch.Tensor:
+        # "gem": GEM's adaptive temperature and one clustering iteration (its code's defaults)
+        options = {"temperature": adaptive_temperature(z, q.shape[-1]), "iters": 1} if kind == "gem" else {}
+        a = attention_weights(kind, q, k, v, **options)
+        return a if query is None else a[:, :, query]
+
+    return {kind: weights(kind) for kind in kinds}, grid
 
 
 @dataclass
@@ -135,6 +142,11 @@ def residual_contributions(
     adapter = adapter_for(model)
     if not isinstance(adapter, ViTAdapter):
         raise SurgeryError("residual contributions need a ViT tower: a ModifiedResNet has no residual stream")
+    if config is not None and config.depth and not config.keep_residual:
+        raise SurgeryError(
+            "residual contributions need residual blocks: with keep_residual=False the surgery blocks "
+            "replace the stream by their attention output"
+        )
     trace = trace_forward(model, images, config)
     ln = adapter.visual.ln_post
     if not isinstance(ln, nn.LayerNorm):

@@ -1,0 +1,274 @@
+"""Gradient explainers: Grad-CAM, attention Grad-CAM and Chefer et al.'s relevancy, on vanilla CLIP.
+
+Target, per image and text ``t``: ``y_t = logit_scale.exp() · cos(class feature, text_t)`` (CLIP's
+``logits_per_image``), one backward pass per text (the images of a batch are independent, so one
+pass serves the whole batch). The ViT forward is recomputed from open_clip's own modules with the
+attention written out (``softmax(s·q kᵀ)`` per head), because ``nn.MultiheadAttention`` does not put
+the probabilities it returns on the path to its output.
+
+The model is left as it was: gradients are taken with :func:`torch.autograd.grad` with respect to
+activations only (no ``.grad`` on any parameter), no hook is registered, ``requires_grad`` is never
+changed, and modules in training mode run in eval mode and are switched back afterwards, also when
+a forward raises. The functions run under :func:`torch.enable_grad`, also when the caller is in
+``torch.no_grad()``.
+
+Relevance maps are returned on the token grid, before any upsampling or min-max normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery_lib.config import GRADIENT_METHODS, GradientConfig
+from surgery_lib.model.adapters import ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
+from surgery_lib.model.attention import attend, attention_weights
+from surgery_lib.model.preprocess import check_image_batch
+
+
+@dataclass
+class GradientMaps:
+    """What a gradient explainer returns.
+
+    Attributes:
+        relevance: ``(B, T, h, w)`` relevance of each patch for each text (not upsampled, not
+            normalised; ReLU'd, so whole maps can be 0).
+        logits: ``(B, T)`` the targets ``logit_scale.exp() · cos(class feature, text)``.
+        image_features: ``(B, D)`` the normalised class features (vanilla CLIP's image embedding).
+        grid: token grid ``(h, w)``.
+    """
+
+    relevance: torch.Tensor
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    grid: tuple[int, int]
+
+
+@dataclass
+class _Forward:
+    """One vanilla forward with the activations the explainers need (graph kept)."""
+
+    features: torch.Tensor  # (B, D) class features, not normalised
+    grid: tuple[int, int]
+    probs: list[torch.Tensor]  # ViT: per block (B, heads, 1+N, 1+N)
+    activation: torch.Tensor  # ViT: last block's ln_1 output (B, 1+N, C); RN: layer4 output (B, C, h, w)
+
+
+@contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Eval mode and gradients on for the block; training flags restored afterwards, also on errors."""
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.enable_grad():
+            yield
+    finally:
+        for module, flag in training.items():
+            module.training = flag
+
+
+def _as_leaf_if_needed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is on an autograd graph; otherwise (frozen parameters) a leaf that
+    requires grad, so that every later activation does."""
+    return t if t.requires_grad else t.detach().requires_grad_(True)
+
+
+def _vit_forward(adapter: ViTAdapter, images: torch.Tensor, keep_probs_from: int) -> _Forward:
+    x, grid = adapter.embed(images)
+    x = _as_leaf_if_needed(x)
+    probs: list[torch.Tensor] = []
+    z = x
+    for i in range(adapter.num_blocks):
+        z = adapter.ln_1(i, x)
+        q, k, v = adapter.qkv(i, z)
+        a = attention_weights("qk", q, k, v)
+        if i >= keep_probs_from:
+            probs.append(a)
+        x = x + adapter.attention_residual(i, a @ v)
+        x = x + adapter.ffn_residual(i, x)
+    features = adapter.project(x[:, :1])[:, 0]
+    return _Forward(features, grid, probs, z)
+
+
+def _resnet_forward(adapter: ResNetAdapter, images: torch.Tensor) -> _Forward:
+    feats = _as_leaf_if_needed(adapter.trunk(images))
+    tokens, grid = adapter.pool_tokens(feats)
+    q, k, v = adapter.qkv(0, tokens)
+    features = adapter.output(attend("qk", q[:, :, :1], k, v))[:, 0]
+    return _Forward(features, grid, [], feats)
+
+
+def _logits(model: nn.Module, features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    scale = getattr(model, "logit_scale", None)
+    scale = torch.ones(()) if scale is None else scale.detach().exp()
+    texts = F.normalize(text_features.to(features.device, features.dtype), dim=-1)
+    return scale.to(features) * F.normalize(features, dim=-1) @ texts.t()
+
+
+def _check(images: torch.Tensor, text_features: torch.Tensor) -> None:
+    check_image_batch(images)
+    if text_features.ndim != 2 or text_features.shape[0] == 0:
+        raise ValueError(f"text features must be (T, D) with T >= 1, got shape {tuple(text_features.shape)}")
+
+
+def _per_text(logits: torch.Tensor, inputs: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Gradients of ``logits[:, t]`` (summed over the independent images) with respect to ``inputs``,
+    one backward pass per text ``t``."""
+    n_texts = logits.shape[1]
+    for t in range(n_texts):
+        yield torch.autograd.grad(logits[:, t].sum(), inputs, retain_graph=t < n_texts - 1)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, text_features: torch.Tensor) -> GradientMaps:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) for each text, as pytorch-grad-cam computes it on CLIP.
+
+    ViT: the activation ``A`` is the last block's ``ln_1`` output on the patch tokens (at the last
+    block's *output* the patch tokens do not reach the class feature); the channel weights are the
+    gradient averaged over the patch tokens only (the class token is dropped before the mean):
+    ``map = ReLU(Σ_c α_c A_c)``. ModifiedResNet: ``A`` is the output of ``layer4`` (before the
+    attention pool), ``α`` the gradient averaged over the spatial positions.
+
+    Args:
+        images: preprocessed ``(B, 3, H, W)``.
+        text_features: ``(T, D)`` (normalised here).
+    Returns:
+        :class:`GradientMaps` with ``relevance`` ``(B, T, h, w)``.
+    """
+    _check(images, text_features)
+    adapter = adapter_for(model)
+    with _untouched(model):
+        images = images.to(_device(model))
+        if isinstance(adapter, ViTAdapter):
+            run = _vit_forward(adapter, images, keep_probs_from=adapter.num_blocks)
+        else:
+            run = _resnet_forward(adapter, images)
+        logits = _logits(model, run.features, text_features)
+        h, w = run.grid
+        act = run.activation.detach()
+        maps = []
+        for (grad,) in _per_text(logits, [run.activation]):
+            if isinstance(adapter, ViTAdapter):
+                alpha = grad[:, 1:].mean(dim=1)  # (B, C), over the patch tokens only
+                cam = (act[:, 1:] * alpha[:, None]).sum(-1).reshape(-1, h, w)
+            else:
+                alpha = grad.mean(dim=(2, 3))  # (B, C)
+                cam = (act * alpha[:, :, None, None]).sum(1)
+            maps.append(cam.clamp(min=0))
+    return _result(maps, logits, run)
+
+
+def _result(maps: list[torch.Tensor], logits: torch.Tensor, run: _Forward) -> GradientMaps:
+    return GradientMaps(
+        relevance=torch.stack(maps, dim=1).detach(),
+        logits=logits.detach(),
+        image_features=F.normalize(run.features.detach(), dim=-1),
+        grid=run.grid,
+    )
+
+
+def _vit_only(model: nn.Module, method: str) -> ViTAdapter:
+    adapter = adapter_for(model)
+    if not isinstance(adapter, ViTAdapter):
+        tower = type(model.visual)
+        raise UnsupportedModelError(
+            f"gradient method {method!r} needs the attention of a ViT image tower; "
+            f"{tower.__module__}.{tower.__qualname__} (ModifiedResNet) has none: use 'gradcam'"
+        )
+    return adapter
+
+
+def attention_gradcam(model: nn.Module, images: torch.Tensor, text_features: torch.Tensor) -> GradientMaps:
+    """Grad-CAM on the last block's attention probabilities (Chefer et al.'s ``generate_attn_gradcam``).
+
+    ``A``: the last block's softmax probabilities ``(heads, 1+N, 1+N)``, ``G = ∂y_t/∂A``;
+    ``w_h = mean_{i,j} G_h`` (over every entry, the class token's row and column included);
+    ``map = ReLU(mean_h w_h A_h)[CLS, 1:]``. Whole maps are 0 when every ``w_h < 0``. ViT only.
+
+    Returns:
+        :class:`GradientMaps` with ``relevance`` ``(B, T, h, w)``.
+    """
+    _check(images, text_features)
+    adapter = _vit_only(model, "attn_gradcam")
+    with _untouched(model):
+        run = _vit_forward(adapter, images.to(_device(model)), keep_probs_from=adapter.num_blocks - 1)
+        logits = _logits(model, run.features, text_features)
+        h, w = run.grid
+        probs = run.probs[-1].detach()
+        maps = []
+        for (grad,) in _per_text(logits, run.probs[-1:]):
+            weights = grad.mean(dim=(-1, -2), keepdim=True)  # (B, heads, 1, 1)
+            cam = (probs * weights).mean(dim=1).clamp(min=0)  # (B, 1+N, 1+N)
+            maps.append(cam[:, 0, 1:].reshape(-1, h, w))
+    return _result(maps, logits, run)
+
+
+def chefer_relevancy(
+    model: nn.Module, images: torch.Tensor, text_features: torch.Tensor, start_layer: int = -1
+) -> GradientMaps:
+    """Chefer et al.'s relevancy (ICCV 2021, rules 5-7 for self-attention), image encoder.
+
+    ``R = I``; for every block ``l`` from ``start_layer`` to the last:
+    ``Ā_l = mean_h ReLU(∂y_t/∂A_l ⊙ A_l)``, ``R ← R + Ā_l R``; ``map = R[CLS, 1:]``.
+
+    ``start_layer``: the first block used (negative counts from the end). The default ``-1``, the last
+    block only, is the CLIP notebook's default (``CLIP_explainability.ipynb``, ``interpret``), which
+    gives ``Ā_L[CLS, 1:]``; ``0`` uses every block, the paper's rule. ViT only.
+
+    Returns:
+        :class:`GradientMaps` with ``relevance`` ``(B, T, h, w)``.
+    """
+    _check(images, text_features)
+    adapter = _vit_only(model, "chefer")
+    n = adapter.num_blocks
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not -n <= start_layer < n:
+        raise ValueError(f"start_layer must be an int in [{-n}, {n}) for {n} blocks, got {start_layer!r}")
+    start = start_layer % n
+    with _untouched(model):
+        run = _vit_forward(adapter, images.to(_device(model)), keep_probs_from=start)
+        logits = _logits(model, run.features, text_features)
+        h, w = run.grid
+        probs = [p.detach() for p in run.probs]
+        b, tokens = probs[0].shape[0], probs[0].shape[-1]
+        eye = torch.eye(tokens, dtype=probs[0].dtype, device=probs[0].device).expand(b, tokens, tokens)
+        maps = []
+        for grads in _per_text(logits, run.probs):
+            relevance = eye.clone()
+            for a, g in zip(probs, grads, strict=True):
+                cam = (g * a).clamp(min=0).mean(dim=1)  # (B, 1+N, 1+N)
+                relevance = relevance + torch.bmm(cam, relevance)
+            maps.append(relevance[:, 0, 1:].reshape(-1, h, w))
+    return _result(maps, logits, run)
+
+
+def gradient_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    text_features: torch.Tensor,
+    method: str | GradientConfig,
+) -> GradientMaps:
+    """Run the gradient explainer ``method`` (a name of :data:`~surgery_lib.config.GRADIENT_METHODS`
+    or a :class:`~surgery_lib.config.GradientConfig`).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if isinstance(method, str):
+        if method not in GRADIENT_METHODS:
+            raise ValueError(
+                f"unknown gradient method {method!r}; known gradient methods: {', '.join(GRADIENT_METHODS)}"
+            )
+        method = GRADIENT_METHODS[method]
+    if method.explainer == "gradcam":
+        return gradcam(model, images, text_features)
+    if method.explainer == "attn_gradcam":
+        return attention_gradcam(model, images, text_features)
+    return chefer_relevancy(model, images, text_features, start_layer=method.start_layer)
