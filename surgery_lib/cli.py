@@ -160,6 +160,8 @@ def run_explain(args: argparse.Namespace) -> dict:
                 images[path] = to_rgb(opened, str(path)).copy()  # loaded before the file closes
         except UnidentifiedImageError:
             raise UsageError(f"{path} is not an image file PIL can read") from None
+        except OSError as error:  # a truncated or damaged file, or one that cannot be read
+            raise UsageError(f"{path} cannot be read as an image: {error.strerror or error}") from None
     name = None if args.model == "auto" else args.model
     clip = load_clip(name, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
     if args.depth is not None:

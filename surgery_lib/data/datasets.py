@@ -2,8 +2,10 @@
 
 Every loader returns a :class:`Dataset`: a deterministically sorted list of entries whose files were
 checked to exist when it was built, read lazily one :class:`Sample` at a time. A missing folder or
-file raises :class:`DatasetError` naming the first bad path; a label map that cannot be read or holds
-values the dataset does not define raises it when the sample is read.
+file raises :class:`DatasetError` naming the first bad path; so does a listed entry (``labels.json``,
+NUS-WIDE list files, VOC id lists) that would leave the dataset folder (an absolute path or ``..``).
+A label map that cannot be read or holds values the dataset does not define raises it when the sample
+is read.
 
 Accepted layouts (``root`` may also be a parent folder named in brackets):
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -358,6 +360,25 @@ def _need_file(path: Path) -> Path:
     return path
 
 
+def _inside(base: Path, entry: object, where: str) -> Path:
+    """``base / entry`` for a relative path ``entry`` that stays inside ``base``; an absolute path, a
+    ``..`` part or a non-string raises :class:`DatasetError` naming the entry and ``where`` it is listed."""
+    text = entry if isinstance(entry, str) else None
+    parts = PurePosixPath(text.replace("\\", "/")).parts if text else ()
+    if (
+        not text
+        or PurePosixPath(text).is_absolute()
+        or PureWindowsPath(text).is_absolute()
+        or PureWindowsPath(text).drive
+        or ".." in parts
+    ):
+        raise DatasetError(
+            f"malformed {where}: entry {entry!r} is not a relative path inside {base} "
+            "(absolute paths and '..' are refused)"
+        )
+    return base / text
+
+
 def _read_ids(list_file: Path) -> list[str]:
     ids = [line.strip() for line in _need_file(list_file).read_text().splitlines() if line.strip()]
     if not ids:
@@ -403,6 +424,7 @@ def load_voc(root: Path, split: str = "val", with_background: bool = True) -> Da
 def _voc_entries(base: Path, ids: Sequence[str], label_dir: str, lut: np.ndarray) -> tuple[_Entry, ...]:
     entries = []
     for image_id in ids:
+        _inside(base / "JPEGImages", image_id, "image id list")
         image = _need_file(base / "JPEGImages" / f"{image_id}.jpg")
         label = _need_file(base / label_dir / f"{image_id}.png")
         entries.append(_Entry(image_id, image, label, lut))
@@ -489,7 +511,7 @@ def load_nus_wide(root: Path, split: str = "test") -> Dataset:
         unknown = [p for p in parts[1:] if p not in index]
         if unknown:
             raise DatasetError(f"malformed list file: {list_file} line {number}: unknown concepts {unknown}")
-        path = _need_file(image_dir / parts[0])
+        path = _need_file(_inside(image_dir, parts[0], f"list file: {list_file} line {number}"))
         tags = tuple(sorted({index[p] for p in parts[1:]}))
         entries.append(_Entry(parts[0].rsplit(".", 1)[0], path, tags=tags))
     if not entries:
@@ -518,8 +540,8 @@ def load_composites(root: Path) -> Dataset:
             image_file, mask_file = item["file"], item["mask"]
         except (KeyError, TypeError, ValueError) as err:
             raise DatasetError(f"malformed file: {labels_path}: bad entry {item!r}") from err
-        image = _need_file(root / "images" / image_file)
-        mask = _need_file(root / "masks" / mask_file)
+        image = _need_file(_inside(root / "images", image_file, f"file: {labels_path}"))
+        mask = _need_file(_inside(root / "masks", mask_file, f"file: {labels_path}"))
         entries.append(_Entry(Path(image_file).stem, image, mask, _lut(mapping)))
     if not entries:
         raise DatasetError(f"malformed file: {labels_path} lists no images")

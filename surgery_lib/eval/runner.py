@@ -21,6 +21,22 @@ weights: retrained weights under the same name never reuse old records) and ``pa
 (one record per finished image, appended after every batch). A rerun with the same settings reads the
 records and computes only the images that have none, so an interrupted run resumes where it stopped.
 
+The record store never changes a result silently. Each record line carries a ``sha256`` over the
+canonical JSON of the rest of the record and of ``run.json`` (so an edited value, or a record copied
+from a run with other settings or weights, is detected). Reading the store:
+
+* a last line without its newline (a write interrupted by a crash) is dropped and that image is
+  recomputed (the own shard is cut back to its last complete line first);
+* any other bad line — not UTF-8, not JSON, NaN or infinite numbers, no or a wrong ``sha256``, no
+  integer ``index`` / string ``id`` — and a second record of the same image with other content are
+  refused: the run stops with a ``SystemExit`` naming ``file:line`` (delete that line to have the image
+  recomputed, or use another ``--out``); a broken ``run.json`` is refused naming the file;
+* records are written with finite numbers only (a NaN would stop the run, not be stored).
+
+Only one run at a time may use an ``--out`` folder: rank 0 holds an exclusive lock on ``out/.lock``
+(``fcntl.flock``, non-blocking) for the whole run, and a second run on the same folder stops at once
+with a message saying so.
+
 Images are split into fixed batches of ``--batch-size`` in dataset order; under ``torchrun`` batch ``k``
 runs on rank ``k mod world_size`` (gloo on CPU, nccl on GPU), confusion matrices are summed with
 ``all_reduce`` and per-image records gathered on rank 0, so the results equal a single-process run.
@@ -29,15 +45,18 @@ runs on rank ``k mod world_size`` (gloo on CPU, nccl on GPU), confusion matrices
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -45,7 +64,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from surgery_lib.config import METHODS
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+from surgery_lib.config import GRADIENT_METHODS, METHODS
 from surgery_lib.data.datasets import DATASETS, Dataset, Sample, load_dataset
 from surgery_lib.eval.metrics import (
     ExplainabilityMeter,
@@ -60,6 +84,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import empty_prompt_features, text_features
 from surgery_lib.model.loading import LoadedCLIP, load_clip
+from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.paths import data_dir
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
@@ -112,7 +137,8 @@ class EvalSettings:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {DATASETS}")
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {tuple(METHODS)}")
+            hint = " (gradient explainers are not evaluated here)" if self.method in GRADIENT_METHODS else ""
+            raise ValueError(f"unknown method {self.method!r}{hint}; expected one of {tuple(METHODS)}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
         for name in ("image_size", "window", "stride", "limit", "batch_size"):
@@ -143,7 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="toy-vit", help="toy-vit, toy-rn or an open_clip name (ViT-B-16, ...)")
     p.add_argument("--pretrained", default="default", help="pretrained tag or weights file (see load_clip)")
     p.add_argument("--checkpoint", type=Path, help="a local weights file")
-    p.add_argument("--method", choices=sorted(METHODS), default="surgery")
+    p.add_argument(
+        "--method",
+        default="surgery",
+        help=f"a method or a comma-separated list ({', '.join(METHODS)}); several methods run one "
+        "evaluation each in --out/<method> and write results_by_method.csv/json in --out",
+    )
     size_help = (
         "input side: n×n for explain, multilabel and the paper protocol (default: the model's native size), "
         "the short side for the sliding protocol (default: the dataset's)"
@@ -188,16 +219,120 @@ def _barrier(world: int) -> None:
 # per-image records (append-only jsonl shards)
 
 
+RECORD_FORMAT = "jsonl+sha256/1"
+"""Written into ``run.json``: records are JSON lines, each with a ``sha256`` (see the module doc)."""
+
+_FIX = "delete that line (the image is then recomputed) or use another --out"
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _strict_json(text: str) -> object:
+    """``json.loads`` that refuses NaN, Infinity and numbers that overflow to infinity."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _run_key(settings: dict) -> bytes:
+    """What every record's checksum is bound to: the canonical JSON of ``run.json``."""
+    return hashlib.sha256(_canonical(settings)).hexdigest().encode()
+
+
+def _record_sha256(record: dict, key: bytes) -> str:
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(key + b"\n" + _canonical(body)).hexdigest()
+
+
+def _read_run_json(path: Path) -> dict:
+    """The settings in ``run.json``; a ``SystemExit`` naming the file (and line) when it is broken."""
+    fix = "delete the folder (or run.json) or use another --out"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SystemExit(f"{path}: not valid UTF-8 (byte {err.start}); {fix}") from None
+    try:
+        settings = _strict_json(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {fix}") from None
+    except (ValueError, RecursionError) as err:
+        raise SystemExit(f"{path}: not valid settings ({err}); {fix}") from None
+    if not isinstance(settings, dict):
+        raise SystemExit(f"{path}: not a JSON object of settings; {fix}")
+    return settings
+
+
+def _parse_record(raw: bytes, key: bytes, where: str) -> dict:
+    """One verified record line (without its ``sha256``), or a ``SystemExit`` naming ``where``."""
+
+    def refuse(problem: str) -> SystemExit:
+        return SystemExit(f"{where}: {problem}; {_FIX}")
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise refuse(f"not valid UTF-8 (byte {err.start})") from None
+    try:
+        record = _strict_json(text)
+    except (ValueError, RecursionError) as err:
+        raise refuse(f"not a valid JSON record ({err})") from None
+    if not isinstance(record, dict):
+        raise refuse("not a JSON object")
+    if not isinstance(record.get("sha256"), str):
+        raise refuse("the record has no sha256 checksum")
+    if record["sha256"] != _record_sha256(record, key):
+        raise refuse(
+            "the record does not match its sha256: it was edited or damaged, or comes from another run"
+        )
+    index = record.get("index")
+    if (
+        isinstance(index, bool)
+        or not isinstance(index, int)
+        or index < 0
+        or not isinstance(record.get("id"), str)
+    ):
+        raise refuse("the record has no integer image index and string image id")
+    del record["sha256"]
+    return record
+
+
 def _read_records(parts: Path) -> dict[int, dict]:
-    """Every complete record in ``parts/*.jsonl`` by image index (a torn last line is skipped)."""
+    """Every record in ``parts/*.jsonl`` by image index, each checked against its ``sha256`` (bound to
+    ``parts/../run.json``). A last line without its newline (an interrupted write) is skipped; any other
+    bad line, or two different records of one image, raises ``SystemExit`` naming ``file:line``."""
+    run_json = parts.parent / "run.json"
+    if not run_json.is_file():
+        raise FileNotFoundError(f"{run_json} is missing: the records in {parts} cannot be checked")
+    key = _run_key(_read_run_json(run_json))
     records: dict[int, dict] = {}
+    seen_at: dict[int, str] = {}
     for path in sorted(parts.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records.setdefault(int(record["index"]), record)
+        lines = path.read_bytes().split(b"\n")
+        for number, raw in enumerate(lines[:-1], start=1):  # lines[-1]: b"" or a torn last line
+            where = f"{path}:{number}"
+            record = _parse_record(raw, key, where)
+            index = record["index"]
+            if index in records:
+                if _canonical(records[index]) != _canonical(record):
+                    raise SystemExit(
+                        f"{where}: a second, different record of image {index} (the first is at "
+                        f"{seen_at[index]}); {_FIX}"
+                    )
+                continue  # the same record twice: the result does not depend on which is read
+            records[index], seen_at[index] = record, where
     return records
 
 
@@ -209,11 +344,42 @@ def _repair(path: Path) -> None:
             path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def _append(path: Path, records: Sequence[dict]) -> None:
-    with path.open("a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
+def _append(path: Path, records: Sequence[dict], key: bytes) -> None:
+    """Append ``records`` to ``path``, each with its ``sha256`` (refusing NaN or infinite values)."""
+    lines = []
+    for record in records:
+        body = {k: v for k, v in record.items() if k != "sha256"}
+        try:
+            lines.append(json.dumps({**body, "sha256": _record_sha256(body, key)}, allow_nan=False) + "\n")
+        except ValueError as err:
+            raise SystemExit(
+                f"image {body.get('index')} ({body.get('id')!r}) gave a NaN or infinite value ({err}): "
+                "its record is not stored"
+            ) from None
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(lines))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _lock(out: Path) -> IO[str]:
+    """An exclusive, non-blocking ``flock`` on ``out/.lock``; a ``SystemExit`` when another run holds it."""
+    path = out / ".lock"
+    handle = path.open("a+")
+    if fcntl is None:  # pragma: no cover
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SystemExit(
+            f"{out} is in use by another evaluation (it holds the lock {path}): wait for that run to "
+            "finish, or use another --out"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,25 +576,55 @@ def _settings(args: EvalSettings, model: nn.Module) -> dict:
     return {**settings, "weights_sha256": _weights_fingerprint(model)}
 
 
-def _check_settings(out: Path, settings: dict, rank: int, world: int) -> None:
+def _check_settings(
+    out: Path, settings: dict, rank: int, world: int, held: contextlib.ExitStack | None = None
+) -> bytes:
+    """Create ``out`` (rank 0, holding its lock in ``held``), write or compare ``run.json``; returns the
+    key the records' checksums are bound to."""
+    settings = {**settings, "record_format": RECORD_FORMAT}
     path = out / "run.json"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        if held is not None:
+            held.enter_context(_lock(out))
         (out / "parts").mkdir(exist_ok=True)
         if path.is_file():
-            before = json.loads(path.read_text())
+            before = _read_run_json(path)
+            if before.get("record_format") != RECORD_FORMAT:
+                raise SystemExit(
+                    f"{out} holds results written by another version of this program (record format "
+                    f"{before.get('record_format')!r}, not {RECORD_FORMAT!r}): use another --out or delete it"
+                )
             if before != settings:
-                changed = sorted(k for k in settings if before.get(k) != settings[k])
+                changed = sorted(
+                    k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k)
+                )
                 raise SystemExit(
                     f"{out} holds results of a run with other settings ({', '.join(changed)}): "
                     "use another --out or delete it"
                 )
         else:
-            path.write_text(json.dumps(settings, indent=2) + "\n")
+            partial = path.with_name("run.json.tmp")
+            partial.write_text(json.dumps(settings, indent=2) + "\n")
+            os.replace(partial, path)
     _barrier(world)
+    return _run_key(settings)
 
 
 def _run(args: EvalSettings, rank: int, world: int, device: torch.device, loaded: LoadedCLIP | None) -> int:
+    """:func:`_run_held`, with the run folder's lock released when the run ends (also on errors)."""
+    with contextlib.ExitStack() as held:
+        return _run_held(args, rank, world, device, loaded, held)
+
+
+def _run_held(
+    args: EvalSettings,
+    rank: int,
+    world: int,
+    device: torch.device,
+    loaded: LoadedCLIP | None,
+    held: contextlib.ExitStack,
+) -> int:
     dataset = load_dataset(args.dataset, args.root, args.split)
     if args.task in ("explain", "segment") and dataset.multilabel_only:
         raise SystemExit(f"{args.dataset} has no label maps: only --task multilabel runs on it")
@@ -436,10 +632,11 @@ def _run(args: EvalSettings, rank: int, world: int, device: torch.device, loaded
         raise SystemExit("--batch-size must be >= 1")
     n = min(len(dataset), args.limit) if args.limit is not None else len(dataset)
     ctx = _Context(args, dataset, device, loaded)
-    _check_settings(args.out, _settings(args, ctx.model), rank, world)
+    key = _check_settings(args.out, _settings(args, ctx.model), rank, world, held)
     parts = args.out / "parts"
     own = parts / f"rank{rank}.jsonl"
     _repair(own)
+    _barrier(world)  # every shard repaired before any rank reads them
     finished = {i: r for i, r in _read_records(parts).items() if i < n}
     for i, record in finished.items():
         if record["id"] != dataset.ids[i]:
@@ -464,7 +661,7 @@ def _run(args: EvalSettings, rank: int, world: int, device: torch.device, loaded
             for i, sample, record in zip(pending, samples, records, strict=True):
                 record.update(index=i, id=sample.image_id)
                 finished[i] = record
-            _append(own, records)
+            _append(own, records, key)
             computed += len(pending)
             bar.update(len(pending))
     seconds = time.perf_counter() - start
@@ -608,13 +805,12 @@ def evaluation_table(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for backbone in backbones:
-        loaded = load_clip(backbone, pretrained=pretrained, device=device)
+        tag = pretrained_for(backbone, pretrained)
+        loaded = load_clip(backbone, pretrained=tag, device=device)
         for label, (name, root) in datasets.items():
             for method in methods:
-                out = Path(out_dir) / task / f"{backbone}__{pretrained}__{label}__{method}".replace("/", "_")
-                result = evaluate(
-                    task, name, root, out, backbone, pretrained, method, loaded, quiet=True, **options
-                )
+                out = Path(out_dir) / task / f"{backbone}__{tag}__{label}__{method}".replace("/", "_")
+                result = evaluate(task, name, root, out, backbone, tag, method, loaded, quiet=True, **options)
                 summary = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
                 seconds = result["run"]["seconds_per_image"]
                 row = {"backbone": backbone, "dataset": label, "method": method, **summary}
@@ -622,15 +818,66 @@ def evaluation_table(
     return rows
 
 
+def evaluate_methods(
+    settings: Sequence[EvalSettings], out: str | Path, loaded: LoadedCLIP | None = None
+) -> list[dict]:
+    """One evaluation per settings (typically one per method, each with its own ``out`` folder), then
+    one combined table in ``out``: ``results_by_method.json`` and ``results_by_method.csv``, a row of
+    ``{"method", <summary>, "s_per_image", "out"}`` per run. Runs resume as :func:`run_evaluation` does.
+
+    ``loaded``: the model the settings name, already loaded; otherwise it is loaded once here (outside
+    ``torchrun``) and shared by the runs. Returns the rows (empty on ranks other than 0).
+    """
+    if not settings:
+        raise ValueError("no evaluation to run")
+    first = settings[0]
+    if loaded is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        device = _init_distributed(first.device)[2]
+        loaded = load_clip(
+            first.model, pretrained=first.pretrained, checkpoint=first.checkpoint, device=device
+        )
+    for one in settings:
+        run_evaluation(one, loaded)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return []
+    rows = []
+    for one in settings:
+        result = json.loads((one.out / "results.json").read_text())
+        summary = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
+        seconds = result["run"]["seconds_per_image"]
+        rows.append({"method": one.method, **summary, "s_per_image": seconds, "out": str(one.out)})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results_by_method.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with (out / "results_by_method.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    if not first.quiet:
+        print(json.dumps(rows, indent=1))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None, loaded: LoadedCLIP | None = None) -> int:
     """Command line (see the module doc). ``loaded``: the model of ``--model``, already loaded (the
-    caller vouches that it is what ``--model``/``--pretrained`` name)."""
+    caller vouches that it is what ``--model``/``--pretrained`` name).
+
+    ``--method a,b,...`` with several methods runs :func:`evaluate_methods`: one evaluation per method
+    in ``--out/<method>``, and the combined table in ``--out``; one method writes in ``--out`` itself.
+    """
     args = _parser().parse_args(argv)
+    methods = list(dict.fromkeys(m.strip() for m in args.method.split(",") if m.strip()))
+    options = {k: v for k, v in vars(args).items() if k not in ("method", "out")}
     try:
-        settings = EvalSettings(**vars(args))
+        if not methods:
+            raise ValueError(f"--method {args.method!r} names no method")
+        if len(methods) == 1:
+            return run_evaluation(EvalSettings(**options, method=methods[0], out=args.out), loaded)
+        settings = [EvalSettings(**options, method=m, out=args.out / m) for m in methods]
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    return run_evaluation(settings, loaded)
+    evaluate_methods(settings, args.out, loaded)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""High-level explanation: images + labels -> similarities and maps, raw CLIP or CLIP Surgery."""
+"""High-level explanation: images + labels -> similarities and maps, for every method of the registry
+(raw CLIP, CLIP Surgery, the other dense methods, the gradient explainers)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from surgery_lib.config import SurgeryConfig
+from surgery_lib.config import GradientConfig, SurgeryConfig, resolve_method
 from surgery_lib.maps.features import cosine_similarity, feature_surgery, similarity_map, similarity_to_points
 from surgery_lib.maps.images import check_image_batch
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
+from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.surgery import dense_forward
 
 
@@ -41,6 +43,11 @@ def encode_image_tokens(
     device = next(model.parameters()).device
     tokens, grid = dense_forward(model, images.to(device), config or SurgeryConfig.paper())
     tokens = tokens.float()
+    if not torch.isfinite(tokens).all():
+        raise ValueError(
+            "the image tower's outputs are not finite (NaN or infinite tokens): the model's weights hold "
+            "NaN/Inf values or overflow in this dtype"
+        )
     return tokens / tokens.norm(dim=-1, keepdim=True), grid
 
 
@@ -96,7 +103,17 @@ class Explanation:
         maps: ``(B, H, W, T)`` min-max normalised similarity maps.
         grid: token grid ``(h, w)``.
         image_scores: ``(B, T)`` softmax over labels of the class token's cosine similarity × 100
-            (vanilla CLIP's zero-shot probabilities under the dual path).
+            (vanilla CLIP's zero-shot probabilities under the dual path); with a ``vocabulary``, the
+            softmax runs over the whole vocabulary and the labels' columns are kept.
+        method: the resolved method config (``None`` when built by hand). For a gradient method
+            (:class:`~surgery_lib.config.GradientConfig`) ``similarity[:, 1:]`` holds the relevance of
+            each patch (:mod:`surgery_lib.model.gradients`) and ``similarity[:, 0]`` the class token's
+            cosine similarity; the maps are the min-max normalised, upsampled relevance.
+        cosine: ``(B, 1+N, T)`` plain cosine similarity of the tokens with the labels, before feature
+            surgery (``None`` for gradient methods and when built by hand).
+        empty_similarity: ``(B, 1+N)`` cosine similarity of the tokens with the empty prompt ``""``:
+            ``cosine[..., j] − empty_similarity`` is label j's single-text feature surgery
+            (``None`` like ``cosine``).
     """
 
     labels: list[str]
@@ -104,9 +121,16 @@ class Explanation:
     maps: torch.Tensor
     grid: tuple[int, int]
     image_scores: torch.Tensor
+    method: SurgeryConfig | GradientConfig | None = None
+    cosine: torch.Tensor | None = None
+    empty_similarity: torch.Tensor | None = None
 
     def points(self, label: str, image: int = 0, threshold: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM point prompts ``([x, y] (K, 2), labels (K,))`` for one label, in map coordinates."""
+        if label not in self.labels:
+            raise ValueError(
+                f"label {label!r} is not among the explained labels: {', '.join(map(repr, self.labels))}"
+            )
         j = self.labels.index(label)
         return similarity_to_points(
             self.similarity[image, 1:, j], tuple(self.maps.shape[1:3]), grid=self.grid, threshold=threshold
@@ -119,20 +143,61 @@ def explain(
     tokenizer: Tokenizer,
     images: torch.Tensor,
     labels: Sequence[str],
-    config: SurgeryConfig | None = None,
+    config: SurgeryConfig | GradientConfig | str | None = None,
     size: tuple[int, int] | None = None,
+    *,
+    method: SurgeryConfig | GradientConfig | str | None = None,
+    vocabulary: Sequence[str] | None = None,
 ) -> Explanation:
-    """Similarity maps of ``labels`` on ``images`` under ``config`` (paper preset by default).
+    """Maps of ``labels`` on ``images`` under one method (CLIP Surgery's paper preset by default).
 
     Args:
         images: preprocessed ``(B, 3, H, W)``.
         labels: class names (prompt ensemble; see :func:`surgery_lib.maps.text.text_features`).
+        config: a :class:`SurgeryConfig` (or, like ``method``, any method name or config).
         size: map size ``(H, W)``; the input size by default.
+        method: a name of :func:`surgery_lib.config.method_names` (the dense methods of ``METHODS``
+            and the gradient explainers ``gradcam``, ``attn_gradcam``, ``chefer``, ...) or a config;
+            give ``method`` or ``config``, not both.
+        vocabulary: the class list feature surgery runs over (e.g. the dataset's classes); the
+            ``labels`` are added to it when missing and only their maps are returned. Without it the
+            labels are the class list: feature surgery subtracts the mean over the labels passed, so
+            with exactly two labels the two maps are complements (``S₂ = −S₁``) — display a few
+            labels, but pass the whole class list here.
+    Raises:
+        ValueError: an unknown method name (the message lists the known ones), or both given.
     """
-    config = config or SurgeryConfig.paper()
-    texts = text_features(model, tokenizer, labels)
-    tokens, grid = encode_image_tokens(model, images, config)
-    sim = configured_similarity(model, tokenizer, tokens, texts, config)
+    labels = labels if isinstance(labels, str) else list(labels)  # a generator is read once
+    if method is not None and config is not None:
+        raise ValueError("pass the method as config= or as method=, not both")
+    resolved = resolve_method(method if method is not None else config)
+    names = labels if isinstance(labels, str) or vocabulary is None else _with_vocabulary(labels, vocabulary)
+    every_text = text_features(model, tokenizer, names)
+    texts = every_text[: len(labels)]
     out = size or (images.shape[-2], images.shape[-1])
-    scores = torch.softmax(100.0 * tokens[:, 0] @ texts.t(), dim=-1)
-    return Explanation(list(labels), sim, similarity_map(sim[:, 1:], out, grid), grid, scores)
+    if isinstance(resolved, GradientConfig):
+        check_image_batch(images, _min_input_hw(model))
+        result = gradient_maps(model, images, texts, resolved)
+        cls_sim = result.image_features @ texts.to(result.image_features).t()  # (B, T)
+        relevance = result.relevance.flatten(2).transpose(1, 2)  # (B, N, T)
+        sim = torch.cat([cls_sim[:, None], relevance], dim=1)
+        scores = torch.softmax(
+            100.0 * result.image_features @ every_text.to(result.image_features).t(), dim=-1
+        )
+        scores = scores[:, : len(labels)]
+        maps = similarity_map(relevance, out, result.grid)
+        return Explanation(list(labels), sim, maps, result.grid, scores, resolved)
+    tokens, grid = encode_image_tokens(model, images, resolved)
+    sim = configured_similarity(model, tokenizer, tokens, every_text, resolved)[..., : len(labels)]
+    scores = torch.softmax(100.0 * tokens[:, 0] @ every_text.t(), dim=-1)[:, : len(labels)]
+    cosine = cosine_similarity(tokens, texts)
+    empty = cosine_similarity(tokens, empty_prompt_features(model, tokenizer))[..., 0]
+    maps = similarity_map(sim[:, 1:], out, grid)
+    return Explanation(list(labels), sim, maps, grid, scores, resolved, cosine, empty)
+
+
+def _with_vocabulary(labels: list[str], vocabulary: Sequence[str]) -> list[str]:
+    """``labels`` first, then the vocabulary's other names (each once, in order)."""
+    if isinstance(vocabulary, str):
+        raise TypeError(f"vocabulary must be a sequence of class names, not the string {vocabulary!r}")
+    return [*labels, *(v for v in dict.fromkeys(vocabulary) if v not in labels)]

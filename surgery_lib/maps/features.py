@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -101,6 +103,19 @@ def _min_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
 
 
+def _map_size(size: object) -> tuple[int, int]:
+    """``size`` as ``(H, W)`` positive ints (NumPy integers accepted), or a ``ValueError``."""
+    message = f"the map size must be (H, W) with two positive integers, got {size!r}"
+    try:
+        items = tuple(size)  # type: ignore[arg-type]
+        h, w = (operator.index(s) for s in items)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if any(isinstance(s, bool) for s in items) or min(h, w) < 1:
+        raise ValueError(message)
+    return h, w
+
+
 def similarity_map(
     patch_similarity: torch.Tensor,
     size: tuple[int, int],
@@ -118,6 +133,7 @@ def similarity_map(
     if patch_similarity.ndim != 3:
         raise ValueError(f"patch similarity must be (B, N, T), got shape {tuple(patch_similarity.shape)}")
     b, n, t = patch_similarity.shape
+    size = _map_size(size)
     h, w = _grid_for(n, grid)
     sm = _min_max(patch_similarity.float(), dim=1)
     sm = sm.reshape(b, h, w, t).permute(0, 3, 1, 2)

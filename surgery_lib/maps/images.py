@@ -2,7 +2,8 @@
 
 Accepted images: PIL images, ``(H, W, 3)`` / ``(H, W)`` numpy arrays (uint8, or float in [0, 1]) and
 ``(3, H, W)`` uint8 tensors. Conversions that cannot change the meaning of an image are done
-(grayscale, palette without transparency, CMYK/YCbCr -> RGB); anything ambiguous is refused with an
+(grayscale, palette without transparency, CMYK/YCbCr -> RGB; PIL images are turned upright as their EXIF
+orientation tag says); anything ambiguous is refused with an
 :class:`ImageInputError` that names the problem: an alpha channel (composite it yourself first),
 16-bit or 32-bit pixels (choose a scaling yourself), channel-first arrays, NaN, too small or too
 large images. Inputs are never modified.
@@ -10,11 +11,12 @@ large images. Inputs are never modified.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from os import PathLike
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from surgery_lib.model.preprocess import (
     OPENAI_MEAN,
@@ -30,6 +32,8 @@ MAX_PIXELS = 64_000_000
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 
+_EXIF_ORIENTATION = 0x0112
+
 _CONVERTIBLE = {"L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"}
 _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -44,7 +48,17 @@ def _check_size(width: int, height: int, what: str) -> None:
         )
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (a new image; the input is not modified)."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # an unreadable EXIF block: the pixels are shown as stored, like most viewers
+        return image
+    return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+
+
 def _pil_to_rgb(image: Image.Image, what: str) -> Image.Image:
+    image = _upright(image)
     mode = image.mode
     _check_size(image.width, image.height, what)
     if mode == "RGB":
@@ -130,6 +144,15 @@ def preprocess_images(
     """
     if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
         images = [images]
+    if isinstance(images, (str, bytes, PathLike)):
+        raise TypeError(
+            f"preprocess_images takes images, not the path {images!r}: open it first (PIL.Image.open(path))"
+        )
+    if images is None or not isinstance(images, Iterable):
+        raise TypeError(
+            f"preprocess_images takes a PIL image, an array, a uint8 tensor or a list of them, "
+            f"got {type(images).__name__}"
+        )
     images = list(images)
     if not images:
         raise ImageInputError("the image list is empty")

@@ -99,7 +99,7 @@ def text_features(
 ) -> torch.Tensor:
     """Prompt-ensemble features per label: each prompt normalised, mean over templates normalised.
 
-    Results are cached per (model, templates, label); the cache assumes frozen weights (call
+    Results are cached per (model, tokenizer, templates, label); the cache assumes frozen weights (call
     :func:`clear_text_cache` after changing them).
 
     Args:
@@ -113,14 +113,23 @@ def text_features(
     templates = tuple(templates) if templates is not None else PROMPT_TEMPLATES
     if not templates or any(t.count("{}") != 1 for t in templates):
         raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
+    try:
+        hash(tokenizer)
+    except TypeError:  # an unhashable tokenizer cannot key the cache: compute without it
+        use_cache = False
     cache = _CACHE.setdefault(model, {}) if use_cache else {}
     rows = []
     for label in labels:
-        key = (templates, label)
+        key = (tokenizer, templates, label)
         if key not in cache:
             tokens = _tokenize(model, tokenizer, label, [t.format(label) for t in templates])
             feats = model.encode_text(tokens.to(_device(model)), normalize=True).float()
             mean = feats.mean(dim=0)
+            if not torch.isfinite(mean).all():
+                raise ValueError(
+                    f"the text tower's outputs for {label!r} are not finite (NaN or infinite): the "
+                    "model's weights hold NaN/Inf values or overflow in this dtype"
+                )
             cache[key] = (mean / mean.norm()).cpu()
         rows.append(cache[key])
     return torch.stack(rows).to(_device(model))

@@ -15,6 +15,7 @@ Set ``HF_HUB_OFFLINE=1`` to forbid network access; otherwise a failed download i
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import pickle
 import socket
@@ -146,9 +147,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            data = load_file(path)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{path} is not a readable safetensors file (truncated or damaged?): {err}"
+            ) from err
+        if not data:
+            raise ValueError(f"{path} holds no tensors: it is not a state dict")
+        return data
     if _is_torchscript(path):
         raise ValueError(
             f"{path} is a TorchScript archive (OpenAI's original .pt format), which cannot be loaded "
@@ -156,20 +166,81 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "  python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu')"
             ".state_dict(), 'OUT.pt')\"\nand pass OUT.pt."
         )
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # not a disallowed class or function: not a pickle at all
+            raise ValueError(f"{path} is not a torch checkpoint (unreadable pickle: {err})") from err
         raise ValueError(
             f"{path} holds pickled objects other than tensors; it is not loaded, since that would run "
             f"code from the file ({err.__class__.__name__}). Save a plain state dict instead."
         ) from err
+    except (EOFError, RuntimeError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or damaged?): {err}") from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path} does not hold a state dict")
+        what = "an empty dict" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise ValueError(f"{path} does not hold a state dict (it holds {what})")
+    if not all(isinstance(k, str) for k in data) or not any(
+        isinstance(v, torch.Tensor) for v in data.values()
+    ):
+        raise ValueError(f"{path} does not hold a state dict (a dict of parameter names to tensors)")
     if next(iter(data)).startswith("module."):
         data = {k.removeprefix("module."): v for k, v in data.items()}
     return data
+
+
+_OPENAI_KEYS = ("positional_embedding", "token_embedding.weight", "text_projection", "logit_scale")
+_PASS_THE_NAME = (
+    "pass the model name (load_clip('NAME', checkpoint=...), or --model NAME on the command line): "
+    "name=None infers only OpenAI-format CLIP checkpoints (77-token context, QuickGELU)"
+)
+
+
+@functools.cache
+def _project_shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Parameter names and shapes of the project's own config ``name`` (a randomly initialised model)."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    cfg = open_clip.get_model_config(name) or {}
+    keys = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")
+    model = CLIP(**{k: cfg[k] for k in keys if k in cfg})
+    return tuple(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+
+
+def project_config_for(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The project's own config (``toy-vit``, ``toy-rn``, …) whose parameters have exactly the names and
+    shapes of ``state_dict``, or None."""
+    from surgery_lib.model.shipped import register_configs
+    from surgery_lib.paths import CONFIG_DIR
+
+    register_configs()
+    shapes = tuple(sorted((k, tuple(v.shape)) for k, v in state_dict.items()))
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        if _project_shapes(path.stem) == shapes:
+            return path.stem
+    return None
+
+
+def _check_openai_format(state_dict: dict[str, torch.Tensor], path: object) -> None:
+    """Refuse (``ValueError`` naming ``path``) a state dict that is not an OpenAI CLIP's."""
+    missing = [k for k in _OPENAI_KEYS if k not in state_dict]
+    if "visual.proj" not in state_dict and "visual.attnpool.positional_embedding" not in state_dict:
+        missing.append("visual.proj or visual.attnpool.*")
+    if missing:
+        raise ValueError(f"{path} is not an OpenAI-format CLIP state dict ({', '.join(missing)} missing): "
+                         f"{_PASS_THE_NAME}")  # fmt: skip
+    context = int(state_dict["positional_embedding"].shape[0])
+    vocab = int(state_dict["token_embedding.weight"].shape[0])
+    if (context, vocab) != (77, 49408):
+        raise ValueError(
+            f"{path} has a {context}-token text context and a {vocab}-token vocabulary, which no OpenAI CLIP "
+            f"has (77 and 49408): it is a checkpoint of another architecture; {_PASS_THE_NAME}"
+        )
 
 
 def model_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -194,12 +265,17 @@ def load_clip(
     Args:
         name: the project's own ``"toy-vit"`` / ``"toy-rn"`` (the default: shipped weights, offline),
             or an open_clip model name (``"ViT-B-16"``, ``"ViT-B/16"``, ``"RN50"``, ``"ViT-L-14-336"``…);
-            ``None`` with ``checkpoint`` infers an OpenAI-format architecture from the weights.
+            ``None`` with ``checkpoint`` infers the architecture from the weights: a state dict with
+            exactly the parameters of one of the project's own configs loads with that config (and its
+            tokenizer); otherwise it must be an OpenAI-format CLIP (77-token context; QuickGELU), and
+            anything else is refused with a ``ValueError`` asking for the name.
         pretrained: ``"default"`` (shipped weights for toy models, the ``openai`` tag where open_clip
             has one, else the model's first tag), an open_clip pretrained tag (``"openai"``,
             ``"laion2b_s34b_b88k"``…), a file path, or ``None`` for random weights.
         checkpoint: a local weights file (takes precedence over ``pretrained``); also read from the
-            environment variable ``SURGERY_CHECKPOINT`` when neither is given.
+            environment variable ``SURGERY_CHECKPOINT`` when neither is given (``pretrained="default"``;
+            an explicit ``pretrained=None`` means random weights, whatever the environment says).
+            Unreadable, truncated or empty files raise a ``ValueError`` naming the file.
         quick_gelu: force the activation; by default QuickGELU for OpenAI weights (the ``openai``
             tag and OpenAI-format checkpoints loaded with ``name=None``), the config's otherwise.
         reference_size: input size of ``reference_preprocess`` (default: the native size).
@@ -208,6 +284,16 @@ def load_clip(
 
     from surgery_lib.model.shipped import TOY_MODELS, register_configs, weights_path
 
+    if name is not None and not isinstance(name, str):
+        raise TypeError(
+            f"name must be a model name (a string such as 'toy-vit' or 'ViT-B-16') or None, "
+            f"got {type(name).__name__} {name!r}"
+        )
+    for what, value in (("pretrained", pretrained), ("checkpoint", checkpoint)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{what} must be a string or a path, got {type(value).__name__} {value!r}")
+    # SURGERY_CHECKPOINT stands in only for the default weights, never for an explicit pretrained=None
+    env_checkpoint = os.environ.get("SURGERY_CHECKPOINT") if pretrained == "default" else None
     if name in TOY_MODELS:
         register_configs()
         if pretrained == "default" and checkpoint is None:
@@ -219,7 +305,7 @@ def load_clip(
                 )
         pretrained = None if pretrained == "default" else pretrained
     elif pretrained == "default":
-        if checkpoint is None and name is not None and not os.environ.get("SURGERY_CHECKPOINT"):
+        if checkpoint is None and name is not None and not env_checkpoint:
             tags = open_clip.list_pretrained_tags_by_model(canonical_name(name))
             if not tags:
                 raise ValueError(
@@ -229,13 +315,23 @@ def load_clip(
             pretrained = "openai" if "openai" in tags else tags[0]
         else:
             pretrained = None
-    checkpoint = checkpoint or (os.environ.get("SURGERY_CHECKPOINT") if pretrained is None else None)
+    checkpoint = checkpoint or (env_checkpoint if pretrained is None else None)
     if pretrained is not None and checkpoint is None and os.path.isfile(str(pretrained)):
         checkpoint, pretrained = pretrained, None
     if name is None:
         if checkpoint is None:
             raise ValueError("name=None needs a checkpoint file to infer the architecture from")
-        model = model_from_openai_state_dict(read_state_dict(checkpoint)).to(device)
+        state_dict = read_state_dict(checkpoint)
+        name = project_config_for(state_dict)  # the project's own format: load it with its config
+        if name is None:
+            _check_openai_format(state_dict, checkpoint)
+    if name is None:
+        try:
+            model = model_from_openai_state_dict(state_dict).to(device)
+        except (KeyError, RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(
+                f"{checkpoint} cannot be built as an OpenAI CLIP ({err}); {_PASS_THE_NAME}"
+            ) from err
         shown_name = "openai-state-dict"
         image_size = int(
             model.visual.image_size
@@ -286,8 +382,12 @@ def load_clip(
                 weights_only=True,
                 **{renamed[k]: v for k, v in kwargs.items()},
             )
-        except (OSError, RuntimeError) as err:
-            if checkpoint is not None or not tag_cfg:
+        except Exception as err:
+            if checkpoint is not None:  # whatever open_clip stumbled on, it was in this file
+                raise ValueError(
+                    f"cannot load the checkpoint {checkpoint} as {shown_name}: {type(err).__name__}: {err}"
+                ) from err
+            if not tag_cfg or not isinstance(err, (OSError, RuntimeError)):
                 raise
             raise WeightsNotAvailableError(
                 f"could not fetch weights for {shown_name}/{pretrained}: {err}\n"

@@ -20,6 +20,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args, get_origin
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -27,7 +28,9 @@ from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens
 from surgery_lib.maps.features import similarity_map
+from surgery_lib.maps.images import ImageLike, to_rgb
 from surgery_lib.maps.text import empty_prompt_features, text_features, validate_labels
+from surgery_lib.model.adapters import ViTAdapter, adapter_for
 from surgery_lib.model.introspection import attention_maps
 from surgery_lib.model.loading import LoadedCLIP
 from surgery_lib.model.surgery import max_depth
@@ -131,17 +134,35 @@ class MapCache:
         return result
 
 
-def _as_annotated(images: Sequence[AnnotatedImage] | Mapping[str, Image.Image]) -> list[AnnotatedImage]:
+def _rgb(image: ImageLike, what: str) -> Image.Image:
+    """The RGB PIL image every explorer works on (grey, palette, arrays converted; alpha, 16-bit or too
+    small images refused with an :class:`~surgery_lib.maps.images.ImageInputError` naming ``what``)."""
+    return to_rgb(image, what)
+
+
+def _as_annotated(
+    images: Sequence[AnnotatedImage] | Mapping[str, ImageLike],
+) -> list[AnnotatedImage]:
     if isinstance(images, Mapping):
-        items = [AnnotatedImage(name, image) for name, image in images.items()]
+        items = [AnnotatedImage(str(name), image) for name, image in images.items()]
+    elif isinstance(images, (Image.Image, np.ndarray, torch.Tensor, str)):
+        raise TypeError(
+            f"the explorer takes a list of AnnotatedImage or a {{name: image}} dict, got one "
+            f"{type(images).__name__}"
+        )
     else:
         items = list(images)
     if not items:
         raise ValueError("the explorer needs at least one image")
+    for i, item in enumerate(items):
+        if not isinstance(item, AnnotatedImage):
+            raise TypeError(
+                f"image {i} is a {type(item).__name__}: pass AnnotatedImage records or a {{name: image}} dict"
+            )
     names = [item.name for item in items]
     if len(set(names)) != len(names):
         raise ValueError(f"image names must be unique, got {names}")
-    return items
+    return [dataclasses.replace(item, image=_rgb(item.image, f"image {item.name!r}")) for item in items]
 
 
 def _parse_labels(text: str) -> list[str]:
@@ -203,7 +224,11 @@ class Explorer(_View):
         self.cache = MapCache(loaded)
         self.images = {item.name: item for item in _as_annotated(images)}
         self.figure_dir = figure_dir
-        self.controls = config_controls(config or SurgeryConfig.paper(), max_depth(loaded.model))
+        config = config or SurgeryConfig.paper()
+        depth_max = max_depth(loaded.model)
+        if config.depth > depth_max and isinstance(adapter_for(loaded.model), ViTAdapter):
+            raise ValueError(f"config depth {config.depth} is more than the {depth_max} blocks of this model")
+        self.controls = config_controls(config, depth_max)
         names = list(self.images)
         chosen = list(selected) if selected is not None else names[:2]
         unknown = [name for name in chosen if name not in self.images]
@@ -315,12 +340,27 @@ class AttentionExplorer(_View):
         query: tuple[int, int] | None = None,
     ) -> None:
         w = _widgets()
+        image = _rgb(image, "the image")
         self.loaded, self.picture, self.kinds = loaded, image, tuple(kinds)
         self._batch = loaded.reference_preprocess(image).unsqueeze(0)
         blocks = max_depth(loaded.model)
-        _, self.grid = self.attention(block % blocks, 0)
+        if (
+            isinstance(block, bool)
+            or not isinstance(block, (int, np.integer))
+            or not -blocks <= block < blocks
+        ):
+            raise ValueError(
+                f"block {block!r} is out of range: this model has {blocks} blocks (0..{blocks - 1})"
+            )
+        _, self.grid = self.attention(int(block) % blocks, 0)
         h, wd = self.grid
         row, col = query if query is not None else (h // 2, wd // 2)
+        if not (0 <= row < h and 0 <= col < wd):
+            raise ValueError(
+                f"query {(row, col)} is off the {h}×{wd} token grid: row must be in 0..{h - 1}, "
+                f"col in 0..{wd - 1}"
+            )
+        block = int(block)
         self.block = w.IntSlider(value=block % blocks, min=0, max=blocks - 1, description="block")
         self.row = w.IntSlider(value=row, min=0, max=h - 1, description="query row")
         self.col = w.IntSlider(value=col, min=0, max=wd - 1, description="query col")
@@ -373,6 +413,7 @@ class CaptionExplorer(_View):
         from surgery_lib.maps.multimodal import WordRedundancy
 
         w = _widgets()
+        image = _rgb(image, "the image")
         self.loaded, self.picture = loaded, image
         batch = loaded.reference_preprocess(image).unsqueeze(0)
         self._tokens, self._grid = encode_image_tokens(loaded.model, batch, config or SurgeryConfig.paper())
@@ -451,6 +492,7 @@ class SamExplorer(_View):
         from surgery_lib.maps.explain import explain
 
         w = _widgets()
+        image = _rgb(image, "the image")
         self.labels = validate_labels(labels)
         self.segmenter = segmenter
         self._size = display_size(image)

@@ -90,7 +90,7 @@ def test_checkpoint_from_environment(tiny_config, tmp_path, monkeypatch):
     path = tmp_path / "env.pt"
     torch.save(source.state_dict(), path)
     monkeypatch.setenv("SURGERY_CHECKPOINT", str(path))
-    clip = load_clip(tiny_config, pretrained=None)
+    clip = load_clip(tiny_config)  # the default weights; an explicit pretrained=None means random weights
     assert torch.equal(clip.model.visual.proj, source.visual.proj)
 
 

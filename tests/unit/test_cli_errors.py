@@ -1,0 +1,151 @@
+"""``surgery explain`` on bad input: one line on stderr naming the input, exit status 2, nothing written;
+``--debug`` shows the traceback. And the file names it writes when names collide."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from PIL import Image
+
+from surgery_lib.cli import main
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _png(path: Path, size=(40, 30), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _explain(*args: str) -> int:
+    return main(["explain", *args, "--model", "toy-vit"])
+
+
+def _one_line_error(capsys, *names: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("surgery explain: error: ") and "Traceback" not in err
+    for name in names:
+        assert name in lines[0]
+    return lines[0]
+
+
+# ---- what it writes when names collide ---------------------------------------------------------
+
+
+def test_same_file_names_in_different_folders(tmp_path):
+    a, b = _png(tmp_path / "a" / "photo.png"), _png(tmp_path / "b" / "photo.png", seed=1)
+    out = tmp_path / "out"
+    assert _explain(str(a), str(b), "--labels", "cat", "--method", "surgery", "--out", str(out)) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["photo-2_cat_surgery.png", "photo_cat_surgery.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [entry["path"] for entry in summary["images"]] == [str(a), str(b)]
+    assert [entry["methods"]["surgery"]["overlays"] for entry in summary["images"]] == [
+        ["photo_cat_surgery.png"],
+        ["photo-2_cat_surgery.png"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("labels", "names"),
+    [
+        (["cat!", "cat?", "cat"], ["cat", "cat-2", "cat-3"]),
+        (["🐶", "狗"], ["label", "label-2"]),
+    ],
+)
+def test_labels_that_clean_to_the_same_name_get_distinct_files(tmp_path, labels, names):
+    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
+    assert _explain(str(image), "--labels", *labels, "--method", "raw", "--out", str(out)) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"im_{n}_raw.png" for n in names)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labels"] == labels
+    assert summary["images"][0]["methods"]["raw"]["overlays"] == [f"im_{n}_raw.png" for n in names]
+
+
+# ---- refused before anything is written ----------------------------------------------------------
+
+
+def test_repeated_labels_are_refused(tmp_path, capsys):
+    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
+    assert _explain(str(image), "--labels", "cat", "dog", "cat", "--out", str(out)) == 2
+    _one_line_error(capsys, "labels repeated", "'cat'")
+    assert not out.exists()
+
+
+def test_depth_beyond_the_blocks_fails_before_writing(tmp_path, capsys):
+    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
+    code = _explain(
+        str(image), "--labels", "cat", "--depth", "99", "--method", "raw,surgery", "--out", str(out)
+    )
+    assert code == 2
+    _one_line_error(capsys, "--depth 99", "at most")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "not-an-image", "sixteen-bit", "truncated"])
+def test_bad_images_name_the_input(tmp_path, capsys, case):
+    path = tmp_path / f"{case}.png"
+    if case == "folder":
+        path.mkdir()
+    elif case == "not-an-image":
+        path.write_text("hello")
+    elif case == "sixteen-bit":
+        Image.fromarray(np.full((20, 24), 40000, dtype=np.uint16)).save(path)
+    elif case == "truncated":
+        _png(tmp_path / "whole.png", size=(64, 64))
+        path.write_bytes((tmp_path / "whole.png").read_bytes()[:300])
+    out = tmp_path / "out"
+    assert _explain(str(path), "--labels", "cat", "--out", str(out)) == 2
+    _one_line_error(capsys, str(path))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("labels", "shown"), [(["cat", ""], "label 1 ('')"), (["  "], "label 0 ('  ')")])
+def test_empty_label_is_named(tmp_path, capsys, labels, shown):
+    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
+    assert _explain(str(image), "--labels", *labels, "--out", str(out)) == 2
+    _one_line_error(capsys, shown, "empty")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["below-a-file", "is-a-file"])
+def test_unwritable_out_is_named(tmp_path, capsys, where):
+    image = _png(tmp_path / "im.png")
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("x")
+    out = blocker / "out" if where == "below-a-file" else blocker
+    assert _explain(str(image), "--labels", "cat", "--out", str(out)) == 2
+    _one_line_error(capsys, "cannot write to --out", str(out))
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_debug_shows_the_traceback(tmp_path):
+    missing = tmp_path / "missing.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "surgery_lib", "explain", str(missing), "--labels", "cat"]
+    plain = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [f"surgery explain: error: {missing}: no such image file"]
+    debug = subprocess.run(
+        [*command[:3], "--debug", *command[3:]],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and str(missing) in debug.stderr
