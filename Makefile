@@ -1,6 +1,8 @@
 # make figures - the main job: execute every notebook headless on the default model (offline);
 #                executed notebooks -> build/notebooks/, figures (PNG 300 dpi + PDF) -> figures/
 # make lab     - JupyterLab on notebooks/ (the jupytext .py files open as notebooks)
+# make book    - the executed notebooks as a static HTML book (after make figures): build/book/
+# make app     - the explorers as a classroom web app (Voila) on http://127.0.0.1:8866/
 # make setup   - create .venv and install everything (idempotent, quiet when already done)
 # make test    - setup, lint, then the whole test suite (what CI runs)
 # make test-fast - the unit tests only (tests/unit, not marked slow): the inner loop, < 90 s
@@ -10,8 +12,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format bench clean figures lab
-REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt
+.PHONY: setup test test-fast lint format bench clean figures lab book app
+REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt \
+	requirements-book.txt
 LINTED := surgery_lib surgery_tools tests benchmarks notebooks
 
 setup: $(STAMP)
@@ -42,9 +45,18 @@ bench: setup
 	@$(PY) benchmarks/bench_surgery.py
 	@$(PY) benchmarks/bench_explorer.py
 	@$(PY) benchmarks/bench_training.py
+	@$(PY) benchmarks/bench_methods.py
 
 figures: setup
 	@HF_HUB_OFFLINE=1 $(VENV)/bin/surgery figures --out build/notebooks --figures figures
+
+# make book  - the executed notebooks of `make figures` as a static HTML book: build/book/index.html
+book: setup
+	@$(PY) -m surgery_lib.ui.book --notebooks build/notebooks --out build/book
+
+# make app   - the explorers as a classroom web app without code (Voila) on http://127.0.0.1:8866/
+app: setup
+	@HF_HUB_OFFLINE=1 $(PY) -m surgery_lib.ui.app --port 8866
 
 lab: setup
 	@JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyterlab/user-settings $(VENV)/bin/jupyter lab notebooks \

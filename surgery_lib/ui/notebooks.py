@@ -79,6 +79,7 @@ def run_notebook(
     changes = {
         "SURGERY_FIGURES_DIR": str(figures_dir.resolve()),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "SURGERY_NOTEBOOK": f"notebooks/{path.name}",  # recorded in every figure's sidecar
     }
     changes.update(env or {})
     client = NotebookClient(

@@ -8,6 +8,7 @@ colorbar. matplotlib is imported lazily, so the core library does not depend on 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -89,11 +90,22 @@ def save_figure(
     out_dir: str | Path | None = None,
     formats: Sequence[str] = ("png", "pdf"),
     dpi: int = 300,
+    provenance: Mapping[str, object] | None = None,
+    keep_open: bool = False,
 ) -> list[Path]:
-    """Save ``fig`` as ``<out_dir>/<name>.<format>`` for each format; returns the written paths.
+    """Save ``fig`` as ``<out_dir>/<name>.<format>`` for each format, with a JSON sidecar
+    ``<name>.json`` saying what produced it; returns the written figure paths.
 
     ``out_dir`` defaults to ``$SURGERY_FIGURES_DIR`` or ``figures/``. The bounding box is fitted to the
     drawn artists (titles, colorbars and labels are never clipped); PDFs keep their text as text.
+
+    The sidecar holds the figure's files, the time, the library version, the command or notebook that
+    ran (``$SURGERY_NOTEBOOK`` under the notebook runner), the ``SURGERY_*`` parameters in force (model,
+    weights tag, images, ...), and ``provenance`` (e.g. config, vocabulary, labels; dataclasses are
+    written as dicts). An existing sidecar of the same name (a widget's export) keeps its keys.
+
+    In a Jupyter kernel the figure is displayed here; then it is closed (unless ``keep_open``), so that
+    loops that save many figures do not accumulate them.
     """
     if not formats:
         raise ValueError("formats is empty: nothing to save")
@@ -105,7 +117,60 @@ def save_figure(
             path = folder / f"{_safe_name(name)}.{fmt.lstrip('.')}"
             fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
             paths.append(path)
+    _write_sidecar(folder / f"{_safe_name(name)}.json", name, paths, provenance)
+    if not keep_open:
+        if "ipykernel" in sys.modules:
+            from IPython.display import display
+
+            display(fig)
+        close(fig)
     return paths
+
+
+def _jsonable(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _library_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("surgery_lib")
+    except Exception:  # not installed (a bare checkout on sys.path)
+        return "unknown"
+
+
+def _write_sidecar(path: Path, name: str, files: Sequence[Path], provenance: Mapping | None) -> None:
+    import datetime
+    import json
+
+    record: dict = {
+        "figure": name,
+        "files": [p.name for p in files],
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "surgery_lib": _library_version(),
+        "command": os.environ.get("SURGERY_NOTEBOOK") or " ".join(sys.argv),
+        "parameters": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SURGERY_")},
+    }
+    if provenance:
+        record.update(_jsonable(dict(provenance)))
+    try:
+        existing = json.loads(path.read_text()) if path.is_file() and path.stat().st_size else {}
+    except (OSError, ValueError):
+        existing = {}
+    if isinstance(existing, dict):
+        record = {**record, **existing}
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -589,5 +654,293 @@ def pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], tit
         if title:
             ax.set_title(title)
         ax.legend(frameon=False, fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+METHOD_TITLES: dict[str, str] = {
+    "raw": "raw CLIP",
+    "surgery": "CLIP Surgery",
+    "surgery-no-fs": "CLIP Surgery, no FS",
+    "feature-surgery-only": "feature surgery only",
+    "maskclip": "MaskCLIP",
+    "sclip": "SCLIP",
+    "gem": "GEM",
+    "clearclip": "ClearCLIP",
+    "naclip": "NACLIP",
+    "gradcam": "Grad-CAM",
+    "attn_gradcam": "attention Grad-CAM",
+    "chefer": "Chefer relevancy",
+    "chefer-all-layers": "Chefer, all layers",
+}
+"""Display names of the methods of :func:`surgery_lib.config.method_names`, for figure titles
+(:func:`method_title`)."""
+
+
+def method_title(method: str) -> str:
+    """The display name of a method (:data:`METHOD_TITLES`); any other name is shown as it is."""
+    return METHOD_TITLES.get(method, str(method))
+
+
+def _label_index(label: str, labels: Sequence[str]) -> int:
+    labels = list(labels)
+    if label not in labels:
+        shown = ", ".join(map(repr, labels[:12])) + (", ..." if len(labels) > 12 else "")
+        raise ValueError(f"label {label!r} is not among the maps' {len(labels)} labels: {shown}")
+    return labels.index(label)
+
+
+def _outline(ax: Axes, mask: np.ndarray | torch.Tensor | None, hw: tuple[int, int]) -> None:
+    """The outline of a ground-truth mask (resized to the map ``hw`` by nearest neighbour), in white."""
+    if mask is None:
+        return
+    m = _as_array(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"an outline mask must be (H, W), got shape {m.shape}")
+    if m.shape != hw:
+        m = np.asarray(Image.fromarray(m).resize((hw[1], hw[0]), Image.NEAREST))
+    if m.any() and not m.all():
+        ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=0.9)
+
+
+def _method_arrays(maps_by_method: Mapping[str, object], rows: int, labels: Sequence[str]) -> dict:
+    """``{method: [R arrays (H, W, T)]}``, checked: one map per row, T = ``len(labels)``."""
+    if not maps_by_method:
+        raise ValueError("no methods to draw: maps_by_method is empty")
+    arrays = {}
+    for method, maps in maps_by_method.items():
+        per_row = [_as_array(m) for m in maps]
+        if len(per_row) != rows:
+            raise ValueError(f"method {method!r} has {len(per_row)} maps for {rows} images")
+        for r, m in enumerate(per_row):
+            _check_maps(m, labels, f"maps of {method!r}[{r}]")
+        arrays[method] = per_row
+    return arrays
+
+
+def method_grid(
+    images: Sequence[Image.Image],
+    maps_by_method: Mapping[str, torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]],
+    label: str | Sequence[str],
+    labels: Sequence[str],
+    row_titles: Sequence[str] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_size: float = 1.4,
+    outlines: Sequence[np.ndarray | torch.Tensor | None] | None = None,
+) -> Figure:
+    """Methods side by side for one label: rows = images; columns = the image, then one map per method.
+
+    Args:
+        images: R images (PIL; resized to their maps).
+        maps_by_method: ``{method: maps}`` with the R maps ``(H, W, T)`` in [0, 1] of each method, as an
+            ``(R, H, W, T)`` array (e.g. :attr:`~surgery_lib.maps.explain.Explanation.maps`) or a
+            sequence. Column titles are the methods' display names (:func:`method_title`).
+        label: the label shown, one of ``labels`` (the figure's title); or R labels, one per row (e.g.
+            each image's own object; shown left of each row).
+        labels: the T labels along the maps' last axis.
+        row_titles: R titles shown left of each row (e.g. image names).
+        outlines: R ground-truth masks ``(H, W)`` (or None), outlined in white on every panel of their
+            row (e.g. each image's mask of the label shown).
+    Raises:
+        ValueError: a label not among ``labels`` (naming it), or maps that do not fit the images.
+    """
+    if not images:
+        raise ValueError("no images to draw")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rows = len(images)
+    single = isinstance(label, str)
+    row_labels = [label] * rows if single else list(label)
+    if len(row_labels) != rows:
+        raise ValueError(f"need one label per image: {rows} images, {len(row_labels)} labels")
+    if row_titles is not None and len(row_titles) != rows:
+        raise ValueError(f"need one row title per image: {rows} images, {len(row_titles)} titles")
+    if outlines is not None and len(outlines) != rows:
+        raise ValueError(f"need one outline (or None) per image: {rows} images, {len(outlines)} outlines")
+    index = [_label_index(name, labels) for name in row_labels]
+    arrays = _method_arrays(maps_by_method, rows, labels)
+    methods = list(arrays)
+    cols = 1 + len(methods)
+    plt = _pyplot()
+    with figure_style():
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(panel_size * cols + 0.7, panel_size * rows + (0.45 if single else 0.25)),
+            squeeze=False,
+            layout="constrained",
+        )
+        for r, image in enumerate(images):
+            axes[r, 0].imshow(_fitted(image, arrays[methods[0]][r].shape[:2]))
+            _bare(axes[r, 0])
+            for c, method in enumerate(methods, start=1):
+                _overlay(axes[r, c], image, arrays[method][r][:, :, index[r]], cmap, alpha)
+            for ax in axes[r] if outlines is not None else ():
+                _outline(ax, outlines[r], arrays[methods[0]][r].shape[:2])
+            left = [row_titles[r]] if row_titles is not None else []
+            left += [] if single else [row_labels[r]]
+            if left:
+                axes[r, 0].set_ylabel(plain_text("\n".join(left)))
+        axes[0, 0].set_title("image")
+        for c, method in enumerate(methods, start=1):
+            axes[0, c].set_title(plain_text(method_title(method)))
+        if single:
+            fig.suptitle(plain_text(f"maps of “{label}”"), fontsize=9)
+        fig.colorbar(_opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="map (min-max)")
+    return fig
+
+
+def method_label_grid(
+    image: Image.Image,
+    maps_by_method: Mapping[str, torch.Tensor | np.ndarray],
+    labels: Sequence[str],
+    map_labels: Sequence[str] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_size: float = 1.4,
+    titles: Sequence[str] | None = None,
+    outlines: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+) -> Figure:
+    """One image, methods × labels: rows = methods (display names on the left), columns = labels.
+
+    Args:
+        maps_by_method: ``{method: (H, W, T)}`` maps in [0, 1] of the image (e.g.
+            ``Explanation.maps[0]``).
+        labels: the labels shown, one column each.
+        map_labels: the T labels along the maps' last axis (default: ``labels``), e.g. the dataset's
+            whole class list when the maps were computed over it and a few are shown.
+        titles: column titles (default: ``labels``), e.g. to mark a label that is not in the image.
+        outlines: ``{label: (H, W) mask}``: ground-truth masks outlined in white in their label's column.
+    Raises:
+        ValueError: a label not among ``map_labels`` (naming it), or maps of the wrong shape.
+    """
+    labels = list(labels)
+    if not labels:
+        raise ValueError("no labels to draw")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    map_labels = labels if map_labels is None else list(map_labels)
+    titles = labels if titles is None else list(titles)
+    if len(titles) != len(labels):
+        raise ValueError(f"need one title per label: {len(labels)} labels, {len(titles)} titles")
+    index = [_label_index(name, map_labels) for name in labels]
+    arrays = _method_arrays({m: [maps] for m, maps in maps_by_method.items()}, 1, map_labels)
+    methods = list(arrays)
+    plt = _pyplot()
+    with figure_style():
+        fig, axes = plt.subplots(
+            len(methods),
+            len(labels),
+            figsize=(panel_size * len(labels) + 0.9, panel_size * len(methods) + 0.25),
+            squeeze=False,
+            layout="constrained",
+        )
+        for r, method in enumerate(methods):
+            for c, j in enumerate(index):
+                _overlay(axes[r, c], image, arrays[method][0][:, :, j], cmap, alpha)
+                _outline(axes[r, c], (outlines or {}).get(labels[c]), arrays[method][0].shape[:2])
+            axes[r, 0].set_ylabel(plain_text(method_title(method)))
+        for c, name in enumerate(titles):
+            axes[0, c].set_title(plain_text(name))
+        fig.colorbar(_opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="map (min-max)")
+    return fig
+
+
+def dual_path_diagram(n_blocks: int = 12, depth: int = 6, attention: str = "v-v") -> Figure:
+    """The mechanism of CLIP Surgery's dual path, drawn: the original path runs every block unchanged
+    (q-k attention and FFN, class token out); at the input of the first surgery block ``s = L − depth``
+    the new path starts as a copy ``y = x_s`` and, in each surgery block ``i``, adds the ``attention``
+    output computed from the *original* stream's ``LN1(x_i)``, skipping the FFN; its patch tokens
+    are the dense output. So ``y_L = x_s + Σ_{i ≥ s} attn(LN1(x_i))``: the FFN outputs of the surgery
+    blocks never enter it directly (they still shape later ``x_i``)."""
+    if not 1 <= depth <= n_blocks:
+        raise ValueError(f"depth must be in 1..{n_blocks}, got {depth}")
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    plt = _pyplot()
+    s = n_blocks - depth
+    top, bottom, w = 2.4, 0.6, 1.0
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(2.2 + 1.0 * depth + 2.0, 3.0))
+        ax.set_axis_off()
+
+        def box(x: float, y: float, text: str, color: str, width: float = w) -> None:
+            ax.add_patch(
+                FancyBboxPatch(
+                    (x - width / 2, y - 0.28),
+                    width,
+                    0.56,
+                    boxstyle="round,pad=0.03",
+                    facecolor=color,
+                    edgecolor="black",
+                    linewidth=0.6,
+                )
+            )
+            ax.text(x, y, text, ha="center", va="center", fontsize=6.5)
+
+        def arrow(
+            a: tuple[float, float], b: tuple[float, float], color: str = "black", style: str = "-"
+        ) -> None:
+            ax.add_patch(
+                FancyArrowPatch(
+                    a, b, arrowstyle="-|>", mutation_scale=7, color=color, linewidth=0.8, linestyle=style
+                )
+            )
+
+        def plus(x: float, y: float) -> None:
+            ax.add_patch(plt.Circle((x, y), 0.1, facecolor="white", edgecolor="black", linewidth=0.6))
+            ax.text(x, y, "+", ha="center", va="center", fontsize=7)
+
+        step, mid = 1.4, (top + bottom) / 2
+        box(0.0, top, "embed", "#eeeeee", 0.7)
+        head = 0.35
+        if s > 0:
+            box(1.25, top, f"blocks 0–{s - 1}\nq-k attn + FFN", "#dde6f5", 1.2)
+            arrow((head, top), (0.63, top))
+            head = 1.87
+        first = head + 0.45
+        ax.plot([head, first + 0.2], [top, top], color="black", linewidth=0.8)
+        arrow((first, top), (first, bottom + 0.04), color="tab:red", style="--")
+        ax.text(
+            first - 0.08, mid, f"copy\n$y = x_{{{s}}}$", fontsize=6, color="tab:red", va="center", ha="right"
+        )
+        previous, previous_plus = first, first
+        for c in range(depth):
+            i = s + c
+            tap = first + step * c
+            cx = tap + 0.2 + w / 2
+            ax.plot([previous, cx - w / 2], [top, top], color="black", linewidth=0.8)
+            ax.plot([tap], [top], marker="o", markersize=2.5, color="tab:orange")
+            ax.text(tap, top + 0.34, f"$x_{{{i}}}$", fontsize=6.5, ha="center")
+            box(cx, top, f"block {i}\nq-k attn + FFN", "#dde6f5")
+            box(cx, mid, f"{attention} attn\nof LN1($x_{{{i}}}$)", "#fde2c8", 0.9)
+            arrow((tap, top), (cx - 0.3, mid + 0.3), color="tab:orange")
+            px = cx + 0.5
+            arrow((cx + 0.2, mid - 0.3), (px - 0.05, bottom + 0.09), color="tab:orange")
+            ax.plot([previous_plus, px - 0.1], [bottom, bottom], color="tab:red", linewidth=1.0)
+            plus(px, bottom)
+            previous, previous_plus = cx + w / 2, px + 0.1
+        out = previous + 0.9
+        arrow((previous, top), (out - 0.6, top))
+        arrow((previous_plus, bottom), (out - 0.6, bottom), color="tab:red")
+        box(out, top, "class token\n(vanilla CLIP)", "#dde6f5", 1.2)
+        box(out, bottom, "patch tokens\n(dense maps)", "#fde2c8", 1.2)
+        ax.text(
+            first,
+            bottom - 0.5,
+            "new path y: the attention outputs only, no FFN",
+            fontsize=6.5,
+            color="tab:red",
+        )
+        ax.text(first, top + 0.7, "original path x: every block unchanged", fontsize=6.5)
+        ax.set_title(
+            rf"dual path: $y_L = x_{{{s}}} + \sum_{{i={s}}}^{{{n_blocks - 1}}}$ {attention} attn(LN1($x_i$))"
+            "  — the surgery blocks' FFN outputs never enter $y$ directly",
+            fontsize=7.5,
+        )
+        ax.set_xlim(-0.5, out + 0.7)
+        ax.set_ylim(bottom - 0.7, top + 1.0)
+        ax.set_aspect("equal")
         fig.tight_layout()
     return fig

@@ -145,3 +145,29 @@ def test_pr_curves():
         viz.pr_curves({})
     with pytest.raises(ValueError, match="differ"):
         viz.pr_curves({"x": ([1.0, 0.5], [1.0])})
+
+
+def test_save_figure_writes_a_provenance_sidecar_and_closes_the_figure(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from surgery_lib.config import SurgeryConfig
+
+    monkeypatch.setenv("SURGERY_MODEL", "toy-rn")
+    monkeypatch.setenv("SURGERY_NOTEBOOK", "notebooks/99_test.py")
+    fig = viz.bar_chart({"a": {"x": 1.0}}, "y")
+    provenance = {"config": SurgeryConfig.paper(), "labels": ("cat", "dog"), "images": [tmp_path / "x.jpg"]}
+    viz.save_figure(fig, "bars", tmp_path, formats=("png",), provenance=provenance)
+    assert not plt.fignum_exists(fig.number)  # closed: loops that save figures do not accumulate them
+    sidecar = json.loads((tmp_path / "bars.json").read_text())
+    assert sidecar["files"] == ["bars.png"] and sidecar["figure"] == "bars"
+    assert sidecar["command"] == "notebooks/99_test.py"
+    assert sidecar["parameters"]["SURGERY_MODEL"] == "toy-rn"
+    assert sidecar["config"] == dataclasses.asdict(SurgeryConfig.paper())
+    assert sidecar["labels"] == ["cat", "dog"] and sidecar["images"] == [str(tmp_path / "x.jpg")]
+    kept = viz.bar_chart({"a": {"x": 1.0}}, "y")
+    viz.save_figure(kept, "kept", tmp_path, formats=("png",), keep_open=True)
+    assert plt.fignum_exists(kept.number)
+    viz.close(kept)
