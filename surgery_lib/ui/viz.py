@@ -31,7 +31,27 @@ if TYPE_CHECKING:
 FIGURES_ENV = "SURGERY_FIGURES_DIR"
 """Environment variable naming the folder :func:`save_figure` writes to (``figures/`` by default)."""
 
-COLORMAPS: tuple[str, ...] = ("jet", "viridis", "magma", "inferno", "coolwarm", "gray")
+COLORMAPS: tuple[str, ...] = ("inferno", "viridis", "magma", "cividis", "jet", "RdBu_r", "coolwarm", "gray")
+"""Colormaps offered by the figures and widgets. ``inferno`` (perceptually uniform, readable in grey and
+by colour-blind readers) is the default for maps in [0, 1]; ``jet`` is the paper's look, one argument
+away; ``RdBu_r`` is the diverging map for signed quantities (centred at 0)."""
+
+DEFAULT_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
+
+SCALES: tuple[str, ...] = ("per-map", "shared", "absolute", "signed")
+"""How a figure maps values to colours: ``per-map`` min-max normalises each map on its own (what the
+paper shows), ``shared`` min-max normalises the maps of one row (image) together, so an absent class
+stays cold beside a present one, ``absolute`` draws the values as given between ``vmin`` and ``vmax``,
+``signed`` centres a diverging colormap at 0 with symmetric limits (score contrasts, contributions).
+The colorbar says which."""
+
+_SCALE_LABELS = {
+    "per-map": "similarity (min-max per map)",
+    "shared": "similarity (min-max shared across labels)",
+    "absolute": "value (absolute scale)",
+    "signed": "value (signed, centred at 0)",
+}
 
 _STYLE = {
     "figure.dpi": 100,
@@ -205,20 +225,69 @@ def _bare(ax: Axes) -> None:
         spine.set_visible(False)
 
 
-def _overlay(ax: Axes, image: Image.Image | None, heat: np.ndarray, cmap: str, alpha: float):
+def _check_cmap(cmap: str) -> None:
+    import matplotlib
+
+    if cmap not in matplotlib.colormaps:
+        raise ValueError(f"unknown colormap {cmap!r}; e.g. one of {COLORMAPS}")
+
+
+def _overlay(
+    ax: Axes,
+    image: Image.Image | None,
+    heat: np.ndarray,
+    cmap: str,
+    alpha: float,
+    limits: tuple[float, float] = (0.0, 1.0),
+    signed: bool = False,
+    grey_image: bool = False,
+):
+    """Draw ``heat`` over ``image`` with value-weighted opacity: each pixel's opacity is ``alpha`` times
+    its normalised value (for ``signed`` maps, times its distance from 0), so low values leave the image
+    untinted instead of washing it with the colormap's low colour."""
+    import matplotlib
+
     if image is not None:
-        ax.imshow(_fitted(image, heat.shape))
-    shown = ax.imshow(heat, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha if image is not None else 1.0)
+        base = _fitted(image.convert("L") if grey_image else image, heat.shape)
+        ax.imshow(base, cmap="gray" if grey_image else None, vmin=0, vmax=255)
+    low, high = limits
+    norm = np.clip((np.asarray(heat, dtype=np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
+    rgba = matplotlib.colormaps[cmap](norm)
+    if image is not None:
+        weight = np.abs(2.0 * norm - 1.0) if signed else norm
+        rgba[..., 3] = alpha * weight
+    shown = ax.imshow(rgba)
     _bare(ax)
     return shown
 
 
-def _opaque(cmap: str):
+def _limits(maps: Sequence[np.ndarray], scale: str, vmin: float | None, vmax: float | None) -> list:
+    """Per map (row-major list of ``(H, W)`` arrays of one row), the value limits of ``scale``."""
+    if scale == "per-map":
+        return [(float(m.min()), float(m.max())) for m in maps]
+    if scale == "shared":
+        low = min(float(m.min()) for m in maps)
+        high = max(float(m.max()) for m in maps)
+        return [(low, high)] * len(maps)
+    if scale == "absolute":
+        low = min(float(m.min()) for m in maps) if vmin is None else vmin
+        high = max(float(m.max()) for m in maps) if vmax is None else vmax
+        return [(low, high)] * len(maps)
+    bound = max(float(np.abs(m).max()) for m in maps) if vmax is None else vmax
+    return [(-bound, bound)] * len(maps)
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {SCALES}")
+
+
+def _opaque(cmap: str, limits: tuple[float, float] = (0.0, 1.0)):
     """A mappable for a colorbar in full colour (the overlays themselves are translucent)."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    return ScalarMappable(Normalize(0.0, 1.0), cmap)
+    return ScalarMappable(Normalize(*limits), cmap)
 
 
 def _check_maps(maps: np.ndarray, labels: Sequence[str], what: str) -> None:
@@ -231,28 +300,54 @@ def map_grid(
     maps: Sequence[torch.Tensor | np.ndarray],
     labels: Sequence[str],
     row_titles: Sequence[str] | None = None,
-    cmap: str = "jet",
-    alpha: float = 0.5,
+    cmap: str = DEFAULT_CMAP,
+    alpha: float = 0.7,
     show_image: bool = True,
     panel_size: float = 1.6,
+    scale: str = "per-map",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    masks: Sequence[Mapping[str, np.ndarray]] | None = None,
+    threshold: float | None = None,
+    grey_image: bool = True,
 ) -> Figure:
     """Rows of images, one column per label: each map over its image, a shared colorbar.
 
     Args:
         images: R images (PIL; resized to their maps).
-        maps: R arrays ``(H, W, T)`` in [0, 1], one per image (sizes may differ between rows).
+        maps: R arrays ``(H, W, T)``, one per image (sizes may differ between rows); in [0, 1] for the
+            default scale.
         labels: the T labels (column titles).
         row_titles: R titles shown left of each row (e.g. image names or methods).
         show_image: add a first column with the plain image.
+        cmap: a matplotlib colormap (:data:`DEFAULT_CMAP`; ``"jet"`` for the paper's look; a signed
+            scale uses :data:`DIVERGING_CMAP` unless another is given).
+        alpha: opacity of the hottest pixel (opacity grows with the value, see :func:`_overlay`).
+        scale: one of :data:`SCALES`; the colorbar names it. ``vmin``/``vmax``: limits of ``absolute``
+            (and ``vmax`` the bound of ``signed``).
+        masks: per row, ground-truth masks by label; the label's mask is outlined on its map.
+        threshold: show the thresholded mask ``map >= threshold`` (after scaling to [0, 1]) instead of
+            the map: the region a segmentation would keep.
+        grey_image: draw the images in greyscale under the maps (the default: colours then belong to the
+            map alone); False keeps the photo's colours (``show_image`` always shows them).
     """
     if len(images) != len(maps) or not images:
         raise ValueError(f"need one map array per image, got {len(images)} images and {len(maps)} maps")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_scale(scale)
+    if scale == "signed" and cmap == DEFAULT_CMAP:
+        cmap = DIVERGING_CMAP
+    _check_cmap(cmap)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if masks is not None and len(masks) != len(images):
+        raise ValueError(f"need one mask mapping per image, got {len(masks)} for {len(images)} images")
     arrays = [_as_array(m) for m in maps]
     for i, m in enumerate(arrays):
         _check_maps(m, labels, f"maps[{i}]")
     rows, cols = len(images), len(labels) + int(show_image)
+    bar_limits = (0.0, 1.0)
     plt = _pyplot()
     with figure_style():
         fig, axes = plt.subplots(
@@ -264,25 +359,46 @@ def map_grid(
                 axes[r, 0].imshow(_fitted(image, m.shape[:2]))
                 _bare(axes[r, 0])
                 offset = 1
+            limits = _limits([m[:, :, t] for t in range(len(labels))], scale, vmin, vmax)
             for t, label in enumerate(labels):
-                _overlay(axes[r, t + offset], image, m[:, :, t], cmap, alpha)
+                ax = axes[r, t + offset]
+                heat, lim = m[:, :, t], limits[t]
+                if threshold is not None:
+                    scaled = (heat - lim[0]) / max(lim[1] - lim[0], 1e-12)
+                    heat, lim = (scaled >= threshold).astype(np.float64), (0.0, 1.0)
+                _overlay(ax, image, heat, cmap, alpha, lim, signed=scale == "signed", grey_image=grey_image)
+                if masks is not None and label in masks[r]:
+                    truth = np.asarray(masks[r][label], dtype=float)
+                    if truth.shape != heat.shape:
+                        truth = _fitted_mask(truth, heat.shape)
+                    ax.contour(truth, levels=[0.5], colors="white", linewidths=0.8)
+                    ax.contour(truth, levels=[0.5], colors="black", linewidths=0.4, linestyles="dashed")
                 if r == 0:
-                    axes[r, t + offset].set_title(plain_text(label))
+                    ax.set_title(plain_text(label))
+            if scale in ("absolute", "signed"):
+                bar_limits = limits[0]
             if row_titles is not None:
                 axes[r, 0].set_ylabel(plain_text(row_titles[r]))
         if show_image:
             axes[0, 0].set_title("image")
+        label = "thresholded map (kept: 1)" if threshold is not None else _SCALE_LABELS[scale]
         fig.colorbar(
-            _opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="similarity (min-max)"
+            _opaque(cmap, bar_limits), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=label
         )
     return fig
+
+
+def _fitted_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A mask resized (nearest) to ``hw``."""
+    image = Image.fromarray((np.asarray(mask) > 0.5).astype(np.uint8) * 255)
+    return np.asarray(image.resize((hw[1], hw[0]), Image.NEAREST), dtype=float) / 255.0
 
 
 def panel_grid(
     images: Sequence[Image.Image],
     columns: Mapping[str, Sequence[torch.Tensor | np.ndarray]],
     row_titles: Sequence[str] | None = None,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
     panel_size: float = 1.6,
 ) -> Figure:
@@ -303,7 +419,7 @@ def method_comparison(
     image: Image.Image,
     maps_by_method: Mapping[str, torch.Tensor | np.ndarray],
     labels: Sequence[str],
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
 ) -> Figure:
     """One image, one row per method (e.g. raw CLIP vs CLIP Surgery), one column per label.
@@ -476,7 +592,7 @@ def word_maps_figure(
     image: Image.Image,
     words: Sequence[str],
     maps: torch.Tensor | np.ndarray,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
     panel_size: float = 1.3,
 ) -> Figure:
@@ -498,7 +614,7 @@ def points_figure(
     mask: np.ndarray | torch.Tensor | None = None,
     title: str = "",
     ax: Axes | None = None,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 0.45,
     legend: bool = True,
 ) -> Figure:
@@ -724,7 +840,7 @@ def method_grid(
     label: str | Sequence[str],
     labels: Sequence[str],
     row_titles: Sequence[str] | None = None,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
     panel_size: float = 1.4,
     outlines: Sequence[np.ndarray | torch.Tensor | None] | None = None,
@@ -796,7 +912,7 @@ def method_label_grid(
     maps_by_method: Mapping[str, torch.Tensor | np.ndarray],
     labels: Sequence[str],
     map_labels: Sequence[str] | None = None,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
     panel_size: float = 1.4,
     titles: Sequence[str] | None = None,

@@ -171,3 +171,44 @@ def test_save_figure_writes_a_provenance_sidecar_and_closes_the_figure(tmp_path,
     viz.save_figure(kept, "kept", tmp_path, formats=("png",), keep_open=True)
     assert plt.fignum_exists(kept.number)
     viz.close(kept)
+
+
+def test_heat_maps_say_their_scale_and_refuse_unknown_names(image):
+    maps = np.random.default_rng(0).random((40, 60, 2))
+    maps[:, :, 1] *= 0.2  # a weak class: cold under a shared scale, as hot as the other per map
+    for scale, words in (("per-map", "per map"), ("shared", "shared"), ("absolute", "absolute")):
+        fig = viz.map_grid([image], [maps], ["cat", "dog"], scale=scale)
+        assert words in fig.axes[-1].get_ylabel()  # the colorbar names the scale
+        viz.close(fig)
+    fig = viz.map_grid([image], [maps - 0.5], ["cat", "dog"], scale="signed")
+    low, high = fig.axes[-1].get_ylim()
+    assert low == pytest.approx(-high) and "signed" in fig.axes[-1].get_ylabel()
+    viz.close(fig)
+    with pytest.raises(ValueError, match="unknown scale 'loud'"):
+        viz.map_grid([image], [maps], ["cat", "dog"], scale="loud")
+    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+        viz.map_grid([image], [maps], ["cat", "dog"], cmap="nope")
+
+
+def test_value_weighted_opacity_leaves_cold_pixels_untinted(image):
+    heat = np.zeros((40, 60))
+    heat[:, 30:] = 1.0
+    fig = viz.map_grid([image], [heat[:, :, None]], ["cat"], show_image=False)
+    rgba = fig.axes[0].get_images()[-1].get_array()
+    assert rgba[0, 0, 3] == 0.0 and rgba[0, -1, 3] > 0.5  # zero: transparent; hot: opaque
+    viz.close(fig)
+
+
+def test_contours_and_thresholded_view(image):
+    heat = np.linspace(0, 1, 60)[None, :, None].repeat(40, axis=0)
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 10:30] = True
+    fig = viz.map_grid([image], [heat], ["cat"], masks=[{"cat": mask}], threshold=0.5, show_image=False)
+    ax = fig.axes[0]
+    assert ax.collections  # the mask's outline
+    shown = ax.get_images()[-1].get_array()
+    assert shown[0, 0, 3] == 0.0 and shown[0, -1, 3] > 0  # below the threshold: not kept
+    assert "thresholded" in fig.axes[-1].get_ylabel()
+    viz.close(fig)
+    with pytest.raises(ValueError, match="threshold"):
+        viz.map_grid([image], [heat], ["cat"], threshold=2.0)
