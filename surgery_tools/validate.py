@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     split.add_argument("--out", type=Path, default=Path("build/valcache"))
     split.add_argument("--min-instances", type=int, default=3)
     measure = sub.add_parser("score", help="fit and left-out zero-shot top-1 of a trained model")
-    measure.add_argument("--model", default="toy-vit", help="toy-vit or toy-rn (the architecture)")
+    measure.add_argument("--model", default="toy-vit", help="the architecture (a config in model/configs)")
     measure.add_argument("--checkpoint", type=Path, required=True, help="exported .safetensors weights")
     measure.add_argument("--cache", type=Path, default=Path("build/valcache"))
     measure.add_argument("--images", type=int, default=300)

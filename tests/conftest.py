@@ -41,6 +41,14 @@ def golden_dir() -> Path:
     return Path(os.environ.get("SURGERY_GOLDEN_DIR") or REPO.parent / "shared" / "golden")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic toy-data cache (``tests/toy_cache.py``) for the data and training tests."""
+    from toy_cache import build_toy_cache
+
+    return build_toy_cache(tmp_path_factory.mktemp("toy_cache"))
+
+
 TEXT_CFG = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
 
 

@@ -6,7 +6,6 @@ import json
 
 import torch
 from safetensors.torch import load_file
-from test_toy_data import cache  # noqa: F401  (the synthetic cache fixture)
 
 from surgery_lib.model.shipped import sha256
 from surgery_tools.train import class_prompt_loss, contrastive_loss, train
@@ -36,7 +35,7 @@ def _args(cache_dir, work, out, steps, *extra):
     ]
 
 
-def test_three_steps_resume_and_export(cache, tmp_path):  # noqa: F811
+def test_three_steps_resume_and_export(cache, tmp_path):
     straight = train(_args(cache, tmp_path / "w1", tmp_path / "o1", 3))
     train(_args(cache, tmp_path / "w2", tmp_path / "o2", 2, "--no-export"))
     resumed = train(_args(cache, tmp_path / "w2", tmp_path / "o2", 3, "--resume"))
@@ -64,7 +63,7 @@ def test_losses():
     assert class_prompt_loss(image, image, hot, scale) < class_prompt_loss(image, image.flip(0), hot, scale)
 
 
-def test_augmented_training_runs_and_is_recorded(cache, tmp_path):  # noqa: F811
+def test_augmented_training_runs_and_is_recorded(cache, tmp_path):
     path = train(_args(cache, tmp_path / "w", tmp_path / "o", 2, "--augment"))
     assert json.loads(path.with_suffix(".json").read_text())["augment"] is True
     plain = train(_args(cache, tmp_path / "w0", tmp_path / "o0", 2))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_toy_data import cache  # noqa: F401  (the synthetic cache fixture)
 
 from surgery_tools import validate
 from surgery_tools.toy_data import CompositeGenerator
 
 
-def test_leave_one_out_never_copies_held_out_data(cache, tmp_path):  # noqa: F811
+def test_leave_one_out_never_copies_held_out_data(cache, tmp_path):
     out = tmp_path / "val"
     (out / "stale").mkdir(parents=True)  # a previous cache is replaced
     left = validate.leave_one_out(cache, out, min_instances=2)
@@ -38,7 +37,7 @@ class _AlwaysFirstClass(torch.nn.Module):
         return features
 
 
-def test_score_counts_a_hit_when_the_best_class_is_present(cache, tmp_path, monkeypatch):  # noqa: F811
+def test_score_counts_a_hit_when_the_best_class_is_present(cache, tmp_path, monkeypatch):
     out = tmp_path / "val"
     validate.leave_one_out(cache, out, min_instances=2)
     monkeypatch.setattr(validate, "text_features", lambda model, tokenizer, classes: torch.eye(len(classes)))
@@ -57,7 +56,7 @@ def test_score_counts_a_hit_when_the_best_class_is_present(cache, tmp_path, monk
         assert 0.0 < expected < 100.0  # the check can tell hits from misses
 
 
-def test_cli_split(cache, tmp_path, capsys):  # noqa: F811
+def test_cli_split(cache, tmp_path, capsys):
     validate.main(["split", "--cache", str(cache), "--out", str(tmp_path / "v"), "--min-instances", "2"])
     assert "left out in 3 classes" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "v" / "cutouts" / "heldout").iterdir()) == [

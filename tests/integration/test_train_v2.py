@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_toy_data import cache  # noqa: F401  (the synthetic cache fixture)
 
 from surgery_lib.model.shipped import sha256
 from surgery_tools import pool as pool_mod
@@ -53,7 +52,7 @@ def test_v2_config_is_a_14x14_open_clip_vit():
     assert tuple(model.visual.grid_size) == (14, 14)
 
 
-def test_pool_is_deterministic_resumable_and_reused(cache, tmp_path, monkeypatch):  # noqa: F811
+def test_pool_is_deterministic_resumable_and_reused(cache, tmp_path, monkeypatch):
     a = pool_mod.CompositePool.under(tmp_path / "a", cache, 48, 7, seed=1).build(chunk=3)
     b = pool_mod.CompositePool.under(tmp_path / "b", cache, 48, 7, seed=1).build(chunk=7)
     assert a.folder.name == b.folder.name
@@ -96,14 +95,14 @@ def test_distill_loss_is_zero_only_for_matching_distributions():
         assert distill_loss(teacher * 0.5, teacher, t) > 1e-4
 
 
-def test_teacher_needs_a_pool(cache, tmp_path):  # noqa: F811
+def test_teacher_needs_a_pool(cache, tmp_path):
     args = _args(cache, tmp_path / "w", tmp_path / "o", 1, "--teacher", "toy-rn")
     args[args.index("--pool") + 1] = "0"
     with pytest.raises(SystemExit):
         train(args)
 
 
-def test_distilled_run_resumes_exactly_and_records_the_recipe(cache, tmp_path):  # noqa: F811
+def test_distilled_run_resumes_exactly_and_records_the_recipe(cache, tmp_path):
     teach = ("--teacher", "toy-rn", "--distill-weight", "2", "--distill-temperature", "3")
     straight = train(_args(cache, tmp_path / "w1", tmp_path / "o1", 3, *teach))
     train(_args(cache, tmp_path / "w2", tmp_path / "o2", 2, *teach, "--no-export"))
