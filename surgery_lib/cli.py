@@ -8,14 +8,18 @@
 (``python -m surgery_lib ...`` is the same command.) ``explain`` writes one overlay PNG per image, label
 and method into ``--out`` (``<image>_<label>_<method>.png``; names are made unique when two inputs or
 two labels would clean to the same file name) and ``summary.json`` with the image-level probabilities
-and the SAM point prompts of each map. A user error (missing or unreadable image, bad label, unknown
-model, unwritable ``--out``) prints one line naming the problem and exits with status 2; ``--debug``
-shows the traceback instead.
+and the SAM point prompts of each map. ``--method`` takes any name of
+:func:`surgery_lib.config.method_names` (the dense methods and the gradient explainers); feature
+surgery runs over ``--vocabulary`` (default: the labels; with exactly two classes the two maps are
+complements, so pass the whole class list there and draw a few ``--labels``). A user error (missing or
+unreadable image, bad label, unknown model, unwritable ``--out``) prints one line naming the problem
+and exits with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -25,7 +29,13 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from surgery_lib.config import METHODS, RAW_VS_SURGERY, SurgeryConfig, method_config
+from surgery_lib.config import (
+    RAW_VS_SURGERY,
+    GradientConfig,
+    SurgeryConfig,
+    method_names,
+    resolve_method,
+)
 from surgery_lib.maps.explain import explain
 from surgery_lib.maps.images import preprocess_images, to_rgb
 from surgery_lib.maps.text import validate_labels
@@ -90,9 +100,21 @@ def _explain_parser(sub) -> None:
     ex.add_argument(
         "--method",
         default="raw,surgery",
-        help=f"comma-separated method names ({', '.join(METHODS)}) or 'both' (raw,surgery)",
+        help=f"comma-separated method names ({', '.join(method_names())}) or 'both' (raw,surgery)",
     )
-    ex.add_argument("--depth", type=int, default=None, help="surgery depth (default: the method's)")
+    ex.add_argument(
+        "--vocabulary",
+        default=None,
+        help="comma-separated class names feature surgery (and the image-level softmax) runs over, "
+        "with the labels; default: the labels alone",
+    )
+    ex.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="surgery depth of the dense methods with architecture surgery (depth > 0; default: the "
+        "method's); raw, feature-surgery-only and the gradient methods are left as they are",
+    )
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--out", type=Path, default=Path("explanations"))
@@ -110,11 +132,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _methods(spec: str) -> dict[str, SurgeryConfig]:
+def _methods(spec: str) -> dict[str, SurgeryConfig | GradientConfig]:
+    """The configs of the ``--method`` names (any of :func:`~surgery_lib.config.method_names`)."""
     names = list(RAW_VS_SURGERY) if spec == "both" else [m.strip() for m in spec.split(",") if m.strip()]
     if not names:
         raise UsageError("--method names no method")
-    return {name: method_config(name) for name in dict.fromkeys(names)}
+    return {name: resolve_method(name) for name in dict.fromkeys(names)}
+
+
+def _vocabulary(spec: str | None, labels: Sequence[str]) -> list[str]:
+    """The labels, then the ``--vocabulary`` classes not among them (each once, in order)."""
+    if spec is None:
+        return list(labels)
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    if not names:
+        raise UsageError("--vocabulary names no class (give comma-separated class names)")
+    validate_labels(names)
+    return [*labels, *(v for v in dict.fromkeys(names) if v not in labels)]
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -135,6 +169,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
     validate_labels(args.labels)
 
 
+def _kind(config: SurgeryConfig | GradientConfig) -> str:
+    return "gradient" if isinstance(config, GradientConfig) else "dense"
+
+
 def _prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +191,7 @@ def run_explain(args: argparse.Namespace) -> dict:
     """
     _check_inputs(args)
     methods = _methods(args.method)
+    vocabulary = _vocabulary(args.vocabulary, args.labels)
     images = {}
     for path in args.images:
         try:
@@ -170,7 +209,10 @@ def run_explain(args: argparse.Namespace) -> dict:
             raise UsageError(
                 f"--depth {args.depth} but the image tower of {clip.name} allows at most {limit}"
             )
-        methods = {k: c.replace(depth=args.depth) if c.depth else c for k, c in methods.items()}
+        methods = {
+            k: c.replace(depth=args.depth) if isinstance(c, SurgeryConfig) and c.depth else c
+            for k, c in methods.items()
+        }
     size = args.size or clip.image_size
     _prepare_out(args.out)
     stems = _unique_names([_safe(p.stem) for p in args.images])
@@ -179,7 +221,9 @@ def run_explain(args: argparse.Namespace) -> dict:
         "model": clip.name,
         "pretrained": clip.pretrained,
         "labels": list(args.labels),
+        "vocabulary": vocabulary,
         "methods": list(methods),
+        "configs": {name: {"kind": _kind(c), **dataclasses.asdict(c)} for name, c in methods.items()},
         "images": [],
     }
     for stem, (path, image) in zip(stems, images.items(), strict=True):
@@ -187,7 +231,13 @@ def run_explain(args: argparse.Namespace) -> dict:
         entry: dict = {"path": str(path), "size": [image.height, image.width], "methods": {}}
         for method, config in methods.items():
             result = explain(
-                clip.model, clip.tokenizer, batch, args.labels, config, size=(image.height, image.width)
+                clip.model,
+                clip.tokenizer,
+                batch,
+                args.labels,
+                method=config,
+                size=(image.height, image.width),
+                vocabulary=vocabulary,
             )
             record: dict = {"probabilities": result.image_scores[0].tolist(), "overlays": [], "points": []}
             for j, label in enumerate(args.labels):

@@ -9,7 +9,16 @@ Run › Run All Cells. The explorer must follow this DOM contract:
 * an ``Image(format="png")`` with DOM class ``surgery-explorer-image`` whose value is replaced on redraw;
 * optionally an ``HTML`` with DOM class ``surgery-explorer-status`` whose text changes on every redraw.
 
-The test toggles ``feature_surgery`` and checks, from the page, that the PNG shown changed.
+The test toggles ``feature_surgery`` and checks, from the page, that the PNG shown changed. Then, where
+the explorer has them (``surgery_lib.ui.widgets.Explorer`` does), it drives
+
+* the method dropdown (DOM class ``surgery-explorer-method``): picking ``clearclip`` replaces the image
+  and the flag checkboxes follow the preset (``dual_path`` off);
+* the vocabulary box (``surgery-explorer-vocabulary``, a text input applied on Enter): a new vocabulary
+  replaces the image;
+* the A/B checkbox (``surgery-explorer-ab``): a second image (``surgery-explorer-image-b``), hidden
+  before, appears beside the first.
+
 Screenshots go to ``build/test-artifacts/browser/``.
 
 Needs Debian's ``chromium`` and ``requirements-browser.txt`` (``.ci/install-browser.sh``) plus
@@ -403,6 +412,95 @@ def _shoot(page, explorer, stem: str, tag: str) -> list[Path]:
     return paths
 
 
+def _wait_replaced(page, img, src_before: str, dl: Deadline, what: str) -> tuple[str, bytes]:
+    """Wait until ``img`` shows a new blob after ``what`` and the redraw settles; its src and PNG bytes."""
+    t0 = time.monotonic()
+    page.wait_for_function(
+        "([el, old]) => el.src !== old && el.src.startsWith('blob:') && el.complete",
+        arg=[img.element_handle(), src_before],
+        timeout=dl.ms(60),
+    )
+    _wait_kernel_idle(page, dl, 60, f"after {what}")
+    src, png = _read_image(img, dl)
+    for _ in range(10):  # src unchanged for 0.6 s
+        page.wait_for_timeout(600)
+        if img.get_attribute("src") == src:
+            break
+        src, png = _read_image(img, dl)
+    print(f"image replaced {time.monotonic() - t0:.1f} s after {what}")
+    return src, png
+
+
+def _assert_new_pixels(before: bytes, after: bytes, what: str) -> None:
+    assert before != after, f"the PNG after {what} is byte-identical to the one before"
+    assert _decode(before) != _decode(after), f"the PNG after {what} decodes to the same pixels"
+
+
+def _drive_method_vocabulary_ab(page, explorer, img, lab: LabServer) -> None:
+    """The method dropdown, the vocabulary box and the A/B mode, each checked from the page."""
+    dl = lab.deadline
+    method = explorer.locator(".surgery-explorer-method select").first
+    if not method.count():
+        print("no method dropdown (surgery-explorer-method): skipping the method / vocabulary / A/B checks")
+        return
+    options = method.locator("option").all_inner_texts()
+    assert "clearclip" in options, f"the method dropdown offers {options}, not clearclip"
+    dual = explorer.locator(
+        "input[type=checkbox].surgery-flag-dual_path, .surgery-flag-dual_path input[type=checkbox]"
+    ).first
+
+    # the method dropdown: clearclip (single path, last block), its preset shown by the checkboxes
+    _wait_kernel_idle(page, dl, 20, "before the method change")
+    src, png = _read_image(img, dl)
+    method.select_option("clearclip")
+    src_method, png_method = _wait_replaced(page, img, src, dl, "picking clearclip")
+    _assert_new_pixels(png, png_method, "picking clearclip")
+    assert method.input_value() == "clearclip", f"the dropdown shows {method.input_value()!r}"
+    assert dual.count() and not dual.is_checked(), (
+        "dual_path did not follow the clearclip preset (single path)"
+    )
+    _shoot(page, explorer, lab.stem, "method-clearclip")
+
+    # the vocabulary box: the labels alone instead of the source's class list
+    vocabulary = explorer.locator(".surgery-explorer-vocabulary input").first
+    labels = explorer.locator(".surgery-explorer-labels input").first
+    assert vocabulary.count(), "no vocabulary box (DOM class surgery-explorer-vocabulary)"
+    old = vocabulary.input_value()
+    new = labels.input_value() if labels.count() else "cat, dog, car"
+    if [v.strip() for v in new.split(",")] == [v.strip() for v in old.split(",")]:
+        new += ", car, horse"
+    vocabulary.fill(new)
+    vocabulary.press("Enter")
+    _, png_vocab = _wait_replaced(page, img, src_method, dl, "the vocabulary change")
+    _assert_new_pixels(png_method, png_vocab, "the vocabulary change")
+    print(f"vocabulary {old[:60]!r}... -> {new!r}; status {_status_text(explorer)!r}")
+    _shoot(page, explorer, lab.stem, "vocabulary")
+
+    # A/B: a second image appears beside the first
+    ab = explorer.locator(
+        "input[type=checkbox].surgery-explorer-ab, .surgery-explorer-ab input[type=checkbox]"
+    )
+    img_b = explorer.locator("img.surgery-explorer-image-b, .surgery-explorer-image-b img").first
+    assert ab.count(), "no A/B checkbox (DOM class surgery-explorer-ab)"
+    assert not img_b.is_visible(), "the B image is visible before A/B is turned on"
+    ab.first.click()
+    page.wait_for_function(
+        "(el) => el.src.startsWith('blob:') && el.complete && el.naturalWidth > 0 && el.offsetParent",
+        arg=img_b.element_handle(timeout=dl.ms(30)),
+        timeout=dl.ms(60),
+    )
+    _wait_kernel_idle(page, dl, 60, "after turning A/B on")
+    assert ab.first.is_checked() and img_b.is_visible(), "the B image did not appear"
+    _, png_b = _read_image(img_b, dl)
+    _assert_new_pixels(png_vocab, png_b, "turning A/B on (B is another method)")
+    box_a, box_b = img.bounding_box(), img_b.bounding_box()
+    assert box_a and box_b and box_b["x"] >= box_a["x"] + 0.5 * box_a["width"], (
+        f"B is not beside A: A {box_a}, B {box_b}"
+    )
+    print(f"A/B on: A {box_a}, B {box_b}; status {_status_text(explorer)!r}")
+    _shoot(page, explorer, lab.stem, "ab")
+
+
 def test_explorer_toggle_redraws_image(lab: LabServer) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -489,6 +587,8 @@ def test_explorer_toggle_redraws_image(lab: LabServer) -> None:
                 if status_before is not None:
                     print(f"status before {status_before!r}, after {status_after!r}")
                     assert status_after != status_before, "status text did not change on redraw"
+
+                _drive_method_vocabulary_ab(page, explorer, img, lab)
             except BaseException:
                 try:
                     _shoot(page, None, lab.stem, "failure")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,3 +82,96 @@ def test_cli_default_model_offline(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "toy-vit"
     assert sorted(p.name for p in out.glob("*.png")) == ["00002_pepper_surgery.png", "00002_tank_surgery.png"]
+
+
+# ---- --method (any name of method_names), --depth, --vocabulary -------------------------------------
+
+COMPOSITE = REPO / "data" / "composites" / "seen_instances" / "images" / "00002.jpg"  # pepper, tank, bird
+
+
+def _run(tmp_path, *args: str) -> dict:
+    out = tmp_path / "out"
+    assert main(["explain", str(COMPOSITE), "--out", str(out), *args]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_cli_help_lists_every_method(capsys):
+    from surgery_lib.config import method_names
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    text = " ".join(re.sub(r"-\s+", "-", capsys.readouterr().out).split())
+    assert all(name in text for name in method_names()) and "--vocabulary" in text
+
+
+def test_cli_runs_dense_and_gradient_methods_by_name(tmp_path, monkeypatch):
+    from surgery_lib.config import METHODS
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    summary = _run(
+        tmp_path, "--labels", "pepper", "tank", "--method", "raw,clearclip,gradcam", "--depth", "3"
+    )
+    assert summary["methods"] == ["raw", "clearclip", "gradcam"]
+    configs = summary["configs"]
+    assert configs["gradcam"] == {"kind": "gradient", "explainer": "gradcam", "start_layer": -1}
+    assert configs["clearclip"]["kind"] == "dense" and configs["clearclip"]["attention"] == "qq"
+    assert configs["clearclip"]["depth"] == 3  # --depth applies to a method with architecture surgery
+    assert configs["raw"]["depth"] == 0  # ... not to vanilla CLIP (depth 0)
+    assert METHODS["clearclip"].depth == 1  # the registry itself is untouched
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert names == sorted(f"00002_{lab}_{m}.png" for lab in ("pepper", "tank") for m in summary["methods"])
+    gradient = summary["images"][0]["methods"]["gradcam"]
+    assert len(gradient["probabilities"]) == 2 and len(gradient["points"]) == 2
+
+
+def test_cli_unknown_method_lists_the_known_ones(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        main(["explain", str(COMPOSITE), "--labels", "cat", "--method", "surgery,nope", "--out", str(out)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "clearclip" in err and "gradcam" in err
+    assert not out.exists()
+
+
+def test_cli_vocabulary_reaches_feature_surgery(tmp_path, monkeypatch):
+    """Two labels alone: feature surgery over two classes makes the maps complements; a vocabulary of
+    more classes breaks that, and the overlays are exactly explain(..., vocabulary=...)'s."""
+    from surgery_lib.data.shipped import example_images
+    from surgery_lib.maps.explain import explain
+    from surgery_lib.maps.images import preprocess_images, to_rgb
+    from surgery_lib.model.loading import load_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    classes = example_images("composites", limit=1)[0]
+    labels = ["pepper", "tank"]
+    alone = _run(tmp_path / "alone", "--labels", *labels, "--method", "surgery")
+    wide = _run(
+        tmp_path / "wide", "--labels", *labels, "--method", "surgery", "--vocabulary", ",".join(classes)
+    )
+    assert alone["vocabulary"] == labels
+    assert wide["vocabulary"][:2] == labels and sorted(wide["vocabulary"]) == sorted(classes)
+    p_alone = alone["images"][0]["methods"]["surgery"]["probabilities"]
+    p_wide = wide["images"][0]["methods"]["surgery"]["probabilities"]
+    assert sum(p_alone) == pytest.approx(1.0) and sum(p_wide) < 1.0  # softmax over the vocabulary
+
+    clip = load_clip()
+    with Image.open(COMPOSITE) as opened:
+        image = to_rgb(opened, "composite").copy()
+    batch = preprocess_images([image], size=clip.image_size)
+    size = (image.height, image.width)
+    for folder, vocabulary in (("alone", None), ("wide", classes)):
+        ex = explain(clip.model, clip.tokenizer, batch, labels, "surgery", size, vocabulary=vocabulary)
+        complements = torch.allclose(ex.maps[0, ..., 0] + ex.maps[0, ..., 1], torch.ones(size), atol=1e-4)
+        assert complements == (vocabulary is None)
+        for j, label in enumerate(labels):
+            want = np.asarray(overlay(image, ex.maps[0, :, :, j], 0.5))
+            with Image.open(tmp_path / folder / "out" / f"00002_{label}_surgery.png") as written:
+                np.testing.assert_array_equal(np.asarray(written), want)
+
+
+def test_cli_empty_vocabulary_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["explain", str(COMPOSITE), "--labels", "cat", "--vocabulary", " , ", "--out", str(out)]) == 2
+    assert "--vocabulary names no class" in capsys.readouterr().err
