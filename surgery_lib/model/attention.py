@@ -110,7 +110,7 @@ def attend(
         if bias is not None:
             raise ValueError("the attention kind 'gem' takes no logit bias")
         a_v, a_k, a_q = _gem_weights(q, k, v, temperature, iters)
-        return (a_v @ v + a_k @ v + a_q @ v) / 3
+        return ((a_v + a_k + a_q) @ v) / 3  # one product with v instead of three
     a, b = _pair(kind, q, k, v)
     if temperature is None:
         return F.scaled_dot_product_attention(a, b, v, attn_mask=bias)

@@ -793,6 +793,10 @@ METHOD_TITLES: dict[str, str] = {
 (:func:`method_title`)."""
 
 
+_MAP_LABEL = "map (min-max per map)"
+"""The colorbar label of the method figures (similarities, or a gradient method's relevance)."""
+
+
 def method_title(method: str) -> str:
     """The display name of a method (:data:`METHOD_TITLES`); any other name is shown as it is."""
     return METHOD_TITLES.get(method, str(method))
@@ -807,16 +811,18 @@ def _label_index(label: str, labels: Sequence[str]) -> int:
 
 
 def _outline(ax: Axes, mask: np.ndarray | torch.Tensor | None, hw: tuple[int, int]) -> None:
-    """The outline of a ground-truth mask (resized to the map ``hw`` by nearest neighbour), in white."""
+    """The outline of a ground-truth mask (resized to the map ``hw`` by nearest neighbour), drawn as
+    :func:`map_grid` draws its ``masks``."""
     if mask is None:
         return
-    m = _as_array(mask).astype(bool)
+    m = _as_array(mask).astype(float)
     if m.ndim != 2:
         raise ValueError(f"an outline mask must be (H, W), got shape {m.shape}")
     if m.shape != hw:
-        m = np.asarray(Image.fromarray(m).resize((hw[1], hw[0]), Image.NEAREST))
-    if m.any() and not m.all():
-        ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=0.9)
+        m = _fitted_mask(m, hw)
+    if (m > 0.5).any() and not (m > 0.5).all():
+        ax.contour(m, levels=[0.5], colors="white", linewidths=0.8)
+        ax.contour(m, levels=[0.5], colors="black", linewidths=0.4, linestyles="dashed")
 
 
 def _method_arrays(maps_by_method: Mapping[str, object], rows: int, labels: Sequence[str]) -> dict:
@@ -841,9 +847,10 @@ def method_grid(
     labels: Sequence[str],
     row_titles: Sequence[str] | None = None,
     cmap: str = DEFAULT_CMAP,
-    alpha: float = 0.5,
+    alpha: float = 0.7,
     panel_size: float = 1.4,
     outlines: Sequence[np.ndarray | torch.Tensor | None] | None = None,
+    grey_image: bool = True,
 ) -> Figure:
     """Methods side by side for one label: rows = images; columns = the image, then one map per method.
 
@@ -856,8 +863,9 @@ def method_grid(
             each image's own object; shown left of each row).
         labels: the T labels along the maps' last axis.
         row_titles: R titles shown left of each row (e.g. image names).
-        outlines: R ground-truth masks ``(H, W)`` (or None), outlined in white on every panel of their
-            row (e.g. each image's mask of the label shown).
+        outlines: R ground-truth masks ``(H, W)`` (or None), outlined on every panel of their row (e.g.
+            each image's mask of the label shown).
+        cmap, alpha, grey_image: as in :func:`map_grid` (the maps are drawn as given, in [0, 1]).
     Raises:
         ValueError: a label not among ``labels`` (naming it), or maps that do not fit the images.
     """
@@ -865,6 +873,7 @@ def method_grid(
         raise ValueError("no images to draw")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_cmap(cmap)
     rows = len(images)
     single = isinstance(label, str)
     row_labels = [label] * rows if single else list(label)
@@ -891,7 +900,8 @@ def method_grid(
             axes[r, 0].imshow(_fitted(image, arrays[methods[0]][r].shape[:2]))
             _bare(axes[r, 0])
             for c, method in enumerate(methods, start=1):
-                _overlay(axes[r, c], image, arrays[method][r][:, :, index[r]], cmap, alpha)
+                heat = arrays[method][r][:, :, index[r]]
+                _overlay(axes[r, c], image, heat, cmap, alpha, grey_image=grey_image)
             for ax in axes[r] if outlines is not None else ():
                 _outline(ax, outlines[r], arrays[methods[0]][r].shape[:2])
             left = [row_titles[r]] if row_titles is not None else []
@@ -903,7 +913,7 @@ def method_grid(
             axes[0, c].set_title(plain_text(method_title(method)))
         if single:
             fig.suptitle(plain_text(f"maps of “{label}”"), fontsize=9)
-        fig.colorbar(_opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="map (min-max)")
+        fig.colorbar(_opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=_MAP_LABEL)
     return fig
 
 
@@ -913,10 +923,11 @@ def method_label_grid(
     labels: Sequence[str],
     map_labels: Sequence[str] | None = None,
     cmap: str = DEFAULT_CMAP,
-    alpha: float = 0.5,
+    alpha: float = 0.7,
     panel_size: float = 1.4,
     titles: Sequence[str] | None = None,
     outlines: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+    grey_image: bool = True,
 ) -> Figure:
     """One image, methods × labels: rows = methods (display names on the left), columns = labels.
 
@@ -927,7 +938,8 @@ def method_label_grid(
         map_labels: the T labels along the maps' last axis (default: ``labels``), e.g. the dataset's
             whole class list when the maps were computed over it and a few are shown.
         titles: column titles (default: ``labels``), e.g. to mark a label that is not in the image.
-        outlines: ``{label: (H, W) mask}``: ground-truth masks outlined in white in their label's column.
+        outlines: ``{label: (H, W) mask}``: ground-truth masks outlined in their label's column.
+        cmap, alpha, grey_image: as in :func:`map_grid` (the maps are drawn as given, in [0, 1]).
     Raises:
         ValueError: a label not among ``map_labels`` (naming it), or maps of the wrong shape.
     """
@@ -936,6 +948,7 @@ def method_label_grid(
         raise ValueError("no labels to draw")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_cmap(cmap)
     map_labels = labels if map_labels is None else list(map_labels)
     titles = labels if titles is None else list(titles)
     if len(titles) != len(labels):
@@ -954,12 +967,12 @@ def method_label_grid(
         )
         for r, method in enumerate(methods):
             for c, j in enumerate(index):
-                _overlay(axes[r, c], image, arrays[method][0][:, :, j], cmap, alpha)
+                _overlay(axes[r, c], image, arrays[method][0][:, :, j], cmap, alpha, grey_image=grey_image)
                 _outline(axes[r, c], (outlines or {}).get(labels[c]), arrays[method][0].shape[:2])
             axes[r, 0].set_ylabel(plain_text(method_title(method)))
         for c, name in enumerate(titles):
             axes[0, c].set_title(plain_text(name))
-        fig.colorbar(_opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="map (min-max)")
+        fig.colorbar(_opaque(cmap), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=_MAP_LABEL)
     return fig
 
 

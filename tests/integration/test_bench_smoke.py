@@ -40,3 +40,15 @@ def test_training_benchmark_smoke_run(capsys):
     out = capsys.readouterr().out
     assert "| toy-rn | 2 |" in out and out.rstrip().endswith("channels-last |")
     assert "| toy-vit | 2 |" in out and "| contiguous |" in out
+
+
+def test_methods_benchmark_smoke_run(capsys):
+    module = _script("bench_methods")
+    assert module.main(["--quick", "--repeats", "1", "--size", "32", "--batches", "2", "--classes", "3"]) == 0
+    out = capsys.readouterr().out
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("|")]
+    rows = {(c[0], c[2]): c for c in cells[2:]}  # (method, batch) -> the row's cells
+    assert cells[0][:3] == ["method", "kind", "batch"] and "method/vanilla" in cells[0]
+    assert set(rows) == {(m, "2") for m in ("vanilla (A/A)", *module.METHODS, *module.GRADIENT_METHODS)}
+    assert rows[("surgery", "2")][1] == "forward" and rows[("surgery", "2")][6] == "≤ 1.10"
+    assert rows[("chefer", "2")][1] == "gradient" and rows[("chefer", "2")][6] == "≤ 3.00"
