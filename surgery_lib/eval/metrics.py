@@ -15,6 +15,7 @@ game), and also reports the fraction of (image, class) pairs with SC < 0.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,29 @@ class ExplainabilityMeter:
     def add_scores(self, label: str, scores: MapScores) -> None:
         """Add scores computed elsewhere (e.g. read back from a per-image record)."""
         self._scores[label].append(scores)
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The mean of ``values`` and a percentile bootstrap confidence interval over them (e.g. over
+    images): ``(mean, low, high)``. Deterministic for a seed; one value gives a zero-width interval.
+
+    Raises:
+        ValueError: no values, non-finite values, or ``level`` outside (0, 1).
+    """
+    data = np.asarray(values, dtype=np.float64).ravel()
+    if data.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not np.isfinite(data).all():
+        raise ValueError("bootstrap_ci got NaN or infinite values")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(data.mean()), float(low), float(high)
 
 
 def mask_iou(prediction: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:

@@ -473,36 +473,132 @@ def attention_figure(
     return fig
 
 
+PAGE_WIDTHS: dict[str, float] = {"single": 3.5, "double": 7.2}
+"""Figure widths in inches: a single column and the full text width of a two-column paper."""
+
+_OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+"""The Okabe-Ito palette: distinguishable by colour-blind readers and in greyscale print."""
+
+METHOD_COLORS: dict[str, str] = {
+    "raw": "#7F7F7F",
+    "surgery": "#0072B2",
+    "surgery-no-fs": "#56B4E9",
+    "feature-surgery-only": "#A6CEE3",
+    "maskclip": "#E69F00",
+    "sclip": "#CC79A7",
+    "gem": "#F0E442",
+    "clearclip": "#009E73",
+    "naclip": "#D55E00",
+    "gradcam": "#000000",
+    "attn_gradcam": "#444444",
+    "chefer": "#8C564B",
+    "chefer-all-layers": "#C49C94",
+}
+"""One colour per method, shared by every chart (raw CLIP grey, CLIP Surgery blue)."""
+
+
+def page_width(width: str | float) -> float:
+    """A width in inches from a name of :data:`PAGE_WIDTHS` or a positive number."""
+    if isinstance(width, str):
+        if width not in PAGE_WIDTHS:
+            raise ValueError(f"unknown width {width!r}; expected one of {tuple(PAGE_WIDTHS)} or inches")
+        return PAGE_WIDTHS[width]
+    if not width > 0:
+        raise ValueError(f"width must be positive inches, got {width}")
+    return float(width)
+
+
+def series_colors(names: Sequence[str]) -> list[str]:
+    """A colour per series: the method's own (:data:`METHOD_COLORS`), else the Okabe-Ito palette."""
+    others = iter(c for c in _OKABE_ITO if c not in {METHOD_COLORS.get(n) for n in names})
+    return [METHOD_COLORS.get(name) or next(others, "#999999") for name in names]
+
+
 def bar_chart(
     values: Mapping[str, Mapping[str, float]],
     ylabel: str,
     title: str = "",
     xlabel: str = "",
+    errors: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+    width: str | float = "double",
+    top_k: int | None = None,
 ) -> Figure:
-    """Grouped bars: ``values[group][series]`` (groups along x, one colour per series)."""
+    """Grouped bars ``values[group][series]`` that fit the page.
+
+    Few groups: vertical grouped bars across ``width`` (:data:`PAGE_WIDTHS` name or inches). Many
+    groups (per-class results: 31, 59, 171 classes): horizontal bars sorted by the first series, the
+    ``top_k`` best shown (default: as many as fit) and the rest summarised in one "other" row
+    (their mean), so the figure never grows wider than ``width``.
+
+    Args:
+        errors: ``errors[group][series] = (low, high)`` confidence limits (e.g. :func:`~surgery_lib.eval.
+            metrics.bootstrap_ci`), drawn as error bars.
+    """
     groups = list(values)
     if not groups:
         raise ValueError("no values to plot")
+    inches = page_width(width)
     series = list(dict.fromkeys(s for g in groups for s in values[g]))
+    colors = series_colors(series)
     plt = _pyplot()
+    bars = len(groups) * len(series)
+    horizontal = bars * 0.18 + 0.8 > inches
     with figure_style():
-        fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * len(groups) * len(series) + 1.0), 2.4))
-        width = 0.8 / len(series)
-        x = np.arange(len(groups))
-        for i, name in enumerate(series):
-            heights = [values[g].get(name, np.nan) for g in groups]
-            ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
-        ax.set_xticks(x, groups, rotation=30 if max(len(g) for g in groups) > 6 else 0, ha="right")
-        ax.axhline(0.0, color="black", linewidth=0.6)
-        ax.set_ylabel(ylabel)
-        if xlabel:
-            ax.set_xlabel(xlabel)
+        if not horizontal:
+            fig, ax = plt.subplots(figsize=(inches, 2.4))
+            step = 0.8 / len(series)
+            x = np.arange(len(groups))
+            for i, name in enumerate(series):
+                heights = np.array([values[g].get(name, np.nan) for g in groups], dtype=float)
+                err = _error_bars(errors, groups, name, heights)
+                ax.bar(x + (i - (len(series) - 1) / 2) * step, heights, step, label=plain_text(name),
+                       color=colors[i], yerr=err, capsize=1.5, error_kw={"linewidth": 0.6})  # fmt: skip
+            ax.set_xticks(x, [plain_text(g) for g in groups], rotation=30 if max(map(len, groups)) > 6 else 0,
+                          ha="right" if max(map(len, groups)) > 6 else "center")  # fmt: skip
+            ax.axhline(0.0, color="black", linewidth=0.6)
+            ax.set_ylabel(ylabel)
+            if xlabel:
+                ax.set_xlabel(xlabel)
+        else:
+            first = series[0]
+            ordered = sorted(groups, key=lambda g: -np.nan_to_num(values[g].get(first, np.nan), nan=-np.inf))
+            fit = max(1, int((9.0 - 0.8) / (0.12 * len(series) + 0.04)))  # rows that fit a page's height
+            k = min(len(ordered), top_k or fit)
+            shown, rest = ordered[:k], ordered[k:]
+            rows = [*shown, f"other ({len(rest)}, mean)"] if rest else shown
+            height = min(9.0, 0.8 + len(rows) * (0.12 * len(series) + 0.04))
+            fig, ax = plt.subplots(figsize=(inches, height))
+            step = 0.8 / len(series)
+            y = np.arange(len(rows))[::-1]
+            for i, name in enumerate(series):
+                lengths = [values[g].get(name, np.nan) for g in shown]
+                if rest:
+                    lengths.append(float(np.nanmean([values[g].get(name, np.nan) for g in rest])))
+                lengths = np.array(lengths, dtype=float)
+                err = _error_bars(errors, shown, name, lengths[: len(shown)])
+                if err is not None and rest:
+                    err = np.concatenate([err, np.zeros((2, 1))], axis=1)
+                ax.barh(y - (i - (len(series) - 1) / 2) * step, lengths, step, label=plain_text(name),
+                        color=colors[i], xerr=err, capsize=1.5, error_kw={"linewidth": 0.6})  # fmt: skip
+            ax.set_yticks(y, [plain_text(r) for r in rows])
+            ax.axvline(0.0, color="black", linewidth=0.6)
+            ax.set_xlabel(ylabel)
+            if xlabel:
+                ax.set_ylabel(xlabel)
         if title:
-            ax.set_title(title)
+            ax.set_title(plain_text(title))
         if len(series) > 1:
             ax.legend(frameon=False)
         fig.tight_layout()
     return fig
+
+
+def _error_bars(errors, groups: Sequence[str], name: str, centres: np.ndarray) -> np.ndarray | None:
+    """``(2, n)`` distances below/above each bar from ``errors[group][name] = (low, high)``."""
+    if not errors:
+        return None
+    limits = np.array([errors.get(g, {}).get(name, (np.nan, np.nan)) for g in groups], dtype=float)
+    return np.stack([centres - limits[:, 0], limits[:, 1] - centres]).clip(min=0.0)
 
 
 def line_chart(

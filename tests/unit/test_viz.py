@@ -212,3 +212,56 @@ def test_contours_and_thresholded_view(image):
     viz.close(fig)
     with pytest.raises(ValueError, match="threshold"):
         viz.map_grid([image], [heat], ["cat"], threshold=2.0)
+
+
+def test_dual_path_diagram_draws_one_column_per_surgery_block(tmp_path):
+    fig = viz.dual_path_diagram(n_blocks=8, depth=6)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum(t.startswith("block ") for t in texts) == 6 and "blocks 0–1\nq-k attn + FFN" in texts
+    assert sum("v-v attn" in t for t in texts) == 6
+    (path,) = viz.save_figure(fig, "05_dual_path", tmp_path, formats=("png",))
+    viz.close(fig)
+    assert path.is_file()
+    full = viz.dual_path_diagram(n_blocks=4, depth=4)  # every block is a surgery block
+    assert not any(t.get_text().startswith("blocks 0") for t in full.axes[0].texts)
+    viz.close(full)
+    with pytest.raises(ValueError, match="depth"):
+        viz.dual_path_diagram(n_blocks=4, depth=5)
+
+
+def test_bar_charts_fit_the_page_with_many_classes():
+    rng = np.random.default_rng(0)
+    many = {f"class {i}": {"raw": float(rng.random()), "surgery": float(rng.random())} for i in range(171)}
+    fig = viz.bar_chart(many, "IoU (%)")
+    assert fig.get_size_inches()[0] <= 7.2 + 1e-6 and fig.get_size_inches()[1] <= 9.0 + 1e-6
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    best = max(many, key=lambda g: many[g]["raw"])
+    assert labels[0] == best and labels[-1].startswith("other (")  # sorted, best on top, the rest summarised
+    viz.close(fig)
+    few = viz.bar_chart(
+        {"a": {"raw": 1.0}, "b": {"raw": 2.0}}, "y", width="single", errors={"a": {"raw": (0.5, 1.5)}}
+    )
+    assert few.get_size_inches()[0] == pytest.approx(3.5)
+    viz.close(few)
+    with pytest.raises(ValueError, match="unknown width 'poster'"):
+        viz.bar_chart(many, "y", width="poster")
+
+
+def test_methods_keep_their_colour_everywhere():
+    assert viz.series_colors(["surgery", "raw"]) == [viz.METHOD_COLORS["surgery"], viz.METHOD_COLORS["raw"]]
+    a, b = viz.series_colors(["seen", "new"])
+    assert a != b
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
+    from surgery_lib.eval.metrics import bootstrap_ci
+
+    values = np.random.default_rng(1).normal(10.0, 2.0, size=200)
+    mean, low, high = bootstrap_ci(values)
+    assert low < mean < high and high - low < 1.5
+    assert bootstrap_ci(values) == (mean, low, high)
+    assert bootstrap_ci([3.0]) == (3.0, 3.0, 3.0)
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_ci([1.0, float("nan")])
