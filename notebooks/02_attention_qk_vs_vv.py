@@ -13,13 +13,18 @@
 # %% [markdown]
 # # 02 · q-k vs v-v attention: which tokens does a token attend to?
 #
-# **Question.** Why are raw CLIP's dense features poorly localised? The paper's answer: in CLIP's
-# q-k self-attention a token attends to tokens of *other* regions (inconsistent semantic regions),
-# while v-v (and q-q, k-k) attention keeps it within its own region.
+# **Question.** Why do raw CLIP's maps point at the background (the paper's *opposite* visualization)?
+# The paper's answer: in CLIP's q-k self-attention a token attends to tokens of *other* regions
+# (inconsistent semantic regions), while v-v (and q-q, k-k) attention keeps it within its own region.
+# The paper names a second, separate problem, the *noisy* activations, and another cause for it:
+# redundant features shared by all classes (notebook 04). This notebook is about the first.
 #
-# **Reproduces.** The paper's Fig. 3 (attention maps of one query token for q-k, q-q, k-k, v-v) and a
-# measure behind it: the attention mass a query keeps inside its own region (object or background,
-# from masks), per block and attention kind.
+# **Reproduces.** The paper's figure of one query token's attention under q-k and under v-v
+# self-attention (here with q-q and k-k as well), and a measure behind it: the attention mass a query
+# keeps inside its own region (object or background, from masks), per block and attention kind.
+# That *own-region attention mass* is this project's measure, not the paper's: the paper shows the
+# attention maps, and its numbers (mIoU, mSC) score the similarity maps an attention kind produces
+# (notebooks 01, 05, 06).
 
 # %% tags=["parameters"]
 import os
@@ -56,7 +61,7 @@ save_figure(explorer.figure(), "02_attention_kinds_last_block")
 explorer
 
 # %% [markdown]
-# ## How much attention stays in the query's own region
+# ## How much attention stays in the query's own region (this project's measure)
 # For each image: query patches from each object and from the background; "own mass" is the attention
 # on patches of the query's region (class token excluded). The dashed line is the chance level (the
 # region's share of the patches).
@@ -89,7 +94,9 @@ means.round(3)
 # ## What you should see
 # - Object queries: q-k attention keeps the least mass in the object — it spreads over other regions,
 #   the paper's "inconsistent semantic regions" — while v-v, q-q and k-k keep clearly more. This is the
-#   paper's explanation of noisy, opposite raw maps, and why the surgery uses v-v attention.
+#   paper's explanation of the *opposite* raw maps, and why the surgery uses v-v attention. It does not
+#   explain the *noise*: that comes from redundant features every class shares, which feature surgery
+#   removes (notebook 04).
 # - Background queries keep most of their attention in the background for every kind (the background
 #   covers most patches, so chance is high too).
 # - The toy ViT has 8 blocks and an 8 × 8 grid (ViT-B/16: 12 blocks, 14 × 14); its curves are noisier.

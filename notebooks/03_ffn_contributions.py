@@ -17,13 +17,15 @@
 # background? The paper finds the FFNs of the last blocks add noise to the dense features, so the
 # surgery's new path skips them.
 #
-# **Reproduces.** The paper's analysis of FFN contributions (its Fig. 4 idea) and an ablation of the
-# architecture surgery's depth and FFN skipping (its Table 5/6 idea).
+# **Reproduces.** The paper's analysis of what the FFNs contribute to the dense features, and an
+# ablation of the architecture surgery's depth and FFN skipping (the idea of the paper's ablation
+# tables; notebook 05 adds the dual path and zero-shot accuracy to it).
 #
 # The output tokens split *exactly* into per-block attention and FFN parts (ln_post linearised with the
 # final stream's own statistics; `surgery_lib.model.introspection.residual_contributions`). A part's
 # *contrast* is its mean similarity share over the object's patches minus over the background's: the
-# parts' contrasts add up to the raw map's.
+# parts' contrasts add up to the raw map's. This per-part contrast is this project's measure; mIoU and
+# mSC (the ablation) are the paper's.
 
 # %% tags=["parameters"]
 import os

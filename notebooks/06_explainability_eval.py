@@ -27,6 +27,8 @@
 # out); IoU of the map thresholded at 0.5; score contrast SC = mean inside − mean outside (×100);
 # pointing game; each averaged per class, then over classes. The paper does not publish its exact
 # protocol (threshold, class list per image); this one is documented in `surgery_lib.eval.metrics`.
+# mIoU and mSC are the paper's measures; the pointing game and the "opposite" share (pairs with SC < 0,
+# `opposite_rate`) are this project's own.
 
 # %% tags=["parameters"]
 import os

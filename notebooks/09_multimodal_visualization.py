@@ -13,16 +13,26 @@
 # %% [markdown]
 # # 09 · Multimodal visualization: which words of a caption CLIP relies on, and where each lands
 #
-# **Question.** Given an image and a whole caption, which words does CLIP match to the image, and
-# where in the image does each word land? The paper treats every text token like a class: its feature
-# is compared with the image tokens, and feature surgery removes what all words share.
+# **Question.** Given an image and a whole caption, which tokens does CLIP match to the image, and
+# where in the image does each land? The paper treats every text token like a class: its feature is
+# compared with the image tokens, and feature surgery removes what all tokens share.
 #
-# **Reproduces.** The paper's multimodal visualization (its Fig. 10 idea: per-word maps of a caption
-# and the importance of each word), with the two ways of removing the redundant part: the empty
-# prompt's features, or the mean over the caption's words.
+# **Reproduces.** The paper's multimodal visualization (its figure of captions with the most activated
+# tokens marked, `[start]` and `[end]` included, over the images' maps): per-token maps of a caption and
+# the importance of each token, with the two ways of removing the redundant part: the empty prompt's
+# features, or the mean over the caption's tokens. As the reference does, all n + 2 token features are
+# taken — the start and end tokens included — before CLIP's argmax over the end position
+# (`caption_tokens(..., special_tokens=True)`).
 #
-# Word importance (`surgery_lib.maps.multimodal.word_importance`) is the class token's score of each word,
-# min-max normalised over the caption. Per-word maps are the patch rows of `word_similarity`.
+# **Caveat.** Only the end token's position is trained to align with images: CLIP's text embedding *is*
+# the `[end]` row. The other positions' features pass through the same final norm and projection, but
+# nothing trained them to be compared with image tokens, so their scores and maps are a probe of the
+# text tower, not an explanation CLIP was trained to give. (`[start]`'s feature is even the same for
+# every caption: the text tower's attention is causal, so position 0 sees only itself.)
+#
+# Token importance (`surgery_lib.maps.multimodal.word_importance`) is the class token's score of each
+# token, min-max normalised over the caption. Per-token maps are the patch rows of `word_similarity`.
+# The "hit rate" of the last section is this project's measure.
 
 # %% tags=["parameters"]
 import os
@@ -40,7 +50,7 @@ from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.sets import caption_word_records
 from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import similarity_map
-from surgery_lib.maps.multimodal import caption_tokens, word_importance, word_similarity
+from surgery_lib.maps.multimodal import END, caption_tokens, word_importance, word_similarity
 from surgery_lib.maps.text import empty_prompt_features
 from surgery_lib.model.loading import load_clip
 from surgery_lib.ui.claims import check_claims
@@ -54,13 +64,14 @@ captions = [item.describe() for item in items]
 empty = empty_prompt_features(model, tokenizer)
 
 # %% [markdown]
-# ## One caption: word importance and per-word maps
-# The composite with the most objects among the first images; its caption names each of them.
+# ## One caption: token importance and per-token maps
+# The composite with the most objects among the first images; its caption names each of them. The start
+# and end tokens are included, as in the paper.
 
 # %%
 index = max(range(len(items)), key=lambda i: len(items[i].masks))
 item, caption = items[index], captions[index]
-cap = caption_tokens(model, tokenizer, caption)
+cap = caption_tokens(model, tokenizer, caption, special_tokens=True)
 batch = loaded.reference_preprocess(item.image).unsqueeze(0)
 tokens = {
     name: encode_image_tokens(model, batch, config)
@@ -77,7 +88,7 @@ def word_maps(method: str, redundancy: str):
 
 
 surgery_sim = word_similarity(tokens["CLIP Surgery"][0], cap, "empty_prompt", empty)
-fig = caption_figure(cap.words, word_importance(surgery_sim)[0], title="word importance (class token)")
+fig = caption_figure(cap.words, word_importance(surgery_sim)[0], title="token importance (class token)")
 save_figure(fig, "09_word_importance")
 
 # %%
@@ -91,7 +102,8 @@ save_figure(fig, "09_word_maps_raw")
 # %% [markdown]
 # ## Try your own caption
 # Type a caption (Enter applies it) and pick the redundancy option: the words shaded by importance and
-# each word's map under CLIP Surgery.
+# each word's map under CLIP Surgery. (The explorer shows the content tokens only, without `[start]`
+# and `[end]`.)
 
 # %%
 caption_explorer = CaptionExplorer(loaded, item.image, caption)
@@ -100,8 +112,9 @@ caption_explorer
 # %% [markdown]
 # ## The two redundancy options side by side (CLIP Surgery)
 # `empty_prompt` subtracts the features of the empty text `""`; `word_mean` subtracts the mean over the
-# caption's own words (the multi-class form of feature surgery). On the class token both shift every
-# word's score by the same amount, so the word importance is the same; the maps differ.
+# caption's own tokens, `[start]` and `[end]` included (the multi-class form of feature surgery). On the
+# class token both shift every token's score by the same amount, so the importance is the same; the
+# maps differ.
 
 # %%
 options = ["empty_prompt", "word_mean"]
@@ -138,11 +151,34 @@ hits["chance"] = 100 * words.groupby(["importance", "redundancy"])["chance"].mea
 hits.round(1)
 
 # %% [markdown]
+# ## Measured: how often is `[end]` the most activated token?
+# The same images with the start and end tokens ranked too: the share of captions whose top token is
+# `[end]`, per importance, method and redundancy option, next to the chance of a token drawn at random.
+
+# %%
+special_rows = []
+for name, source in {"seen": "composites", "new": "composites-new"}.items():
+    _, set_items = example_images(source, limit=LIMIT)
+    set_captions = [item.describe() for item in set_items]
+    for r in caption_word_records(
+        model, tokenizer, set_items, set_captions, loaded.image_size, special_tokens=True
+    ):
+        special_rows.append({**r, "set": name, "end_top": r["word"] == END, "one_in": 1 / r["tokens"]})
+special = pd.DataFrame(special_rows)
+end_top = special.pivot_table(index=["importance", "redundancy"], columns="method", values="end_top") * 100
+end_top["chance"] = 100 * special.groupby(["importance", "redundancy"])["one_in"].mean()
+end_top.round(1)
+
+# %% [markdown]
 # ## What you should see
-# - The per-word maps of CLIP Surgery put each class word on its object, while the template words
-#   ("a", "photo", "of") get flat or scattered maps; raw CLIP's word maps are noisy, often brighter
-#   on the background.
-# - The most important word is a class word in the image far more often than a random word is.
+# - The per-token maps of CLIP Surgery put each class word on its object; raw CLIP's token maps are
+#   noisy, often brighter on the background. Do not expect function words to be flat: the paper reports
+#   that tokens such as "in", "." and "of" can respond strongly, and that `[end]` — the one position
+#   trained to align with images — is often the most activated token. (Mind the caveat above: only
+#   `[end]`'s feature is trained for this comparison.)
+# - Among the content tokens, the most important is a class word in the image far more often than a
+#   random word is. With `[start]` and `[end]` ranked too, `[end]` is the top token more often than
+#   chance (the paper's finding; on the toy model it may not be).
 # - The class-token importance is the same for raw CLIP and CLIP Surgery (the dual path keeps the class
 #   token vanilla) and for both redundancy options (each shifts all words equally); the methods and the
 #   options differ in the maps, hence in the "patch peak" ranking.
@@ -157,6 +193,11 @@ claims = {
         (ct[["raw", "surgery"]].to_numpy() == ct["raw"].iloc[0]).all()
     ),
 }
+end_ct = end_top.loc["class token"]
+claims[
+    f"[end] is the top token by class-token importance more often than chance "
+    f"({end_ct['raw'].iloc[0]:.1f} % vs {end_ct['chance'].iloc[0]:.1f} %)"
+] = end_ct["raw"].iloc[0] > end_ct["chance"].iloc[0]
 for option in options:
     raw, surgery = peak.loc[option, "raw"], peak.loc[option, "surgery"]
     claims[

@@ -22,7 +22,12 @@ AttentionKind = Literal["qk", "vv", "qq", "kk", "identity", "qq+kk", "gem"]
 
 ``qk``: ordinary self-attention; ``vv``: the paper's value-value attention;
 ``qq`` / ``kk``: query-query and key-key attention (ClearCLIP, NACLIP);
-``identity``: no attention mixing at all, each token keeps its own value (as in MaskCLIP);
+``identity``: no attention mixing at all, each token keeps its own value. MaskCLIP's trick, but
+only at ``depth=1``: MaskCLIP changes the last block alone (and its official code keeps that block's
+residual and FFN). For MaskCLIP use the ``METHODS["maskclip"]`` preset (identity attention, single path,
+depth 1, FFN kept); ``attention="identity"`` under the paper's defaults (dual path, 6 blocks, FFN
+skipped) is an ablation, not MaskCLIP (at depth 1 it is the reference code's commented-out
+``mask_clip`` option);
 ``qq+kk``: SCLIP's correlative self-attention, the SUM ``softmax(s·qqᵀ) + softmax(s·kkᵀ)`` (rows sum
 to 2); ``gem``: GEM's self-self ensemble ``(A_q + A_k + A_v) / 3`` over L2-normalised projections,
 refined by ``self_attn_iters`` clustering iterations, at the temperature ``attn_temperature``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,3 +58,16 @@ class AnnotatedImage:
                 f"target {target!r}: no mask for {missing or names} in {self.name}; known: {self.labels}"
             )
         return np.any([self.masks[n] for n in names], axis=0)
+
+
+def size_groups(items: Sequence[AnnotatedImage], batch: int = 16) -> list[list[int]]:
+    """Indices of consecutive items of the same image size, at most ``batch`` per group (images of one
+    size can be stacked into one batch)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    groups: list[list[int]] = []
+    for i, item in enumerate(items):
+        if not groups or len(groups[-1]) == batch or items[groups[-1][0]].image.size != item.image.size:
+            groups.append([])
+        groups[-1].append(i)
+    return groups

@@ -9,7 +9,17 @@ table or a plot; nothing here draws. Masks come from :class:`~surgery_lib.data.r
 * :func:`contribution_records` — per block and part (attention / FFN): its share of the
   foreground-minus-background similarity (notebook 03).
 * :func:`redundancy_records` — per (image, token): how much of the image-text feature products all
-  classes share, and how close the empty prompt's product is to that shared part (notebook 04).
+  classes share, and how close the empty prompt's product is to that shared part, next to controls
+  (notebook 04).
+* :func:`redundancy_subtraction_records`, :func:`redundancy_controls` — map scores after subtracting
+  the empty prompt's features or a control direction from every class (notebook 04).
+* :func:`vocabulary_sweep_records` — feature surgery's effect as the class list grows (notebook 04).
+* :func:`config_summary` — map scores next to zero-shot top-1 per config (ablations, notebook 05).
+* :func:`dual_path_decomposition` — the new path as a sum of v-v outputs, checked numerically (05).
+* :func:`multilabel_variants` — multi-label mAP for each scoring rule × normalisation (notebook 08).
+
+Measures that are this project's own, not the paper's: the pointing game, the share of "opposite"
+maps (SC < 0), the own-region attention mass, each part's contrast; the paper's are mIoU and mSC.
 """
 
 from __future__ import annotations
@@ -20,19 +30,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.records import AnnotatedImage
-from surgery_lib.eval.metrics import map_scores
-from surgery_lib.maps.explain import configured_similarity, encode_image_tokens
-from surgery_lib.maps.features import similarity_map
+from surgery_lib.config import METHODS, SurgeryConfig
+from surgery_lib.data.datasets import Dataset
+from surgery_lib.data.records import AnnotatedImage, size_groups
+from surgery_lib.eval.metrics import map_scores, mean_average_precision
+from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, similarity
+from surgery_lib.maps.features import cosine_similarity, similarity_map
+from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import empty_prompt_features, text_features
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
+from surgery_lib.model.attention import attend
 from surgery_lib.model.introspection import attention_maps, residual_contributions
 from surgery_lib.model.loading import LoadedCLIP
+from surgery_lib.model.surgery import Trace, dense_forward
 
 
-def _batch(loaded: LoadedCLIP, item: AnnotatedImage) -> torch.Tensor:
-    return loaded.reference_preprocess(item.image).unsqueeze(0)
+def _batch(loaded: LoadedCLIP, item: AnnotatedImage, image_size: int | None = None) -> torch.Tensor:
+    transform = loaded.reference_preprocess if image_size is None else reference_transform(image_size)
+    return transform(item.image).unsqueeze(0)
+
+
+def _with_vocabulary(labels: Sequence[str], vocabulary: Sequence[str] | None) -> list[str]:
+    """``labels`` first, then the other names of ``vocabulary`` (each once)."""
+    labels = list(labels)
+    if vocabulary is None:
+        return labels
+    return [*labels, *(v for v in dict.fromkeys(vocabulary) if v not in labels)]
 
 
 def _scorable(mask: np.ndarray) -> bool:
@@ -41,14 +64,59 @@ def _scorable(mask: np.ndarray) -> bool:
 
 @torch.no_grad()
 def maps_for(
-    loaded: LoadedCLIP, item: AnnotatedImage, labels: Sequence[str], config: SurgeryConfig
+    loaded: LoadedCLIP,
+    item: AnnotatedImage,
+    labels: Sequence[str],
+    config: SurgeryConfig,
+    vocabulary: Sequence[str] | None = None,
+    image_size: int | None = None,
 ) -> torch.Tensor:
-    """``(H, W, T)`` min-max normalised maps of ``labels`` at the image's own size."""
+    """``(H, W, T)`` min-max normalised maps of ``labels`` at the image's own size.
+
+    Args:
+        vocabulary: the class list feature surgery runs over (``labels`` added where missing); only
+            the labels' maps are returned. Without it the labels are the class list, and feature
+            surgery subtracts their own mean: with two labels the maps are complements.
+        image_size: the model's input side (``Resize((n, n))``); the native size by default.
+    """
     model, tokenizer = loaded.model, loaded.tokenizer
-    texts = text_features(model, tokenizer, labels)
-    tokens, grid = encode_image_tokens(model, _batch(loaded, item), config)
-    sim = configured_similarity(model, tokenizer, tokens, texts, config)
+    texts = text_features(model, tokenizer, _with_vocabulary(labels, vocabulary))
+    tokens, grid = encode_image_tokens(model, _batch(loaded, item, image_size), config)
+    sim = configured_similarity(model, tokenizer, tokens, texts, config)[..., : len(labels)]
     return similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0]
+
+
+@torch.no_grad()
+def empty_prompt_map(loaded: LoadedCLIP, item: AnnotatedImage, config: SurgeryConfig) -> torch.Tensor:
+    """``(H, W)`` min-max normalised map of the empty prompt ``""`` itself (its cosine similarity with
+    each patch token under ``config``'s tower), at the image's own size."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    tokens, grid = encode_image_tokens(model, _batch(loaded, item), config)
+    sim = cosine_similarity(tokens, empty_prompt_features(model, tokenizer))
+    return similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0, :, :, 0]
+
+
+def _pair_records(
+    item: AnnotatedImage, maps: torch.Tensor, classes: Sequence[str], method: str
+) -> list[dict]:
+    """Map scores of each class present in ``item`` (maps ``(H, W, T)`` over ``classes``)."""
+    records = []
+    for label, mask in item.masks.items():
+        if label not in classes or not _scorable(mask):
+            continue
+        s = map_scores(maps[:, :, list(classes).index(label)], torch.from_numpy(mask))
+        records.append(
+            {
+                "image": item.name,
+                "class": label,
+                "method": method,
+                "iou": 100.0 * s.iou,
+                "score_contrast": s.score_contrast,
+                "pointing_hit": s.pointing_hit,
+                "opposite": s.score_contrast < 0,
+            }
+        )
+    return records
 
 
 def map_records(
@@ -56,11 +124,13 @@ def map_records(
     items: Sequence[AnnotatedImage],
     classes: Sequence[str],
     methods: Mapping[str, SurgeryConfig],
+    image_size: int | None = None,
 ) -> list[dict]:
     """Explainability scores of each method's maps against each ground-truth mask.
 
-    Maps are computed over all ``classes`` (as in the paper's protocol: the dataset's class list),
-    then each class present in an image is scored (see :mod:`surgery_lib.eval.metrics`).
+    Maps are computed over all ``classes`` (the dataset's class list: this project's protocol, the
+    paper does not publish its own), then each class present in an image is scored (see
+    :mod:`surgery_lib.eval.metrics`). ``image_size``: the model's input side (native by default).
 
     Returns:
         records ``{"image", "class", "method", "iou", "score_contrast", "pointing_hit", "opposite"}``.
@@ -68,22 +138,8 @@ def map_records(
     records = []
     for item in items:
         for method, config in methods.items():
-            maps = maps_for(loaded, item, classes, config)
-            for label, mask in item.masks.items():
-                if label not in classes or not _scorable(mask):
-                    continue
-                s = map_scores(maps[:, :, list(classes).index(label)], torch.from_numpy(mask))
-                records.append(
-                    {
-                        "image": item.name,
-                        "class": label,
-                        "method": method,
-                        "iou": 100.0 * s.iou,
-                        "score_contrast": s.score_contrast,
-                        "pointing_hit": s.pointing_hit,
-                        "opposite": s.score_contrast < 0,
-                    }
-                )
+            maps = maps_for(loaded, item, classes, config, image_size=image_size)
+            records += _pair_records(item, maps, classes, method)
     return records
 
 
@@ -250,13 +306,24 @@ def redundancy_records(
     * ``empty_cosine``: cosine between ``m`` and the empty prompt's product ``f ⊙ e``;
     * ``shared_similarity``: ``sum(m)``, the similarity every class gets for free.
 
+    Controls for ``empty_cosine``, which is high largely by construction (both products are ``f``
+    times a text feature, so the channels where ``f`` is large dominate both):
+
+    * ``random_cosine``: the same cosine with the product ``f ⊙ u`` of a random unit direction ``u``
+      (one per call, seeded) instead of the empty prompt's;
+    * ``heldout_cosine``: a class's own product ``f ⊙ t_k`` against the mean product of the *other*
+      classes, averaged over k (what any text gets).
+
     Returns:
         records ``{"image", "token" (0 = class token), "region", "shared_fraction", "empty_cosine",
-        "shared_similarity"}``.
+        "random_cosine", "heldout_cosine", "shared_similarity"}``.
     """
     config = config or SurgeryConfig.paper().replace(feature_surgery=False)
     texts = text_features(loaded.model, loaded.tokenizer, classes).float()
     empty = empty_prompt_features(loaded.model, loaded.tokenizer).float().reshape(-1)
+    generator = torch.Generator().manual_seed(0)
+    random = F.normalize(torch.randn(empty.shape[0], generator=generator), dim=0).to(empty)
+    t = len(classes)
     records = []
     for item in items:
         tokens, grid = encode_image_tokens(loaded.model, _batch(loaded, item), config)
@@ -265,6 +332,9 @@ def redundancy_records(
         mean = products.mean(dim=1)  # (1+N, D)
         shared = mean.pow(2).sum(-1) / products.pow(2).sum(-1).mean(-1)
         empty_cos = F.cosine_similarity(mean, f * empty[None], dim=-1)
+        random_cos = F.cosine_similarity(mean, f * random[None], dim=-1)
+        others = (t * mean[:, None] - products) / max(t - 1, 1)  # (1+N, T, D) mean of the other classes
+        heldout_cos = F.cosine_similarity(others, products, dim=-1).mean(dim=1)
         region_of, _ = _cell_regions(item, grid) if item.masks else (torch.zeros(len(f) - 1), None)
         for n in range(len(f)):
             region = "class token" if n == 0 else ("object" if int(region_of[n - 1]) > 0 else "background")
@@ -275,7 +345,308 @@ def redundancy_records(
                     "region": region,
                     "shared_fraction": float(shared[n]),
                     "empty_cosine": float(empty_cos[n]),
+                    "random_cosine": float(random_cos[n]),
+                    "heldout_cosine": float(heldout_cos[n]),
                     "shared_similarity": float(mean[n].sum()),
                 }
             )
     return records
+
+
+@torch.no_grad()
+def redundancy_controls(loaded: LoadedCLIP, classes: Sequence[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Directions to subtract from every class feature (each ``(1, D)``), for
+    :func:`redundancy_subtraction_records`: ``"empty prompt"`` (the paper's single-text redundancy),
+    ``"class mean"`` (the unweighted mean of the class features: the multi-class form without its
+    class weights) and ``"random direction"`` (a seeded random unit vector, a control that is built
+    from neither the image nor the texts; the empty prompt's features are unit vectors too)."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    texts = text_features(model, tokenizer, classes).float()
+    empty = empty_prompt_features(model, tokenizer).float()
+    generator = torch.Generator().manual_seed(seed)
+    random = F.normalize(torch.randn(1, texts.shape[1], generator=generator), dim=-1).to(texts)
+    return {"empty prompt": empty, "class mean": texts.mean(dim=0, keepdim=True), "random direction": random}
+
+
+@torch.no_grad()
+def redundancy_subtraction_records(
+    loaded: LoadedCLIP,
+    items: Sequence[AnnotatedImage],
+    classes: Sequence[str],
+    redundants: Mapping[str, torch.Tensor | None],
+    config: SurgeryConfig | None = None,
+) -> list[dict]:
+    """Map scores when one direction ``r`` is subtracted from every class feature, ``S = f·(t_j − r)``.
+
+    Subtracting ``r`` moves every class's map by the same spatial pattern ``−f·r``: a direction that
+    holds the redundant features removes the part all classes share; a control direction should not
+    help. ``None`` means nothing subtracted (plain cosine). Tokens from ``config``'s tower
+    (architecture surgery without feature surgery by default).
+
+    Returns:
+        :func:`map_records`-style records, ``"method"`` = the name in ``redundants``.
+    """
+    config = config or SurgeryConfig.paper().replace(feature_surgery=False)
+    texts = text_features(loaded.model, loaded.tokenizer, classes).float()
+    records = []
+    for item in items:
+        tokens, grid = encode_image_tokens(loaded.model, _batch(loaded, item), config)
+        size = (item.image.height, item.image.width)
+        for name, r in redundants.items():
+            shifted = texts if r is None else texts - r.reshape(1, -1).to(texts)
+            maps = similarity_map(cosine_similarity(tokens, shifted)[:, 1:], size, grid)[0]
+            records += _pair_records(item, maps, classes, name)
+    return records
+
+
+@torch.no_grad()
+def vocabulary_sweep_records(
+    loaded: LoadedCLIP,
+    items: Sequence[AnnotatedImage],
+    classes: Sequence[str],
+    sizes: Sequence[int | None] = (1, 2, 5, None),
+    config: SurgeryConfig | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Feature surgery's effect on a class's map as the class list it runs over grows.
+
+    For each class present in an image, the vocabulary is that class plus ``k − 1`` other classes of
+    ``classes`` (a seeded random draw per image, nested: the 5 include the 2), or all of ``classes``
+    for ``None``. ``k = 1`` is the single-text form (the empty prompt as redundancy); with ``k = 2``
+    the two maps are exact complements (``S₂ = −S₁``), so the class's map is "where the other class is
+    not". Tokens from ``config``'s tower (the paper preset by default; it needs feature surgery on).
+
+    Returns:
+        :func:`map_records`-style records with ``"vocabulary"`` (the class-list size) and
+        ``"method"`` = ``"<k> classes"``.
+    """
+    config = config or SurgeryConfig.paper()
+    if not config.feature_surgery:
+        raise ValueError(
+            "the vocabulary sweep measures feature surgery: pass a config with feature_surgery=True"
+        )
+    model, tokenizer = loaded.model, loaded.tokenizer
+    classes = list(classes)
+    records = []
+    for i, item in enumerate(items):
+        tokens, grid = encode_image_tokens(model, _batch(loaded, item), config)
+        size = (item.image.height, item.image.width)
+        order = np.random.default_rng(seed + i).permutation(len(classes)).tolist()
+        for label in item.masks:
+            if label not in classes or not _scorable(item.masks[label]):
+                continue
+            others = [classes[o] for o in order if classes[o] != label]
+            for k in sizes:
+                vocabulary = [label, *(others if k is None else others[: max(k, 1) - 1])]
+                sim = configured_similarity(
+                    model, tokenizer, tokens, text_features(model, tokenizer, vocabulary), config
+                )
+                maps = similarity_map(sim[:, 1:, :1], size, grid)[0]
+                for r in _pair_records(item, maps, [label], f"{len(vocabulary)} classes"):
+                    records.append({**r, "vocabulary": len(vocabulary)})
+    return records
+
+
+@torch.no_grad()
+def config_summary(
+    loaded: LoadedCLIP,
+    items: Sequence[AnnotatedImage],
+    classes: Sequence[str],
+    configs: Mapping[str, SurgeryConfig],
+    fields: Sequence[str] = (),
+) -> list[dict]:
+    """Per config: the map scores of :func:`summarise` next to the image-level prediction.
+
+    Maps over all ``classes`` (as :func:`map_records`). ``zero_shot_top1``: % of the images with masks
+    whose best class (the class token under that config against the prompt-ensemble class features)
+    is present; ``same_top1``: % of the images whose best class is vanilla CLIP's. Under the dual
+    path the class token is vanilla CLIP's, so both stay put; without it they can collapse.
+
+    Args:
+        fields: :class:`SurgeryConfig` fields copied into each row (e.g. ``("dual_path", "depth")``).
+    Returns:
+        rows ``{"method", <fields>, "mIoU", "mSC", "pointing_game", "opposite_rate", "pairs",
+        "zero_shot_top1", "same_top1", "images"}``.
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    texts = text_features(model, tokenizer, classes)
+    items = [it for it in items if it.masks]
+    if not items:
+        raise ValueError("no image with masks to score")
+    groups = size_groups(items)
+
+    def run(config: SurgeryConfig) -> list[tuple[AnnotatedImage, torch.Tensor, tuple[int, int]]]:
+        out = []
+        for group in groups:
+            batch = torch.cat([_batch(loaded, items[i]) for i in group])
+            tokens, grid = encode_image_tokens(model, batch, config)
+            out += [(items[i], tokens[b : b + 1], grid) for b, i in enumerate(group)]
+        return out
+
+    vanilla = [int((tokens[0, 0] @ texts.t()).argmax()) for _, tokens, _ in run(SurgeryConfig.off())]
+    rows = []
+    for name, config in configs.items():
+        records, hits, same = [], [], []
+        for (item, tokens, grid), first in zip(run(config), vanilla, strict=True):
+            top = int((tokens[0, 0] @ texts.t()).argmax())
+            hits.append(classes[top] in item.masks)
+            same.append(top == first)
+            sim = configured_similarity(model, tokenizer, tokens, texts, config)
+            maps = similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0]
+            records += _pair_records(item, maps, classes, name)
+        (summary,) = summarise(records) if records else [{"method": name}]
+        rows.append(
+            {
+                "method": name,
+                **{f: getattr(config, f) for f in fields},
+                **{k: v for k, v in summary.items() if k != "method"},
+                "zero_shot_top1": 100.0 * float(np.mean(hits)),
+                "same_top1": 100.0 * float(np.mean(same)),
+                "images": len(items),
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def dual_path_decomposition(
+    loaded: LoadedCLIP, images: torch.Tensor, config: SurgeryConfig | None = None
+) -> list[dict]:
+    """Check numerically what the dual path computes (ViT; recorded with the forward's hook points).
+
+    With the new path starting as a copy ``y = x_s`` of the stream entering the first surgery block
+    ``s`` and skipping the FFN, its output is ``y_L = x_s + Σ_{i ≥ s} a_i`` where ``a_i`` is block
+    i's v-v attention output computed from the *original* stream's ``LN1(x_i)``. Three checks:
+
+    * ``new path = x_s + Σ v-v outputs``: the recorded ``final`` patch tokens against that sum;
+    * ``v-v outputs come from the original stream``: each ``new_path.i.attn_out`` recomputed from
+      ``LN1(blocks.i.input)``; the ``scale`` column of the row ``... (from the new path instead)`` is
+      how far the same attention computed from the new path's own stream would be;
+    * ``with q-k on the new path, new = original − FFN outputs``: the same dual path with ordinary q-k
+      attention equals the original path minus exactly the surgery blocks' FFN outputs (their direct
+      terms; the FFNs still shape later blocks' inputs through the original stream).
+
+    Returns:
+        records ``{"check", "max_abs_error", "scale"}`` (``scale``: the largest entry of the compared
+        tensor, to read the error against).
+    """
+    config = config or SurgeryConfig.paper()
+    adapter = adapter_for(loaded.model)
+    if not isinstance(adapter, ViTAdapter):
+        raise TypeError("the dual path exists on ViT towers only")
+    if not (config.dual_path and config.skip_ffn and config.keep_residual and config.depth > 0):
+        raise ValueError("the decomposition is for a dual path that skips the FFN (the paper's)")
+    if config.attention not in ("qk", "vv", "qq", "kk", "identity") or config.temperature != "head_dim":
+        raise ValueError(f"the decomposition recomputes plain attention kinds, not {config.attention!r}")
+    device = next(loaded.model.parameters()).device
+    images = images.to(device)
+    trace = Trace()
+    dense_forward(loaded.model, images, config, trace)
+    v = trace.values
+    n, s = adapter.num_blocks, adapter.num_blocks - config.depth
+    final = v["final"][:, 1:]
+    total = v[f"blocks.{s}.input"][:, 1:] + sum(v[f"new_path.{i}.attn_out"][:, 1:] for i in range(s, n))
+    errors, drift = [], []
+    for i in range(s, n):
+        for stream, out in ((v[f"blocks.{i}.input"], errors), (v[f"new_path.{i}.input"], drift)):
+            q, k, vv = adapter.qkv(i, adapter.ln_1(i, stream))
+            recomputed = adapter.attention_residual(i, attend(config.attention, q, k, vv))
+            out.append(float((recomputed - v[f"new_path.{i}.attn_out"]).abs().max()))
+    qk = Trace()
+    dense_forward(loaded.model, images, config.replace(attention="qk"), qk)
+    w = qk.values
+    original = w[f"blocks.{n - 1}.input"] + w[f"blocks.{n - 1}.attn_out"] + w[f"blocks.{n - 1}.ffn_out"]
+    ffn = sum(w[f"blocks.{i}.ffn_out"] for i in range(s, n))
+    rebuilt = (original - ffn)[:, 1:]
+    attn_scale = max(float(v[f"new_path.{i}.attn_out"].abs().max()) for i in range(s, n))
+    return [
+        {
+            "check": f"new path = stream entering block {s} + Σ v-v outputs of blocks {s}–{n - 1}",
+            "max_abs_error": float((final - total).abs().max()),
+            "scale": float(final.abs().max()),
+        },
+        {
+            "check": "v-v outputs recomputed from the original stream LN1(x_i)",
+            "max_abs_error": max(errors),
+            "scale": attn_scale,
+        },
+        {
+            "check": "v-v outputs recomputed from the new path's own stream instead (should differ)",
+            "max_abs_error": max(drift),
+            "scale": attn_scale,
+        },
+        {
+            "check": "q-k on the new path: new path = original path − FFN outputs of the surgery blocks",
+            "max_abs_error": float((w["final"][:, 1:] - rebuilt).abs().max()),
+            "scale": float(ffn[:, 1:].abs().max()),
+        },
+    ]
+
+
+MULTILABEL_SCORES: tuple[str, ...] = ("cosine", "feature surgery")
+"""The class-token scores of :func:`multilabel_variants`."""
+
+
+@torch.no_grad()
+def multilabel_variants(loaded: LoadedCLIP, dataset: Dataset, limit: int | None = None) -> list[dict]:
+    """Multi-label mAP under each scoring rule, to separate what the score and its normalisation do.
+
+    The runner (:mod:`surgery_lib.eval.runner`, task ``multilabel``) compares two rules that differ in
+    two ways at once: ``raw`` = softmax over the image's candidate classes of 100 × the class token's
+    cosine similarity; ``surgery`` = the class token's feature-surgery similarity, not normalised. Here
+    every combination of tokens (those of the ``raw`` and the ``surgery`` preset: the same class token
+    on a ViT's dual path, different on a ModifiedResNet) × score (:data:`MULTILABEL_SCORES`) ×
+    normalisation (none, or the softmax of 100 × score over the candidates) is scored on the first
+    ``limit`` images, positives and candidates as the runner takes them.
+
+    Returns:
+        rows ``{"tokens", "score", "softmax", "mAP", "classes_evaluated", "runner"}``; ``runner`` names
+        the runner's method the row reproduces (``"raw"``, ``"surgery"`` or ``""``).
+    """
+    model, tokenizer = loaded.model, loaded.tokenizer
+    fg = list(dataset.foreground)
+    position = {c: j for j, c in enumerate(fg)}
+    texts = text_features(model, tokenizer, [dataset.prompts[c] for c in fg])
+    empty = empty_prompt_features(model, tokenizer)
+    transform = reference_transform(loaded.image_size)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    k = len(dataset.class_names)
+    keys = [(t, sc, sm) for t in ("raw", "surgery") for sc in MULTILABEL_SCORES for sm in (False, True)]
+    scores = {key: torch.zeros(count, k) for key in keys}
+    targets = torch.full((count, k), -1, dtype=torch.int64)
+    for i in range(count):
+        sample = dataset[i]
+        cands = fg if sample.vocabulary is None else [c for c in fg if c in sample.vocabulary]
+        cand_texts = texts[[position[c] for c in cands]]
+        if sample.tags is not None:
+            present = {int(c) for c in np.nonzero(sample.tags)[0]}
+        else:
+            present = {int(c) for c in np.unique(sample.label)}
+        targets[i, cands] = torch.tensor([int(c in present) for c in cands])
+        image = transform(sample.image)[None]
+        for name in ("raw", "surgery"):
+            tokens, _ = encode_image_tokens(model, image, METHODS[name])
+            rows = {
+                "cosine": cosine_similarity(tokens, cand_texts)[0, 0],
+                "feature surgery": similarity(tokens, cand_texts, METHODS["surgery"], empty)[0, 0],
+            }
+            for score, row in rows.items():
+                for soft in (False, True):
+                    value = torch.softmax(100.0 * row, dim=-1) if soft else row
+                    scores[(name, score, soft)][i, cands] = value.float().cpu()
+    runner = {("raw", "cosine", True): "raw", ("surgery", "feature surgery", False): "surgery"}
+    out = []
+    for key in keys:
+        value, excluded = mean_average_precision(scores[key], targets)
+        tokens, score, soft = key
+        out.append(
+            {
+                "tokens": tokens,
+                "score": score,
+                "softmax": soft,
+                "mAP": value,
+                "classes_evaluated": k - len(excluded),
+                "runner": runner.get(key, ""),
+            }
+        )
+    return out

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from surgery_lib.config import RAW_VS_SURGERY
-from surgery_lib.data.records import AnnotatedImage
+from surgery_lib.data.records import AnnotatedImage, size_groups
 from surgery_lib.data.shipped import read_composite_set
 from surgery_lib.eval.metrics import ExplainabilityMeter
 from surgery_lib.maps.explain import encode_image_tokens, similarity
@@ -124,16 +124,6 @@ def _is_class_word(word: str, labels: Sequence[str]) -> bool:
     return word.strip().lower() in {part.lower() for label in labels for part in label.split()}
 
 
-def _size_batches(items: Sequence[AnnotatedImage], batch: int) -> list[list[int]]:
-    """Indices of consecutive items of the same image size, at most ``batch`` per group."""
-    groups: list[list[int]] = []
-    for i, item in enumerate(items):
-        if not groups or len(groups[-1]) == batch or items[groups[-1][0]].image.size != item.image.size:
-            groups.append([])
-        groups[-1].append(i)
-    return groups
-
-
 @torch.no_grad()
 def caption_word_records(
     model: nn.Module,
@@ -142,8 +132,12 @@ def caption_word_records(
     captions: Sequence[str],
     image_size: int,
     redundancies: Sequence[str] = ("empty_prompt", "word_mean"),
+    special_tokens: bool = False,
 ) -> list[dict]:
     """Which caption word each method finds most important, and whether it names a class in the image.
+
+    ``special_tokens``: rank the start and end tokens too (``"[start]"``, ``"[end]"``; never a hit), as
+    the reference's multimodal visualization does; False: the content tokens only.
 
     For every image, method (raw CLIP, CLIP Surgery; :data:`METHODS`) and redundancy option of
     :func:`~surgery_lib.maps.multimodal.word_similarity`, two importances of the ``(K,)`` words:
@@ -153,9 +147,10 @@ def caption_word_records(
     peak of its map).
 
     Returns:
-        records ``{"image", "method", "redundancy", "importance", "word", "hit", "chance"}``: ``hit``
-        = the top word is a word of a class present in the image (``items[i].masks``); ``chance`` =
-        the share of such words in the caption (the hit rate of a random word).
+        records ``{"image", "method", "redundancy", "importance", "word", "hit", "chance", "tokens"}``:
+        ``hit`` = the top word is a word of a class present in the image (``items[i].masks``);
+        ``chance`` = the share of such words in the caption (the hit rate of a random word); ``tokens``
+        = the number of tokens ranked.
     """
     from surgery_lib.maps.multimodal import caption_tokens, word_importance, word_similarity
 
@@ -165,7 +160,7 @@ def caption_word_records(
     empty = empty_prompt_features(model, tokenizer)
     records = []
     for i, (item, caption) in enumerate(zip(items, captions, strict=True)):
-        cap = caption_tokens(model, tokenizer, caption)
+        cap = caption_tokens(model, tokenizer, caption, special_tokens=special_tokens)
         is_class = [_is_class_word(word, list(item.masks)) for word in cap.words]
         images = transform(item.image)[None]
         for method, config in METHODS.items():
@@ -184,6 +179,7 @@ def caption_word_records(
                             "word": cap.words[top],
                             "hit": is_class[top],
                             "chance": sum(is_class) / len(is_class),
+                            "tokens": len(cap.words),
                         }
                     )
     return records
@@ -218,7 +214,7 @@ def point_precision_records(
     texts = text_features(model, tokenizer, classes)
     empty = empty_prompt_features(model, tokenizer)
     records = []
-    for group in _size_batches(items, batch):
+    for group in size_groups(items, batch):
         images = torch.stack([transform(items[i].image) for i in group])
         size = (items[group[0]].image.height, items[group[0]].image.width)
         for method, config in METHODS.items():
@@ -240,6 +236,54 @@ def point_precision_records(
                             "positives": int((labels == 1).sum()),
                         }
                     )
+    return records
+
+
+@torch.no_grad()
+def combined_point_records(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    classes: Sequence[str],
+    items: Sequence[AnnotatedImage],
+    image_size: int,
+    combines: Sequence[str] = ("reference", "mean"),
+) -> list[dict]:
+    """Point precision of combined targets ``"a+b"`` (the first two classes of each image with two or
+    more known classes) under CLIP Surgery, for each ``combine`` rule of
+    :func:`~surgery_lib.maps.sam.text_points`.
+
+    Returns:
+        records ``{"image", "target", "combine", "precision", "positives", "negatives_inside"}``:
+        ``precision`` (%) = share of the positive points inside the union of the two masks;
+        ``negatives_inside`` (%) = share of the negative points inside it (lower is better).
+    """
+    from surgery_lib.maps.explain import explain
+    from surgery_lib.maps.sam import point_precision, text_points
+
+    transform = reference_transform(image_size)
+    records = []
+    for i, item in enumerate(items):
+        known = [label for label in item.masks if label in classes]
+        if len(known) < 2:
+            continue
+        target = "+".join(known[:2])
+        size = (item.image.height, item.image.width)
+        ex = explain(model, tokenizer, transform(item.image)[None], list(classes), METHODS["surgery"], size)
+        mask = item.target_mask(target)
+        for combine in combines:
+            points, labels = text_points(ex, target, combine=combine)
+            precision = point_precision(points, labels, mask)
+            inside = point_precision(points, 1 - labels, mask)
+            records.append(
+                {
+                    "image": i,
+                    "target": target,
+                    "combine": combine,
+                    "precision": None if precision is None else 100.0 * precision,
+                    "positives": int((labels == 1).sum()),
+                    "negatives_inside": None if inside is None else 100.0 * inside,
+                }
+            )
     return records
 
 

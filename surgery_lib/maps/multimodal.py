@@ -1,9 +1,12 @@
 """Multimodal (text-side) visualization: which words of a caption CLIP relies on, and where each lands.
 
-Each content token of a caption (start, end and padding tokens excluded) is treated like a class:
-its feature after ``ln_final`` and the text projection is compared with the image tokens. Feature
-surgery removes what all words share, either the empty prompt's features or the mean over the
-caption's words.
+Each token of a caption is treated like a class: its feature after ``ln_final`` and the text
+projection is compared with the image tokens. Feature surgery removes what all tokens share, either the
+empty prompt's features or the mean over the caption's tokens. By default only the content tokens are
+taken; ``special_tokens=True`` adds the start and end tokens, as the reference does (all n + 2 token
+features, taken before CLIP's argmax over the end position; ``/shared/METHODS.md`` §9b). Caveat: only
+the end token's position is trained to align with images (it *is* CLIP's text embedding); the other
+positions' features are compared with the image tokens although nothing trained them for it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ class CaptionTokens:
 
     Attributes:
         caption: the caption as given.
-        words: the text of each token (BPE pieces; a word may span several tokens).
+        words: the text of each token (BPE pieces; a word may span several tokens); the special
+            tokens, when taken, are :data:`START` and :data:`END`.
         positions: each token's index in the tokenized sequence (start token = 0).
         features: normalised ``(K, D)`` token features.
     """
@@ -45,10 +49,19 @@ def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
     return str(token_id)
 
 
-@torch.no_grad()
-def caption_tokens(model: nn.Module, tokenizer: Tokenizer, caption: str) -> CaptionTokens:
-    """Per-token features of ``caption``, without the start, end and padding tokens.
+START, END = "[start]", "[end]"
+"""How :attr:`CaptionTokens.words` names the start- and end-of-text tokens."""
 
+
+@torch.no_grad()
+def caption_tokens(
+    model: nn.Module, tokenizer: Tokenizer, caption: str, special_tokens: bool = False
+) -> CaptionTokens:
+    """Per-token features of ``caption``; padding is always dropped.
+
+    Args:
+        special_tokens: also take the start token (first) and the end token (last), the reference's
+            n + 2 tokens; False: the n content tokens only.
     Raises:
         ValueError: for an empty or whitespace caption, or one that does not fit the context.
     """
@@ -57,9 +70,11 @@ def caption_tokens(model: nn.Module, tokenizer: Tokenizer, caption: str) -> Capt
     encode_text(model, tokenizer, [caption])  # validates the model and the length
     tokens = tokenizer([caption]).to(next(model.parameters()).device)
     end = int(tokens[0].argmax())  # the end-of-text token has the largest id
-    positions = list(range(1, end))
-    feats = F.normalize(text_token_features(model, tokens)[0, 1:end].float(), dim=-1)
+    positions = list(range(0, end + 1)) if special_tokens else list(range(1, end))
+    feats = F.normalize(text_token_features(model, tokens)[0, positions].float(), dim=-1)
     words = [_token_text(tokenizer, int(tokens[0, p])) for p in positions]
+    if special_tokens:
+        words[0], words[-1] = START, END
     return CaptionTokens(caption, words, positions, feats)
 
 

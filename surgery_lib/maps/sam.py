@@ -1,8 +1,9 @@
 """Text -> SAM: point prompts from similarity maps, and the Segment Anything Model behind them.
 
 * :func:`text_points`: points for one label or a combined target ``"person+bench"`` (positives from
-  each class's map, negatives from the mean map of the targets), with an optional presence gate: a
-  label whose image-level probability is below ``min_probability`` gets no points at all.
+  each class's map, negatives from the mean of the targets' min-max normalised maps, each label
+  explained as a single text as the reference demo does), with an optional presence gate: a label
+  whose image-level probability is below ``min_probability`` gets no points at all.
 * :class:`SamSegmenter`: ``segment_anything``'s ``SamPredictor`` on a local checkpoint
   (``vit_h`` / ``vit_l`` / ``vit_b``), returning the best of its multimask outputs.
 """
@@ -10,14 +11,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from surgery_lib.config import SurgeryConfig
 from surgery_lib.maps.explain import Explanation
-from surgery_lib.maps.features import similarity_to_points
+from surgery_lib.maps.features import similarity_map, similarity_to_points
 
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
+
+Combine = Literal["reference", "mean"]
+"""How a combined target ``"a+b"`` merges its labels' maps:
+
+* ``"reference"`` (default; the reference demo's "person+bench"): each label is explained as a single
+  text — under feature surgery its redundancy is the empty prompt's features, ``f·(t_j − r)``, not the
+  mean over the explained labels — and the labels' maps are min-max normalised before they are averaged;
+* ``"mean"``: the explanation's own similarities of the labels (e.g. feature surgery over all the
+  explained classes), averaged without normalisation (this library's earlier rule).
+"""
+
+COMBINES: tuple[str, ...] = get_args(Combine)
 
 
 class SamUnavailableError(RuntimeError):
@@ -35,11 +50,52 @@ def parse_target(target: str, labels: list[str]) -> list[int]:
     return [labels.index(n) for n in names]
 
 
-def target_map(explanation: Explanation, target: str, image: int = 0) -> torch.Tensor:
-    """The map of ``"a"`` or ``"a+b"`` (the mean of the targets' maps), ``(H, W)``: what
-    :func:`text_points` draws its points from, for figures."""
+def _check_combine(combine: str) -> None:
+    if combine not in COMBINES:
+        raise ValueError(f"unknown combine {combine!r}; expected one of {COMBINES}")
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    """Min-max over the first axis (the patches), per column."""
+    lo, hi = x.amin(dim=0, keepdim=True), x.amax(dim=0, keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def label_similarities(
+    explanation: Explanation, indices: list[int], image: int = 0, combine: Combine = "reference"
+) -> torch.Tensor:
+    """The patch similarities ``(N, k)`` of the labels ``indices`` that a combined target uses.
+
+    ``"reference"``: each label as a single text under the explanation's method (feature surgery
+    against the empty prompt, ``cosine − empty_similarity``; the plain cosine without feature surgery).
+    An explanation without :attr:`~surgery_lib.maps.explain.Explanation.cosine` (built by hand, or a
+    gradient method) gives its own similarities, as ``"mean"`` does.
+    """
+    _check_combine(combine)
+    own = explanation.similarity[image, 1:][:, indices]
+    method = explanation.method
+    if combine == "mean" or explanation.cosine is None or not isinstance(method, SurgeryConfig):
+        return own
+    cosine = explanation.cosine[image, 1:][:, indices]
+    if not method.feature_surgery or explanation.empty_similarity is None:
+        return cosine
+    return cosine - explanation.empty_similarity[image, 1:, None]
+
+
+def target_map(
+    explanation: Explanation, target: str, image: int = 0, combine: Combine = "reference"
+) -> torch.Tensor:
+    """The map of ``"a"`` or ``"a+b"``, ``(H, W)``: what :func:`text_points` draws its points from, for
+    figures. One label: its map. Several: the mean of their min-max normalised maps, from
+    :func:`label_similarities` (``"reference"``) or the explanation's own maps (``"mean"``; its points
+    use the un-normalised mean, which this picture only approximates)."""
+    _check_combine(combine)
     indices = parse_target(target, explanation.labels)
-    return explanation.maps[image][:, :, indices].mean(dim=-1)
+    if len(indices) == 1 or combine == "mean":
+        return explanation.maps[image][:, :, indices].mean(dim=-1)
+    sims = label_similarities(explanation, indices, image, combine)
+    size = tuple(explanation.maps.shape[1:3])
+    return similarity_map(sims[None], size, explanation.grid)[0].mean(dim=-1)
 
 
 def text_points(
@@ -49,16 +105,22 @@ def text_points(
     threshold: float = 0.8,
     quantile: float | None = None,
     min_probability: float | None = None,
+    combine: Combine = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM point prompts ``([x, y] (K, 2) int64, labels (K,) int64)`` for ``target`` on one image.
 
     A single label gives exactly :func:`~surgery_lib.maps.features.similarity_to_points`. For
-    ``"a+b"``, positives are each class's positive points (a cell positive for both counts once) and
-    negatives the lowest cells of the targets' mean map that are not positives, as many as there are
-    positives (from the lower half of the cells). With
-    ``min_probability``, a target none of whose labels reaches that image-level probability
-    (``explanation.image_scores``) yields no points.
+    ``"a+b"``, the labels' similarities come from :func:`label_similarities` (``combine``); positives
+    are each label's positive points (a cell positive for both counts once) and negatives the lowest
+    cells of the targets' mean map that are not positives, as many as there are positives (from the
+    lower half of the cells). The mean map averages the min-max normalised maps (``"reference"``) or
+    the raw similarities (``"mean"``). Where this differs from the reference demo: a shared positive
+    counts once, negatives never fall on a positive, and their number follows the positives (the
+    reference takes the mean map's own count above the threshold). With ``min_probability``, a target
+    none of whose labels reaches that image-level probability (``explanation.image_scores``) yields no
+    points.
     """
+    _check_combine(combine)
     indices = parse_target(target, explanation.labels)
     size = tuple(explanation.maps.shape[1:3])
     if min_probability is not None:
@@ -70,12 +132,13 @@ def text_points(
     kwargs = {"grid": explanation.grid, "threshold": threshold, "quantile": quantile}
     if len(indices) == 1:
         return similarity_to_points(sims[:, indices[0]], size, **kwargs)
+    per_label = label_similarities(explanation, indices, image, combine)
     positives = []
-    for j in indices:
-        points, labels = similarity_to_points(sims[:, j], size, **kwargs)
+    for j in range(len(indices)):
+        points, labels = similarity_to_points(per_label[:, j], size, **kwargs)
         positives.append(points[labels == 1])
     pos = _unique_rows(torch.cat(positives))
-    mean_map = sims[:, indices].mean(dim=1)
+    mean_map = (_normalised(per_label) if combine == "reference" else per_label).mean(dim=1)
     mean_points, mean_labels = similarity_to_points(mean_map, size, grid=explanation.grid, threshold=0.0)
     lowest = mean_points[mean_labels == 0]  # the lowest cells of the mean map, lowest first
     taken = {tuple(p) for p in pos.tolist()}

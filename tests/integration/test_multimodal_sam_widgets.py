@@ -11,10 +11,10 @@ import torch
 from matplotlib.collections import PathCollection
 from PIL import Image
 
+from surgery_lib.data.records import size_groups
 from surgery_lib.data.shipped import example_images, read_captions
 from surgery_lib.eval.sets import (
     _is_class_word,
-    _size_batches,
     caption_word_records,
     point_precision_records,
     presence_records,
@@ -173,7 +173,7 @@ def test_point_precision_records(loaded, items):
         loaded.model, loaded.tokenizer, ["bird", "dog"], items, loaded.image_size
     )
     assert {r["class"] for r in only_bird} == {"bird"}  # only the classes the model is asked about
-    assert _size_batches(items, 2) == [[0, 1], [2]]
+    assert size_groups(items, 2) == [[0, 1], [2]]
 
 
 def test_captions_and_word_records(loaded, items):

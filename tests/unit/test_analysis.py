@@ -145,3 +145,94 @@ def test_check_claims_marks_each_claim():
     assert text.splitlines() == ["✓ a holds", "✗ b fails", "1 of 2 hold on this model"]
     with pytest.raises(ValueError, match="no claims"):
         check_claims({})
+
+
+def test_dual_path_decomposition_holds_to_float_precision(loaded, data):
+    """The new path is the copied stream plus the v-v outputs computed from the original stream; with
+    q-k attention it is the original path minus the surgery blocks' FFN outputs."""
+    _, items = data
+    batch = torch.stack([loaded.reference_preprocess(it.image) for it in items[:2]])
+    exact, from_original, from_new_path, minus_ffn = analysis.dual_path_decomposition(loaded, batch)
+    for row in (exact, from_original, minus_ffn):
+        assert row["max_abs_error"] <= 1e-4 * row["scale"], row
+    assert from_new_path["max_abs_error"] > 0.1 * from_new_path["scale"]  # the other stream would differ
+    with pytest.raises(ValueError, match="dual path"):
+        analysis.dual_path_decomposition(loaded, batch, SurgeryConfig.paper().replace(dual_path=False))
+
+
+def test_config_summary_puts_zero_shot_next_to_the_map_scores(loaded, data):
+    classes, items = data
+    configs = {"vanilla": SurgeryConfig.off(), "surgery": SurgeryConfig.paper()}
+    rows = analysis.config_summary(loaded, items, classes, configs, fields=("dual_path",))
+    by_name = {r["method"]: r for r in rows}
+    assert by_name["surgery"]["dual_path"] is True and by_name["vanilla"]["dual_path"] is False
+    assert by_name["vanilla"]["same_top1"] == by_name["surgery"]["same_top1"] == 100.0  # dual path
+    assert by_name["vanilla"]["zero_shot_top1"] == by_name["surgery"]["zero_shot_top1"]
+    (want,) = analysis.summarise(
+        analysis.map_records(loaded, items, classes, {"surgery": configs["surgery"]})
+    )
+    assert by_name["surgery"]["mSC"] == pytest.approx(want["mSC"], abs=1e-4)
+
+
+def test_maps_for_over_a_vocabulary_equals_the_vocabulary_columns(loaded, data):
+    classes, items = data
+    labels = [items[0].labels[0], next(c for c in classes if c not in items[0].masks)]
+    shown = analysis.maps_for(loaded, items[0], labels, SurgeryConfig.paper(), vocabulary=classes)
+    every = analysis.maps_for(loaded, items[0], classes, SurgeryConfig.paper())
+    torch.testing.assert_close(shown, every[..., [classes.index(c) for c in labels]])
+    alone = analysis.maps_for(loaded, items[0], labels, SurgeryConfig.paper())
+    torch.testing.assert_close(alone[..., 1], 1 - alone[..., 0], atol=1e-5, rtol=0)  # two labels alone
+
+
+def test_vocabulary_sweep_sizes_and_the_full_list(loaded, data):
+    classes, items = data
+    records = analysis.vocabulary_sweep_records(loaded, items[:2], classes, sizes=(1, 2, None))
+    assert {r["vocabulary"] for r in records} == {1, 2, len(classes)}
+    full = [r for r in records if r["vocabulary"] == len(classes)]
+    want = analysis.map_records(loaded, items[:2], classes, {"s": SurgeryConfig.paper()})
+    assert [r["score_contrast"] for r in full] == pytest.approx([r["score_contrast"] for r in want], abs=1e-4)
+    with pytest.raises(ValueError, match="feature_surgery"):
+        analysis.vocabulary_sweep_records(loaded, items, classes, config=SurgeryConfig.off())
+
+
+def test_redundancy_controls_and_subtraction(loaded, data):
+    classes, items = data
+    controls = analysis.redundancy_controls(loaded, classes)
+    assert set(controls) == {"empty prompt", "class mean", "random direction"}
+    assert all(v.ndim == 2 and v.shape[0] == 1 for v in controls.values())
+    records = analysis.redundancy_subtraction_records(loaded, items[:1], classes, {"none": None, **controls})
+    assert {r["method"] for r in records} == {"none", *controls}
+    # nothing subtracted = the architecture surgery's own cosine maps
+    arch = SurgeryConfig.paper().replace(feature_surgery=False)
+    want = analysis.map_records(loaded, items[:1], classes, {"none": arch})
+    got = [r for r in records if r["method"] == "none"]
+    assert [r["iou"] for r in got] == pytest.approx([r["iou"] for r in want])
+
+
+@pytest.mark.slow
+def test_multilabel_variants_reproduce_the_runner(loaded, tmp_path):
+    """The two combinations the runner compares give the runner's mAP; the other six separate the score
+    from its normalisation (on a ViT's dual path both presets share the class token)."""
+    from surgery_lib.data.datasets import load_dataset
+    from surgery_lib.eval.runner import dataset_specs, evaluate
+
+    name, root = dataset_specs("")["composites-seen"]
+    rows = analysis.multilabel_variants(loaded, load_dataset(name, root), limit=8)
+    assert len(rows) == 8
+    got = {(r["tokens"], r["score"], r["softmax"]): r["mAP"] for r in rows}
+    for score in analysis.MULTILABEL_SCORES:
+        for soft in (False, True):
+            assert got[("raw", score, soft)] == pytest.approx(got[("surgery", score, soft)], abs=1e-6)
+    for r in rows:
+        if r["runner"]:
+            result = evaluate(
+                "multilabel",
+                name,
+                root,
+                tmp_path / r["runner"],
+                method=r["runner"],
+                loaded=loaded,
+                limit=8,
+                quiet=True,
+            )
+            assert r["mAP"] == pytest.approx(result["summary"]["mAP"], abs=1e-3)

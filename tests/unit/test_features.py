@@ -13,6 +13,7 @@ from surgery_lib import (
     clear_text_cache,
     cosine_similarity,
     empty_prompt_features,
+    encode_image_tokens,
     explain,
     feature_surgery,
     similarity,
@@ -163,3 +164,42 @@ def test_explain_end_to_end(make, tokenizer):
     raw = explain(model, tokenizer, images, ["cat"], config=SurgeryConfig.off())
     assert not torch.allclose(raw.similarity, single.similarity)
     assert empty.shape == texts.shape == (1, 32)
+
+
+def test_two_labels_alone_are_complements_but_not_with_a_vocabulary(tokenizer):
+    """Feature surgery subtracts the mean over the labels passed: two labels alone give S₂ = −S₁ (the
+    pitfall of a figure that shows two labels); over a larger vocabulary the two maps are no longer
+    complements, and they equal the vocabulary run's columns."""
+    model = make_vit()
+    images = random_images(model)
+    labels, vocabulary = ["cat", "dog"], ["sky", "cat", "car", "tree", "dog", "boat"]
+    alone = explain(model, tokenizer, images, labels)
+    torch.testing.assert_close(alone.similarity[..., 1], -alone.similarity[..., 0])
+    torch.testing.assert_close(alone.maps[..., 1], 1 - alone.maps[..., 0], atol=1e-5, rtol=0)
+    wide = explain(model, tokenizer, images, labels, vocabulary=vocabulary)
+    assert wide.labels == labels and wide.maps.shape[-1] == 2
+    assert (wide.similarity[..., 1] + wide.similarity[..., 0]).abs().max() > 1e-3
+    assert (wide.maps[..., 1] - (1 - wide.maps[..., 0])).abs().max() > 1e-2
+    everything = explain(model, tokenizer, images, ["cat", "dog", "sky", "car", "tree", "boat"])
+    torch.testing.assert_close(wide.similarity, everything.similarity[..., :2])
+    # image-level probabilities run over the whole vocabulary
+    torch.testing.assert_close(wide.image_scores, everything.image_scores[:, :2])
+    assert (wide.image_scores.sum(-1) < 1).all()
+    # a single label with a vocabulary uses the multi-class form, not the empty prompt
+    one = explain(model, tokenizer, images, ["cat"], vocabulary=vocabulary)
+    torch.testing.assert_close(one.similarity[..., 0], wide.similarity[..., 0])
+    with pytest.raises(TypeError, match="vocabulary"):
+        explain(model, tokenizer, images, labels, vocabulary="cat")
+
+
+def test_explanation_keeps_the_cosine_and_the_empty_prompt_similarity(tokenizer):
+    model = make_vit()
+    images = random_images(model)
+    out = explain(model, tokenizer, images, ["cat", "dog", "sky"])
+    tokens, _ = encode_image_tokens(model, images)
+    torch.testing.assert_close(
+        out.cosine, tokens @ text_features(model, tokenizer, ["cat", "dog", "sky"]).t()
+    )
+    torch.testing.assert_close(
+        out.empty_similarity, (tokens @ empty_prompt_features(model, tokenizer).t())[..., 0]
+    )

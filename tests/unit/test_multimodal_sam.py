@@ -212,3 +212,86 @@ def test_sam_errors(tmp_path):
         segmenter.segment(np.zeros((32, 32, 3), np.uint8), torch.zeros(0, 2), torch.zeros(0))
     with pytest.raises(ValueError, match="uint8 RGB"):
         segmenter.segment(np.zeros((32, 32), np.uint8), torch.ones(1, 2), torch.ones(1))
+
+
+# ---- issue 14: special tokens, combined targets as the reference demo ------------------------------
+
+
+def test_caption_tokens_with_the_start_and_end_tokens(tokenizer):
+    from surgery_lib.maps.multimodal import END, START
+    from surgery_lib.model.adapters import text_token_features
+
+    model = make_vit()
+    plain = caption_tokens(model, tokenizer, "A dog chases a red ball")
+    full = caption_tokens(model, tokenizer, "A dog chases a red ball", special_tokens=True)
+    assert full.words == [START, *plain.words, END]
+    assert full.positions == [0, *plain.positions, 7]
+    torch.testing.assert_close(full.features[1:-1], plain.features)
+    # the end token's feature is CLIP's text embedding (the argmax position), normalised
+    tokens = tokenizer(["A dog chases a red ball"])
+    pooled = model.encode_text(tokens, normalize=True)[0]
+    torch.testing.assert_close(full.features[-1], pooled, atol=1e-5, rtol=1e-5)
+    raw = text_token_features(model, tokens)[0, 7]
+    torch.testing.assert_close(full.features[-1], raw / raw.norm(), atol=1e-5, rtol=1e-5)
+
+
+def _feature_explanation(model, tokenizer, labels):
+    from surgery_lib.maps.explain import explain
+
+    return explain(model, tokenizer, random_images(model, batch=1), labels, size=(64, 64))
+
+
+def test_combined_target_reference_rule_is_each_label_as_a_single_text(tokenizer):
+    """The default "a+b" rule follows the reference demo: each label's similarity is single-text feature
+    surgery against the empty prompt (not the mean over the explained classes), and the maps are min-max
+    normalised before they are averaged; combine="mean" keeps the explanation's own similarities."""
+    from surgery_lib.maps.explain import explain
+    from surgery_lib.maps.sam import label_similarities, target_map
+
+    model = make_vit()
+    images = random_images(model, batch=1)
+    labels = ["cat", "dog", "sky", "car"]
+    ex = explain(model, tokenizer, images, labels, size=(64, 64))
+    sims = label_similarities(ex, [0, 1])
+    for j, label in enumerate(["cat", "dog"]):
+        single = explain(model, tokenizer, images, [label], size=(64, 64))  # empty prompt as redundancy
+        torch.testing.assert_close(sims[:, j], single.similarity[0, 1:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(sims, ex.similarity[0, 1:, :2], atol=1e-4)
+    torch.testing.assert_close(label_similarities(ex, [0, 1], combine="mean"), ex.similarity[0, 1:, :2])
+    # the target map: the mean of the per-label min-max normalised maps
+    per_label = similarity_map(sims[None], (64, 64), ex.grid)[0]
+    torch.testing.assert_close(target_map(ex, "cat+dog"), per_label.mean(-1))
+    torch.testing.assert_close(target_map(ex, "cat+dog", combine="mean"), ex.maps[0, :, :, :2].mean(-1))
+    torch.testing.assert_close(target_map(ex, "cat"), ex.maps[0, :, :, 0])  # one label: its own map
+    # positives are each single-text map's own positives
+    points, point_labels = text_points(ex, "cat+dog")
+    want = set()
+    for j in range(2):
+        p, lab = similarity_to_points(sims[:, j], (64, 64), grid=ex.grid)
+        want |= {tuple(x) for x in p[lab == 1].tolist()}
+    assert {tuple(x) for x in points[point_labels == 1].tolist()} == want
+    with pytest.raises(ValueError, match="combine"):
+        text_points(ex, "cat+dog", combine="sum")
+
+
+def test_combined_target_negatives_come_from_the_normalised_mean():
+    """A map with a large range beside one with a small range: averaged raw, the large one decides where
+    the negatives go; min-max normalised first (the reference), both count. Columns of the half-size
+    grid the points are drawn on (8 × 8, 20 px per cell at 160 px)."""
+    cat = torch.tensor([100.0, 0, 0, 5, 5, -10, -10, 5])  # positives: column 0
+    bench = torch.tensor([0.0, -1, -1, 0, 0, 0.5, 0.5, 1])  # positives: column 7
+    sim = torch.zeros(1, 1 + 16 * 16, 2)
+    for j, column in enumerate((cat, bench)):
+        sim[0, 1:, j] = column.repeat_interleave(2).repeat(16)  # 16 × 16 tokens, rows identical
+    ex = Explanation(
+        ["cat", "bench"], sim, similarity_map(sim[:, 1:], (160, 160), (16, 16)), (16, 16), torch.ones(1, 2)
+    )
+    ref_points, ref_labels = text_points(ex, "cat+bench")  # no cosine stored: the own similarities
+    mean_points, mean_labels = text_points(ex, "cat+bench", combine="mean")
+    assert torch.equal(ref_points[ref_labels == 1], mean_points[mean_labels == 1])
+    columns = {
+        "reference": ref_points[ref_labels == 0, 0] // 20,
+        "mean": mean_points[mean_labels == 0, 0] // 20,
+    }
+    assert set(columns["reference"].tolist()) == {1, 2}  # low in both normalised maps
+    assert set(columns["mean"].tolist()) == {5, 6}  # where the large-range map alone is lowest
