@@ -82,12 +82,34 @@ from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_sam
 from surgery_lib.maps.explain import encode_image_tokens, similarity
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
-from surgery_lib.maps.text import empty_prompt_features, text_features
+from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
 from surgery_lib.model.loading import LoadedCLIP, load_clip
 from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.paths import data_dir
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
+
+PROTOCOL_PRESETS: dict[str, dict[str, object]] = {
+    "surgery": {"protocol": "paper", "templates": "surgery85"},
+    "maskclip": {"protocol": "paper", "image_size": 512, "templates": "surgery85"},
+    "sclip": {
+        "protocol": "sliding", "window": 224, "stride": 112, "templates": "openai80",
+        "logit_scale": {"voc": 65.0, "context": 50.0, "coco_object": 50.0, None: 40.0},
+        "bg_threshold": 0.1, "pamr_steps": 0,
+    },
+    "naclip": {
+        "protocol": "sliding", "window": 224, "stride": 112, "templates": "openai80", "logit_scale": 40.0,
+        "bg_threshold": 0.1, "pamr_steps": 10,
+    },
+    "clearclip": {
+        "protocol": "sliding", "image_size": 448, "window": 448, "stride": 224, "templates": "openai80",
+        "logit_scale": 50.0, "bg_threshold": {"voc": 0.5, "context": 0.15, "coco_object": 0.4, None: 0.5},
+        "pamr_steps": 0,
+    },
+    "gem": {"protocol": "paper", "image_size": 448, "templates": "single"},
+}  # fmt: skip
+"""Inference presets of ``--protocol-preset`` (METHODS.md §9, §11.4), by method name: the values of the
+:class:`EvalSettings` fields they fill; a dict value is per dataset (``None``: any other dataset)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +125,41 @@ class EvalSettings:
         method: a name of :data:`~surgery_lib.config.METHODS`.
         image_size: n×n input for explain, multilabel and the paper protocol (default: native); the
             short side for the sliding protocol (default: the dataset's).
-        protocol, window, stride, bg_threshold: segmentation protocol (``paper`` or ``sliding``).
+        protocol, window, stride, bg_threshold: segmentation protocol (``paper`` or ``sliding``;
+            default ``paper``).
+        templates: prompt template set of the text features (:data:`~surgery_lib.maps.text.TEMPLATE_SETS`:
+            ``surgery85``, the default, ``openai80`` or ``single``). The empty prompt's features
+            (CLIP Surgery's redundant features) always use ``surgery85``.
+        logit_scale: ``sliding``: logits = scale × similarity before the softmax (default 100). The
+            ``paper`` protocol takes the argmax of similarities and does not use it.
+        pamr_steps: PAMR iterations (dilations 8, 16) on the upsampled per-class maps before the
+            argmax, segmentation only (default 0: none).
+        protocol_preset: ``None`` or a key of :data:`PROTOCOL_PRESETS` (a method name). The preset fills
+            the fields left unset (``None``) among protocol, templates, image_size, window, stride,
+            logit_scale, bg_threshold and pamr_steps; fields given explicitly win. What each preset
+            reproduces (METHODS.md §9):
+
+            * ``surgery``: CLIP Surgery's own protocol (whole image at the native size, 85 templates,
+              argmax over the classes) — the defaults.
+            * ``maskclip``: MaskCLIP's whole-image inference with 85 templates, at 512×512 (MaskCLIP
+              resizes the short side to 512 keeping the aspect ratio, 520 long side on Context).
+            * ``sclip``: SCLIP's main table (short side 336, or the dataset's, windows 224 / stride 112,
+              80 OpenAI templates, logit scale 40; 65 on VOC21, 50 on Context and COCO-Object, background
+              where the top probability < 0.1, no PAMR; set ``pamr_steps=10`` for its "†" rows).
+            * ``naclip``: NACLIP's README protocol (as ``sclip`` with logit scale 40 and PAMR 10 steps);
+              ``pamr_steps=0`` gives the paper's main row.
+            * ``clearclip``: ClearCLIP (short side 448, windows 448 / stride 224, 80 templates, logit scale
+              50, background threshold 0.5 on VOC21, 0.15 on Context, 0.4 on COCO-Object).
+            * ``gem``: GEM's demo transform (whole image at 448×448, the single template "a photo of a
+              {}."); its softmax max-probability background threshold is not this protocol's min-max
+              one, so ``bg_threshold`` keeps the default.
+
+            Not reproducible offline, or not expressible here: SCLIP's and NACLIP's per-class synonym
+            lists (max over synonyms) and their 26 background stuff words, ClearCLIP's "background"
+            class (here background is decided by the threshold alone), SCLIP's VOC21 area threshold,
+            NACLIP's whole-image inference on VOC, Cityscapes' 224/224 windows in ClearCLIP, MaskCLIP's
+            key smoothing / prompt denoising, GEM's min-max batched ×100 maps, and fp16 inference. The
+            model side of each method is ``method``, not the preset.
         limit: only the first N images (sorted order).
         batch_size: images per batch; device: ``auto``, ``cpu`` or ``cuda``; quiet: no progress output.
     """
@@ -118,10 +174,14 @@ class EvalSettings:
     checkpoint: Path | None = None
     method: str = "surgery"
     image_size: int | None = None
-    protocol: str = "paper"
+    protocol: str | None = None
     window: int | None = None
     stride: int | None = None
     bg_threshold: float | None = None
+    templates: str | None = None
+    logit_scale: float | None = None
+    pamr_steps: int | None = None
+    protocol_preset: str | None = None
     limit: int | None = None
     batch_size: int = 8
     device: str = "auto"
@@ -139,8 +199,34 @@ class EvalSettings:
         if self.method not in METHODS:
             hint = " (gradient explainers are not evaluated here)" if self.method in GRADIENT_METHODS else ""
             raise ValueError(f"unknown method {self.method!r}{hint}; expected one of {tuple(METHODS)}")
+        if self.protocol_preset is not None:
+            if self.protocol_preset not in PROTOCOL_PRESETS:
+                raise ValueError(
+                    f"unknown protocol preset {self.protocol_preset!r}; "
+                    f"expected one of {tuple(PROTOCOL_PRESETS)}"
+                )
+            for name, value in PROTOCOL_PRESETS[self.protocol_preset].items():
+                if isinstance(value, dict):
+                    value = value.get(self.dataset, value[None])
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        for name, default in (("protocol", "paper"), ("templates", "surgery85"), ("pamr_steps", 0)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
+        if self.templates not in TEMPLATE_SETS:
+            known = tuple(TEMPLATE_SETS)
+            raise ValueError(f"unknown template set {self.templates!r}; expected one of {known}")
+        if isinstance(self.pamr_steps, bool) or not isinstance(self.pamr_steps, int):
+            raise TypeError(f"pamr_steps must be an int, got {self.pamr_steps!r}")
+        if self.pamr_steps < 0:
+            raise ValueError(f"pamr_steps must be >= 0, got {self.pamr_steps}")
+        if self.logit_scale is not None:
+            if isinstance(self.logit_scale, bool) or not isinstance(self.logit_scale, int | float):
+                raise TypeError(f"logit_scale must be a number, got {self.logit_scale!r}")
+            if not math.isfinite(self.logit_scale) or self.logit_scale <= 0:
+                raise ValueError(f"logit_scale must be a finite number > 0, got {self.logit_scale}")
         for name in ("image_size", "window", "stride", "limit", "batch_size"):
             value = getattr(self, name)
             if value is None:
@@ -180,10 +266,23 @@ def _parser() -> argparse.ArgumentParser:
         "the short side for the sliding protocol (default: the dataset's)"
     )
     p.add_argument("--image-size", type=int, help=size_help)
-    p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="segmentation protocol")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="segmentation protocol (default paper)")
     p.add_argument("--window", type=int, help="sliding window side (default 224)")
     p.add_argument("--stride", type=int, help="sliding window stride (default 112)")
     p.add_argument("--bg-threshold", type=float, help="background threshold (default 0.5)")
+    p.add_argument(
+        "--templates", choices=tuple(TEMPLATE_SETS), help="prompt template set (default surgery85)"
+    )
+    p.add_argument("--logit-scale", type=float, help="sliding protocol: logit scale (default 100)")
+    p.add_argument(
+        "--pamr-steps", type=int, help="segmentation: PAMR steps on the per-class maps (default 0: none)"
+    )
+    p.add_argument(
+        "--protocol-preset",
+        choices=tuple(PROTOCOL_PRESETS),
+        help="a method's published inference protocol: fills the protocol options not given "
+        "(see EvalSettings)",
+    )
     p.add_argument("--limit", type=int, help="only the first N images (in sorted order)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
@@ -400,7 +499,8 @@ class _Context:
         self.config = METHODS[args.method]
         self.size = args.image_size or self.clip.image_size
         fg = dataset.foreground
-        self.texts = text_features(self.model, self.tokenizer, [dataset.prompts[i] for i in fg])
+        prompts = [dataset.prompts[i] for i in fg]
+        self.texts = text_features(self.model, self.tokenizer, prompts, templates=args.templates)
         self.position = {c: j for j, c in enumerate(fg)}
         self.empty = empty_prompt_features(self.model, self.tokenizer)
         self.protocol = Protocol.for_dataset(
@@ -411,6 +511,9 @@ class _Context:
             window=args.window,
             stride=args.stride,
             background_threshold=args.bg_threshold,
+            logit_scale=args.logit_scale,
+            templates=args.templates,
+            pamr_steps=args.pamr_steps,
         )
 
     def candidates(self, sample: Sample) -> list[int]:
@@ -573,6 +676,10 @@ def _settings(args: EvalSettings, model: nn.Module) -> dict:
     settings = {
         k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys
     }
+    # protocol options added later: recorded only when not at their defaults, so that runs written
+    # before they existed (same defaults, same results) still resume
+    defaults = {"templates": "surgery85", "logit_scale": None, "pamr_steps": 0, "protocol_preset": None}
+    settings.update({k: getattr(args, k) for k, v in defaults.items() if getattr(args, k) != v})
     return {**settings, "weights_sha256": _weights_fingerprint(model)}
 
 

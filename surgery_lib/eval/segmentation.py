@@ -18,6 +18,12 @@ protocols (:class:`Protocol`):
 
 :class:`ConfusionMatrix` accumulates the (ground truth, prediction) pixel counts with an ignore index;
 its state is one integer tensor, so distributed runs sum it (``all_reduce``) exactly.
+
+Both protocols take the text features of a named template set (``Protocol.templates``, see
+:data:`surgery_lib.maps.text.TEMPLATE_SETS`) and may refine the per-class maps with PAMR
+(``Protocol.pamr_steps``, :func:`surgery_lib.maps.pamr.pamr`, dilations 8 and 16) after they are
+upsampled to the image's size and before the argmax (``paper``: the winner and the min-max normalised
+map that decides background are both refined; ``sliding``: the averaged logits, before the softmax).
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from surgery_lib.data.datasets import Dataset, Sample
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import OPENAI_MEAN, OPENAI_STD, reference_transform
-from surgery_lib.maps.text import Tokenizer, text_features
+from surgery_lib.maps.pamr import pamr
+from surgery_lib.maps.text import TEMPLATE_SETS, Tokenizer, text_features
 from surgery_lib.model.loading import LoadedCLIP
 
 SHORT_SIDE: dict[str, int] = {"ade20k": 448, "cityscapes": 560}
@@ -125,6 +132,9 @@ class Protocol:
         window, stride: ``sliding``: window side and step, in pixels of the resized image.
         logit_scale: ``sliding``: logits = scale × similarity before the softmax.
         background_threshold: see the module doc; used only when the dataset has a background class.
+        templates: the prompt template set (a name of :data:`~surgery_lib.maps.text.TEMPLATE_SETS`).
+        pamr_steps: PAMR iterations on the upsampled per-class maps (0: none).
+        pamr_dilations: PAMR neighbourhood dilations in pixels.
     """
 
     name: Literal["paper", "sliding"] = "paper"
@@ -134,6 +144,16 @@ class Protocol:
     stride: int = 112
     logit_scale: float = 100.0
     background_threshold: float = 0.5
+    templates: str = "surgery85"
+    pamr_steps: int = 0
+    pamr_dilations: tuple[int, ...] = (8, 16)
+
+    def __post_init__(self) -> None:
+        if self.templates not in TEMPLATE_SETS:
+            known = tuple(TEMPLATE_SETS)
+            raise ValueError(f"unknown template set {self.templates!r}; expected one of {known}")
+        if isinstance(self.pamr_steps, bool) or not isinstance(self.pamr_steps, int) or self.pamr_steps < 0:
+            raise ValueError(f"pamr_steps must be an int >= 0, got {self.pamr_steps!r}")
 
     @classmethod
     def for_dataset(cls, name: str, dataset: str, **changes) -> Protocol:
@@ -167,6 +187,19 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def _image_tensor(image: Image.Image) -> torch.Tensor:
+    """The image as ``(1, 3, H, W)`` float in [0, 1] (the guide of PAMR)."""
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+    return x.permute(2, 0, 1)[None]
+
+
+def _refine(maps: torch.Tensor, image: Image.Image, protocol: Protocol) -> torch.Tensor:
+    """``(1, T, H, W)`` maps at the image's size, refined by PAMR when ``protocol.pamr_steps``."""
+    if not protocol.pamr_steps:
+        return maps
+    return pamr(_image_tensor(image), maps, protocol.pamr_steps, protocol.pamr_dilations)
+
+
 def _decide(best: torch.Tensor, winner: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """Class positions ``(H, W)`` int64; -1 (background) where ``best < threshold``."""
     out = winner.clone()
@@ -197,12 +230,14 @@ def predict_paper(
     preds = []
     for b, im in enumerate(images):
         size = (im.height, im.width)
-        winner = _upsample(sim[b : b + 1], size)[0].argmax(0)
+        winner = _refine(_upsample(sim[b : b + 1], size), im, protocol)[0].argmax(0)
         best = None
         if background:
             patch = sim[b : b + 1].flatten(2).transpose(1, 2)  # (1, h·w, T)
-            norm = similarity_map(patch, size, tuple(sim.shape[-2:]))[0]  # (H, W, T)
-            best = torch.gather(norm, 2, winner[..., None])[..., 0]
+            norm = similarity_map(patch, size, tuple(sim.shape[-2:]))  # (1, H, W, T)
+            if protocol.pamr_steps:
+                norm = _refine(norm.permute(0, 3, 1, 2), im, protocol).permute(0, 2, 3, 1)
+            best = torch.gather(norm[0], 2, winner[..., None])[..., 0]
         preds.append(_decide(best, winner, protocol.background_threshold if background else None))
     return preds
 
@@ -267,7 +302,8 @@ def predict_sliding(
                 counts[i][:, y0:y1, x0:x1] += 1
     preds = []
     for im, total, count in zip(images, logits, counts, strict=True):
-        probs = torch.softmax(_upsample((total / count)[None], (im.height, im.width))[0], dim=0)
+        upsampled = _refine(_upsample((total / count)[None], (im.height, im.width)), im, protocol)
+        probs = torch.softmax(upsampled[0], dim=0)
         best, winner = probs.max(0)
         preds.append(_decide(best, winner, protocol.background_threshold if background else None))
     return preds
@@ -298,7 +334,8 @@ def segment_samples(
     foreground classes); images with the same candidates run together.
     """
     foreground = list(dataset.foreground)
-    texts = text_features(loaded.model, loaded.tokenizer, [dataset.prompts[c] for c in foreground])
+    prompts = [dataset.prompts[c] for c in foreground]
+    texts = text_features(loaded.model, loaded.tokenizer, prompts, templates=protocol.templates)
     position = {c: j for j, c in enumerate(foreground)}
     groups: dict[tuple[int, ...], list[int]] = {}
     for b, sample in enumerate(samples):

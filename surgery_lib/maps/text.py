@@ -34,6 +34,32 @@ def _imagenet_templates() -> tuple[str, ...]:
 PROMPT_TEMPLATES: tuple[str, ...] = _imagenet_templates() + SCENE_TEMPLATES
 """The 85 templates of the paper: CLIP's 80 ImageNet templates and 5 scene templates."""
 
+OPENAI_TEMPLATES: tuple[str, ...] = PROMPT_TEMPLATES[:80]
+"""CLIP's 80 ImageNet templates (OpenAI), the first 80 of :data:`PROMPT_TEMPLATES`."""
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "surgery85": PROMPT_TEMPLATES,
+    "openai80": OPENAI_TEMPLATES,
+    "single": ("a photo of a {}.",),
+}
+"""Named template sets: ``surgery85`` (CLIP Surgery, MaskCLIP: 80 ImageNet + 5 scene templates),
+``openai80`` (SCLIP, ClearCLIP, NACLIP), ``single`` (GEM: "a photo of a {}.")."""
+
+
+def resolve_templates(templates: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Templates from a set name of :data:`TEMPLATE_SETS`, a list of format strings, or ``None``
+    (:data:`PROMPT_TEMPLATES`); each must hold exactly one ``{}``."""
+    if templates is None:
+        return PROMPT_TEMPLATES
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            raise ValueError(f"unknown template set {templates!r}; expected one of {tuple(TEMPLATE_SETS)}")
+        return TEMPLATE_SETS[templates]
+    resolved = tuple(templates)
+    if not resolved or any(not isinstance(t, str) or t.count("{}") != 1 for t in resolved):
+        raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
+    return resolved
+
 
 class LabelTooLongError(ValueError):
     """A label whose prompts do not fit in the text encoder's context."""
@@ -93,7 +119,7 @@ def text_features(
     model: nn.Module,
     tokenizer: Tokenizer,
     labels: Sequence[str],
-    templates: Sequence[str] | None = None,
+    templates: str | Sequence[str] | None = None,
     use_cache: bool = True,
     allow_empty_label: bool = False,
 ) -> torch.Tensor:
@@ -104,15 +130,14 @@ def text_features(
 
     Args:
         labels: class names; empty names are refused unless ``allow_empty_label``.
-        templates: format strings with one ``{}``; default :data:`PROMPT_TEMPLATES`.
+        templates: a set name of :data:`TEMPLATE_SETS` (``"surgery85"``, ``"openai80"``, ``"single"``)
+            or format strings with one ``{}``; default :data:`PROMPT_TEMPLATES` (= ``"surgery85"``).
     Returns:
         ``(T, D)`` float32, rows of unit norm.
     """
     check_clip(model)
     labels = validate_labels(labels, allow_empty_label=allow_empty_label)
-    templates = tuple(templates) if templates is not None else PROMPT_TEMPLATES
-    if not templates or any(t.count("{}") != 1 for t in templates):
-        raise ValueError("templates must be a non-empty list of strings with exactly one '{}' each")
+    templates = resolve_templates(templates)
     try:
         hash(tokenizer)
     except TypeError:  # an unhashable tokenizer cannot key the cache: compute without it
@@ -136,7 +161,7 @@ def text_features(
 
 
 def empty_prompt_features(
-    model: nn.Module, tokenizer: Tokenizer, templates: Sequence[str] | None = None
+    model: nn.Module, tokenizer: Tokenizer, templates: str | Sequence[str] | None = None
 ) -> torch.Tensor:
     """The redundant features of the paper: the prompt ensemble of the empty class name ``""``, ``(1, D)``."""
     return text_features(model, tokenizer, [""], templates=templates, allow_empty_label=True)
