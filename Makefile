@@ -12,7 +12,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format bench clean figures lab book app
+.PHONY: setup test test-fast test-realscale lint format bench clean figures lab book app
 REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt \
 	requirements-book.txt
 LINTED := surgery_lib surgery_tools tests benchmarks notebooks
@@ -40,6 +40,10 @@ test: setup lint
 
 test-fast: setup
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit -m "not slow"
+
+# make test-realscale - every notebook on ViT-B-16/RN50-sized random weights from an HF cache (~1 h on 2 cores)
+test-realscale: setup
+	@$(PY) -m pytest -q -s -m realscale tests/notebooks/test_real_weights_path.py
 
 bench: setup
 	@$(PY) benchmarks/bench_surgery.py

@@ -1,7 +1,10 @@
 """The path a user with real weights takes, at real scale: the README's command
 ``SURGERY_MODEL=ViT-B-16 SURGERY_PRETRAINED=openai SURGERY_IMAGES=real make figures`` with the weights in a
 Hugging Face cache (no network), here a ViT-B/16 and an RN50 with random weights saved where the
-``openai`` tag looks for them. Every notebook must run on them (few images: the same code paths)."""
+``openai`` tag looks for them. Every notebook must run on them (few images: the same code paths).
+
+About 4 minutes a notebook on the project's 2-core CPU (notebook 00: 251 s), so ``make test`` leaves it
+out (marker ``realscale``); ``make test-realscale`` runs it."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from safetensors.torch import save_file
 
 from surgery_lib.ui.notebooks import notebook_paths, run_notebook
 
-pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks, pytest.mark.realscale]
 BACKBONES = ("ViT-B-16", "RN50")
 
 
