@@ -290,6 +290,12 @@ def _opaque(cmap: str, limits: tuple[float, float] = (0.0, 1.0)):
     return ScalarMappable(Normalize(*limits), cmap)
 
 
+def _fit_panel(panel_size: float, cols: int, margin: float, width: str | float = "double") -> float:
+    """The panel side that keeps ``cols`` panels plus ``margin`` inches within the page ``width``
+    (:data:`PAGE_WIDTHS`): ``panel_size``, or less when the row would be wider."""
+    return min(panel_size, (page_width(width) - margin) / max(cols, 1))
+
+
 def _check_maps(maps: np.ndarray, labels: Sequence[str], what: str) -> None:
     if maps.ndim != 3 or maps.shape[-1] != len(labels):
         raise ValueError(f"{what} must be (H, W, T) with T = {len(labels)} labels, got shape {maps.shape}")
@@ -347,11 +353,15 @@ def map_grid(
     for i, m in enumerate(arrays):
         _check_maps(m, labels, f"maps[{i}]")
     rows, cols = len(images), len(labels) + int(show_image)
+    panel_size = _fit_panel(panel_size, cols, 0.6)
     bar_limits = (0.0, 1.0)
     plt = _pyplot()
     with figure_style():
         fig, axes = plt.subplots(
-            rows, cols, figsize=(panel_size * cols + 0.6, panel_size * rows + 0.3), squeeze=False
+            rows,
+            cols,
+            figsize=(panel_size * cols + 0.6, panel_size * rows + 0.3),
+            squeeze=False,  # fitted above
         )
         for r, (image, m) in enumerate(zip(images, arrays, strict=True)):
             offset = 0
@@ -451,7 +461,10 @@ def attention_figure(
     h, w = grid
     plt = _pyplot()
     with figure_style():
-        fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(1.9 * (len(kinds) + 1), 2.1), squeeze=False)
+        side = _fit_panel(1.9, len(kinds) + 1, 0.0)
+        fig, axes = plt.subplots(
+            1, len(kinds) + 1, figsize=(side * (len(kinds) + 1), side + 0.2), squeeze=False
+        )
         axes = axes[0]
         scale = max(1, -(-224 // max(h, w)))  # integer upsampling keeps the token cells visible
         side = (h * scale, w * scale)
@@ -826,6 +839,7 @@ def segmentation_figure(
     plt = _pyplot()
     panels = {"image": None, "ground truth": label, **preds}
     with figure_style():
+        panel_size = _fit_panel(panel_size, len(panels), 0.0)
         fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.6))
         for ax, (title, classes) in zip(np.atleast_1d(axes), panels.items(), strict=True):
             ax.imshow(_fitted(image, label.shape) if classes is None else paint(classes))
@@ -983,6 +997,7 @@ def method_grid(
     arrays = _method_arrays(maps_by_method, rows, labels)
     methods = list(arrays)
     cols = 1 + len(methods)
+    panel_size = _fit_panel(panel_size, cols, 0.7)
     plt = _pyplot()
     with figure_style():
         fig, axes = plt.subplots(
@@ -1057,7 +1072,10 @@ def method_label_grid(
         fig, axes = plt.subplots(
             len(methods),
             len(labels),
-            figsize=(panel_size * len(labels) + 0.9, panel_size * len(methods) + 0.25),
+            figsize=(
+                _fit_panel(panel_size, len(labels), 0.9) * len(labels) + 0.9,
+                _fit_panel(panel_size, len(labels), 0.9) * len(methods) + 0.25,
+            ),
             squeeze=False,
             layout="constrained",
         )

@@ -265,3 +265,10 @@ def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
         bootstrap_ci([])
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_ci([1.0, float("nan")])
+
+
+def test_map_figures_never_grow_wider_than_the_page(image):
+    maps = np.random.default_rng(0).random((40, 60, 12))
+    fig = viz.map_grid([image], [maps], [f"class {i}" for i in range(12)])
+    assert fig.get_size_inches()[0] <= 7.2 + 1e-6
+    viz.close(fig)
