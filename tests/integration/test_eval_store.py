@@ -178,7 +178,7 @@ def test_a_broken_run_json_is_refused_naming_it(clip, damaged, damage, where, pr
     path = damaged / "run.json"
     path.write_bytes(damage(path.read_bytes()))
     message = _refused(clip, damaged, problem, "use another --out")
-    assert f"{path}{where}" in message if where else str(damaged) in message
+    assert f"{damaged}/{where}" in message if where else str(damaged) in message
 
 
 def test_a_second_run_on_the_same_folder_is_refused(clip, damaged):
