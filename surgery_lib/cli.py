@@ -254,15 +254,18 @@ def run_explain(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surgery`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
-    if args.command == "evaluate":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # evaluate and figures hand their options on as they are (argparse's REMAINDER would not take a
+    # leading --option after a subcommand)
+    if argv[:1] == ["evaluate"]:
         from surgery_lib.eval.runner import main as evaluate_main
 
-        return evaluate_main(args.options)
-    if args.command == "figures":
+        return evaluate_main(argv[1:])
+    if argv[:1] == ["figures"]:
         from surgery_lib.ui.notebooks import main as figures_main
 
-        return figures_main(args.options)
+        return figures_main(argv[1:])
+    args = _parser().parse_args(argv)
     try:
         with torch.no_grad():
             run_explain(args)

@@ -58,3 +58,15 @@ def test_a_failing_cell_names_the_notebook(tmp_path, capsys):
     assert executed["cells"][0]["execution_count"] == 1  # the executed copy is kept for inspection
     assert main([str(bad), "--out", str(tmp_path / "out"), "--figures", str(tmp_path / "figs")]) == 1
     assert "1 notebook(s) failed: 07_bad.py" in capsys.readouterr().err
+
+
+def test_the_surgery_command_runs_the_notebooks_with_make_figures_options(tmp_path, capsys):
+    """`make figures` calls `surgery figures --out ... --figures ...`: the options reach the runner."""
+    from surgery_lib.cli import main as surgery
+
+    good = tmp_path / "01_good.py"
+    good.write_text("# %%\nx = 1\n")
+    out, figures = tmp_path / "out", tmp_path / "figs"
+    assert surgery(["figures", str(good), "--out", str(out), "--figures", str(figures)]) == 0
+    assert (out / "01_good.ipynb").is_file()
+    assert "executed notebooks" in capsys.readouterr().out

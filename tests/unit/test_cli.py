@@ -175,3 +175,11 @@ def test_cli_empty_vocabulary_is_a_usage_error(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", str(COMPOSITE), "--labels", "cat", "--vocabulary", " , ", "--out", str(out)]) == 2
     assert "--vocabulary names no class" in capsys.readouterr().err
+
+
+def test_evaluate_options_reach_the_evaluation_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--task", "explain", "--dataset", "composites", "--root", str(tmp_path),
+              "--out", str(tmp_path / "out"), "--limit", "0"])  # fmt: skip
+    assert "limit must be >= 1" in str(info.value)
+    assert not (tmp_path / "out").exists()
