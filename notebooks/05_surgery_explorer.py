@@ -82,7 +82,8 @@ steps = {
 }
 for name, config in steps.items():
     explorer.set_config(config)
-    print(name, [str(p) for p in explorer.export(name)])
+    provenance = {"model": MODEL, "config": config, "labels": shown_labels, "images": selected}
+    save_figure(explorer.figure(), name, provenance=provenance)  # make figures replaces its own figures
 explorer.set_config(SurgeryConfig.paper())
 print(explorer.status.value)
 

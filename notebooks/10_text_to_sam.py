@@ -86,7 +86,7 @@ if pair is not None:
     shown.append((pair, "+".join(pair.labels[:2])))
 with figure_style():
     fig, axes = plt.subplots(
-        2, len(shown), figsize=(2.3 * len(shown), 5.2), squeeze=False, layout="constrained"
+        2, len(shown), figsize=(min(2.3 * len(shown), 7.0), 5.2), squeeze=False, layout="constrained"
     )
     for col, (item, target) in enumerate(shown):
         for row, (method, config) in enumerate(methods.items()):
@@ -200,7 +200,7 @@ except SamUnavailableError as error:
 if segmenter is not None:
     with figure_style():
         fig, axes = plt.subplots(
-            1, len(shown), figsize=(2.3 * len(shown), 2.8), squeeze=False, layout="constrained"
+            1, len(shown), figsize=(min(2.3 * len(shown), 7.0), 2.8), squeeze=False, layout="constrained"
         )
         for ax, (item, target) in zip(axes[0], shown, strict=True):
             ex = explained(item, SurgeryConfig.paper())

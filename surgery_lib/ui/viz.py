@@ -461,7 +461,7 @@ def attention_figure(
     h, w = grid
     plt = _pyplot()
     with figure_style():
-        side = _fit_panel(1.9, len(kinds) + 1, 0.0)
+        side = _fit_panel(1.9, len(kinds) + 1, 0.8)
         fig, axes = plt.subplots(
             1, len(kinds) + 1, figsize=(side * (len(kinds) + 1), side + 0.2), squeeze=False
         )
@@ -997,7 +997,7 @@ def method_grid(
     arrays = _method_arrays(maps_by_method, rows, labels)
     methods = list(arrays)
     cols = 1 + len(methods)
-    panel_size = _fit_panel(panel_size, cols, 0.7)
+    panel_size = _fit_panel(panel_size, cols, 0.9)
     plt = _pyplot()
     with figure_style():
         fig, axes = plt.subplots(
@@ -1105,7 +1105,7 @@ def dual_path_diagram(n_blocks: int = 12, depth: int = 6, attention: str = "v-v"
     s = n_blocks - depth
     top, bottom, w = 2.4, 0.6, 1.0
     with figure_style():
-        fig, ax = plt.subplots(figsize=(2.2 + 1.0 * depth + 2.0, 3.0))
+        fig, ax = plt.subplots(figsize=(min(2.2 + 1.0 * depth + 2.0, page_width("double") - 0.6), 3.0))
         ax.set_axis_off()
 
         def box(x: float, y: float, text: str, color: str, width: float = w) -> None:

@@ -558,7 +558,7 @@ def _explorer_figure(
     outlines in white, the map's SC / IoU / pointing hit under it where the label has a mask)."""
     plt = viz._pyplot()
     t = len(labels)
-    panel = 1.55
+    panel = min(1.55, (viz.page_width("double") - 2.8) / (t + 1))  # the figure fits the page width
     with viz.figure_style():
         fig, axes = plt.subplots(
             len(rows),
