@@ -43,26 +43,32 @@ EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")  # resumable resu
 # %%
 import pandas as pd
 
-from surgery_lib.eval.runner import dataset_specs, evaluation_table
+from surgery_lib.eval.runner import dataset_specs, evaluation_table, metric_bars, with_intervals
 from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import bar_chart, save_figure
 
 datasets = dataset_specs(DATASETS)
 rows = evaluation_table("explain", BACKBONES, datasets, EVAL_DIR, pretrained=PRETRAINED, limit=LIMIT)
 table = pd.DataFrame(rows)
-table[["backbone", "dataset", "method", "mIoU", "mSC", "pointing_game", "opposite_rate", "pairs"]].round(2)
+metrics = ["mIoU", "mSC", "pointing_game", "opposite_rate"]
+pd.DataFrame(with_intervals(rows, metrics))[
+    ["backbone", "dataset", "method", *[f"{m} (95 % CI)" for m in metrics], "pairs"]
+]
 
 # %% [markdown]
 # Each run is stored under `EVAL_DIR` (`results.json`, `results.csv`, per-image records): rerunning the
-# notebook, or the same command line, reuses every finished image.
+# notebook, or the same command line, reuses every finished image. The brackets are 95 % bootstrap
+# confidence intervals over images (1000 resamples of the images, each summary recomputed; this
+# project's addition — the paper reports means only): with the toy sets' few images they are wide,
+# so read a difference as real only where the intervals of raw CLIP and CLIP Surgery barely overlap.
 
 # %%
 wide = table.pivot_table(index=["backbone", "dataset"], columns="method", values=["mIoU", "mSC"])
 for metric in ("mIoU", "mSC"):
-    values = {
-        f"{b}\n{d}": {m: wide.loc[(b, d), (metric, m)] for m in ("raw", "surgery")} for b, d in wide.index
-    }
-    fig = bar_chart(values, metric, f"explainability {metric}: raw CLIP vs CLIP Surgery")
+    values, errors = metric_bars(rows, metric)
+    fig = bar_chart(
+        values, metric, f"explainability {metric}: raw CLIP vs CLIP Surgery (95 % CI)", errors=errors
+    )
     save_figure(fig, f"06_explain_{metric}")
 
 # %%

@@ -15,7 +15,7 @@ game), and also reports the fraction of (image, class) pairs with SC < 0.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,6 +118,54 @@ def bootstrap_ci(
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(data.mean()), float(low), float(high)
+
+
+def bootstrap_statistic(
+    n: int,
+    statistic: Callable[[np.ndarray], Mapping[str, float]],
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of a summary computed over ``n`` units (images): the units are
+    resampled with replacement ``resamples`` times and ``statistic(indices)`` recomputed on each;
+    returns ``{key: (low, high)}`` for each key of the statistic.
+
+    Use it for summaries that are not a plain mean over images (mIoU from a summed confusion matrix,
+    mAP, a mean over classes of per-class means): resampling images and recomputing keeps the
+    dependence between the pairs or pixels of one image. Deterministic for a seed.
+
+    Args:
+        n: the number of units.
+        statistic: the summary of the units at ``indices`` (an ``(n,)`` int array with repeats), as
+            ``{key: value}``; a resample on which a value is undefined may give NaN (left out of that
+            key's quantiles) or raise ``ValueError`` (the resample is left out).
+    Raises:
+        ValueError: ``n < 1``, ``resamples < 1`` or ``level`` outside (0, 1).
+    """
+    if n < 1:
+        raise ValueError("bootstrap_statistic needs at least one unit")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = defaultdict(list)
+    for _ in range(resamples):
+        try:
+            values = statistic(rng.integers(0, n, size=n))
+        except ValueError:
+            continue
+        for key, value in values.items():
+            draws[key].append(float(value))
+    tail = (1.0 - level) / 2.0
+    out = {}
+    for key, values in draws.items():
+        finite = np.asarray(values)[np.isfinite(values)]
+        if finite.size:
+            low, high = np.quantile(finite, [tail, 1.0 - tail])
+            out[key] = (float(low), float(high))
+    return out
 
 
 def mask_iou(prediction: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:

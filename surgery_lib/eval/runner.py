@@ -54,7 +54,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -75,6 +75,7 @@ from surgery_lib.eval.metrics import (
     ExplainabilityMeter,
     MapScores,
     average_precision,
+    bootstrap_statistic,
     masked_map_scores,
     mean_average_precision,
 )
@@ -597,14 +598,98 @@ _BATCH_FUNCTIONS = {"explain": _explain_batch, "segment": _segment_batch, "multi
 # summaries
 
 
+INTERVAL_LEVEL = 0.95
+INTERVAL_RESAMPLES = 1000
+"""The confidence intervals every ``results.json`` carries: a percentile bootstrap over images
+(:func:`~surgery_lib.eval.metrics.bootstrap_statistic`, seed 0) of each summary number."""
+
+_INTERVAL_KEYS = {
+    "explain": ("mIoU", "mSC", "pointing_game", "opposite_rate"),
+    "segment": ("mIoU", "pixel_accuracy"),
+    "multilabel": ("mAP",),
+}
+
+
+def _explain_meter(records: Sequence[dict]) -> ExplainabilityMeter:
+    """The explainability scores of the records' (image, class) pairs."""
+    meter = ExplainabilityMeter()
+    for record in records:
+        for p in record["pairs"]:
+            meter.add_scores(p["class"], MapScores(p["iou"], p["sc"], p["hit"]))
+    return meter
+
+
+def _interval_statistic(task: str, records: Sequence[dict], num_classes: int, ignore_index: int):
+    """The task's summary numbers of the records at given indices (repeats allowed), computed by the
+    same code as the summary itself, for the bootstrap."""
+    keys = _INTERVAL_KEYS[task]
+    if task == "explain":
+
+        def explain(idx: np.ndarray) -> dict[str, float]:
+            summary = _explain_meter([records[i] for i in idx]).summary()  # no pairs: ValueError
+            return {k: summary[k] for k in keys}
+
+        return explain
+    if task == "segment":
+        owner = np.concatenate([np.full(len(r["confusion"]), i) for i, r in enumerate(records)] + [[]])
+        entries = np.array([e for r in records for e in r["confusion"]], dtype=np.int64).reshape(-1, 3)
+        cells = torch.from_numpy(entries[:, 0] * num_classes + entries[:, 1])
+        counts = entries[:, 2]
+
+        def segment(idx: np.ndarray) -> dict[str, float]:
+            weights = np.bincount(idx, minlength=len(records))[owner.astype(np.int64)]
+            flat = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+            flat.index_add_(0, cells, torch.from_numpy(counts * weights))
+            confusion = ConfusionMatrix(num_classes, ignore_index)
+            confusion.matrix = flat.reshape(num_classes, num_classes)
+            return {"mIoU": confusion.miou(), "pixel_accuracy": confusion.pixel_accuracy()}
+
+        return segment
+    scores = torch.tensor(
+        [[0.0 if s is None else s for s in r["scores"]] for r in records], dtype=torch.float64
+    )
+    targets = torch.tensor([r["targets"] for r in records], dtype=torch.int64)
+
+    def multilabel(idx: np.ndarray) -> dict[str, float]:
+        index = torch.from_numpy(idx)
+        return {"mAP": mean_average_precision(scores[index], targets[index])[0]}
+
+    return multilabel
+
+
+def summary_intervals(
+    task: str,
+    records: Sequence[dict],
+    num_classes: int,
+    ignore_index: int = 255,
+    level: float = INTERVAL_LEVEL,
+    resamples: int = INTERVAL_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Bootstrap confidence intervals over images of the task's summary numbers (``explain``: mIoU,
+    mSC, pointing game, opposite rate; ``segment``: mIoU, pixel accuracy; ``multilabel``: mAP):
+    ``{metric: [low, high]}``. The images are resampled with replacement and the summary recomputed
+    as the run computes it (mIoU from the summed confusion matrix, mAP over classes with positives, the
+    explainability means per class then over classes).
+
+    Args:
+        records: the per-image records of a run (:func:`image_records`).
+        num_classes, ignore_index: the dataset's (``segment`` needs them).
+    """
+    if task not in _INTERVAL_KEYS:
+        raise ValueError(f"unknown task {task!r}; expected one of {tuple(_INTERVAL_KEYS)}")
+    if not records:
+        return {}
+    statistic = _interval_statistic(task, records, num_classes, ignore_index)
+    found = bootstrap_statistic(len(records), statistic, level, resamples, seed)
+    return {k: [round(low, 6), round(high, 6)] for k, (low, high) in found.items()}
+
+
 def _summarise(task: str, dataset: Dataset, records: Sequence[dict], confusion: ConfusionMatrix) -> tuple:
     """``(summary dict, per-class rows)`` of the task from all records in image order."""
     names = dataset.class_names
     if task == "explain":
-        meter = ExplainabilityMeter()
-        for record in records:
-            for p in record["pairs"]:
-                meter.add_scores(p["class"], MapScores(p["iou"], p["sc"], p["hit"]))
+        meter = _explain_meter(records)
         skipped = sum(len(r["skipped"]) for r in records)
         summary = {**meter.summary(), "skipped_pairs": skipped} if len(meter) else {"skipped_pairs": skipped}
         rows = [
@@ -805,6 +890,12 @@ def _run_held(
         "image_size": ctx.size,
         "protocol": dataclasses.asdict(ctx.protocol) if args.task == "segment" else None,
         "summary": summary,
+        "intervals": {
+            "level": INTERVAL_LEVEL,
+            "resamples": INTERVAL_RESAMPLES,
+            "unit": "image",
+            **summary_intervals(args.task, shard, len(dataset.class_names), dataset.ignore_index),
+        },
         "per_class": rows,
         "run": {
             "world_size": world,
@@ -896,6 +987,16 @@ def dataset_specs(spec: str = "") -> dict[str, tuple[str, Path]]:
     return specs
 
 
+def _table_row(result: dict) -> dict:
+    """A run's summary numbers as table columns: each metric, its interval as ``<metric>_low`` and
+    ``<metric>_high`` (when the result has one), and ``s_per_image``."""
+    row = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
+    for metric, limits in result.get("intervals", {}).items():
+        if isinstance(limits, list):
+            row[f"{metric}_low"], row[f"{metric}_high"] = limits
+    return {**row, "s_per_image": result["run"]["seconds_per_image"]}
+
+
 def evaluation_table(
     task: str,
     backbones: Sequence[str],
@@ -906,7 +1007,8 @@ def evaluation_table(
     **options: object,
 ) -> list[dict]:
     """One :func:`evaluate` per backbone × dataset × method (each resumable in its own folder under
-    ``out_dir``); rows of ``{"backbone", "dataset", "method", <summary>, "s_per_image", "out"}``."""
+    ``out_dir``); rows of ``{"backbone", "dataset", "method", <summary>, <metric>_low, <metric>_high,
+    "s_per_image", "out"}`` (the limits of the 95 % bootstrap interval over images of each metric)."""
     device = str(options.pop("device", "auto"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -918,11 +1020,55 @@ def evaluation_table(
             for method in methods:
                 out = Path(out_dir) / task / f"{backbone}__{tag}__{label}__{method}".replace("/", "_")
                 result = evaluate(task, name, root, out, backbone, tag, method, loaded, quiet=True, **options)
-                summary = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
-                seconds = result["run"]["seconds_per_image"]
-                row = {"backbone": backbone, "dataset": label, "method": method, **summary}
-                rows.append({**row, "s_per_image": seconds, "out": str(out)})
+                row = {"backbone": backbone, "dataset": label, "method": method, **_table_row(result)}
+                rows.append({**row, "out": str(out)})
     return rows
+
+
+def with_intervals(rows: Sequence[Mapping], metrics: Sequence[str], digits: int = 1) -> list[dict]:
+    """Copies of table rows (:func:`evaluation_table`, :func:`evaluate_methods`) with a column
+    ``"<metric> (95 % CI)"`` per metric, e.g. ``"41.2 [38.0, 44.5]"`` (the mean and its bootstrap
+    interval over images); a row without the interval shows the value alone."""
+    out = []
+    for row in rows:
+        shown = dict(row)
+        for metric in metrics:
+            if metric not in row:
+                raise KeyError(f"no {metric!r} in the table; it has {sorted(row)}")
+            text = f"{row[metric]:.{digits}f}"
+            if f"{metric}_low" in row:
+                text += f" [{row[f'{metric}_low']:.{digits}f}, {row[f'{metric}_high']:.{digits}f}]"
+            shown[f"{metric} (95 % CI)"] = text
+        out.append(shown)
+    return out
+
+
+def metric_bars(
+    rows: Sequence[Mapping],
+    metric: str,
+    methods: Sequence[str] = ("raw", "surgery"),
+    group: Sequence[str] = ("backbone", "dataset"),
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, tuple[float, float]]]]:
+    """``(values, errors)`` for :func:`surgery_lib.ui.viz.bar_chart` from table rows: one group per
+    distinct ``group`` columns (joined by a line break), one bar per method, and the bootstrap
+    interval of each value as its error bar."""
+    values: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, tuple[float, float]]] = {}
+    for row in rows:
+        if row["method"] not in methods:
+            continue
+        name = "\n".join(str(row[g]) for g in group)
+        if row["method"] in values.get(name, {}):
+            raise ValueError(
+                f"two rows of method {row['method']!r} in group {name!r}: group by more columns than {list(group)}"
+            )
+        values.setdefault(name, {})[row["method"]] = float(row[metric])
+        if f"{metric}_low" in row:
+            errors.setdefault(name, {})[row["method"]] = (row[f"{metric}_low"], row[f"{metric}_high"])
+    if not values:
+        raise ValueError(f"no rows of the methods {list(methods)} in the table")
+    ordered = {g: {m: values[g][m] for m in methods if m in values[g]} for g in values}
+    return ordered, errors
 
 
 def evaluate_methods(
@@ -950,9 +1096,7 @@ def evaluate_methods(
     rows = []
     for one in settings:
         result = json.loads((one.out / "results.json").read_text())
-        summary = {k: v for k, v in result["summary"].items() if not isinstance(v, list)}
-        seconds = result["run"]["seconds_per_image"]
-        rows.append({"method": one.method, **summary, "s_per_image": seconds, "out": str(one.out)})
+        rows.append({"method": one.method, **_table_row(result), "out": str(one.out)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results_by_method.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -215,3 +215,36 @@ def test_two_processes_match_one_exactly(composites_root, tmp_path):
     assert json.loads((tmp_path / "two" / "results.json").read_text())["run"]["world_size"] == 2
     assert sorted(p.name for p in (tmp_path / "two" / "parts").iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
     assert _results(tmp_path / "two") == _results(tmp_path / "one")
+
+
+@pytest.mark.parametrize("task", ["explain", "segment", "multilabel"])
+def test_results_carry_bootstrap_intervals_over_images(task, voc_root, tmp_path):
+    """Every summary number has its 95 % interval, recomputed from the stored per-image records by the
+    summary's own code: the interval holds the summary, and one image repeated gives a zero width."""
+    out = tmp_path / task
+    evaluate.main(_args(task, voc_root, out))
+    result = _results(out)
+    intervals = result["intervals"]
+    assert intervals["level"] == 0.95 and intervals["unit"] == "image"
+    keys = {"explain": {"mIoU", "mSC", "pointing_game", "opposite_rate"},
+            "segment": {"mIoU", "pixel_accuracy"}, "multilabel": {"mAP"}}[task]  # fmt: skip
+    assert keys <= set(intervals)
+    for key in keys:
+        low, high = intervals[key]
+        assert low <= result["summary"][key] + 1e-6 and result["summary"][key] <= high + 1e-6
+    records = evaluate.image_records(out)
+    recomputed = evaluate.summary_intervals(task, records, 21)
+    assert recomputed == {k: v for k, v in intervals.items() if isinstance(v, list)}
+    assert any(high > low for low, high in recomputed.values())  # five different images
+    one = evaluate.summary_intervals(task, [records[0]] * 4, 21)
+    assert one and all(low == high for low, high in one.values())
+    rows = evaluate.evaluation_table(
+        task, ["toy-vit"], {"voc": ("voc", voc_root)}, tmp_path / "table", methods=("surgery",), batch_size=2
+    )
+    first = sorted(keys)[0]
+    assert rows[0][f"{first}_low"] <= rows[0][first] <= rows[0][f"{first}_high"]
+
+
+def test_summary_intervals_refuse_an_unknown_task():
+    with pytest.raises(ValueError, match="unknown task 'classify'"):
+        evaluate.summary_intervals("classify", [{}], 2)

@@ -272,3 +272,24 @@ def test_map_figures_never_grow_wider_than_the_page(image):
     fig = viz.map_grid([image], [maps], [f"class {i}" for i in range(12)])
     assert fig.get_size_inches()[0] <= 7.2 + 1e-6
     viz.close(fig)
+
+
+def test_bootstrap_statistic_resamples_units_and_recomputes():
+    from surgery_lib.eval.metrics import bootstrap_ci, bootstrap_statistic
+
+    values = np.random.default_rng(1).normal(size=37)
+    found = bootstrap_statistic(37, lambda idx: {"mean": values[idx].mean()}, resamples=500)
+    assert found["mean"] == pytest.approx(bootstrap_ci(values, resamples=500)[1:])  # same draws, same rule
+
+    def picky(idx):
+        if 0 not in idx:
+            raise ValueError("undefined without unit 0")  # such resamples are left out
+        return {"max": float(values[idx].max()), "nan": float("nan")}
+
+    picked = bootstrap_statistic(37, picky, resamples=200)
+    assert "nan" not in picked and picked["max"][1] == pytest.approx(values.max())
+    for bad, match in (({"n": 0}, "at least one unit"), ({"resamples": 0}, "resamples"),
+                       ({"level": 1.0}, "level")):  # fmt: skip
+        kwargs = {"n": 3, "statistic": lambda idx: {"a": 1.0}, **bad}
+        with pytest.raises(ValueError, match=match):
+            bootstrap_statistic(**kwargs)
