@@ -170,14 +170,15 @@ gate["recall − FP"] = gate.recall - gate.false_positive
 recommended = float(gate["recall − FP"].idxmax())
 positive = gate.loc[gate.index > 0]
 fig = line_chart(
-    np.log10(positive.index).tolist(),
+    positive.index.tolist(),
     {
         "recall (present classes)": positive.recall.tolist(),
         "false positives (absent)": positive.false_positive.tolist(),
     },
-    "log10 gate threshold (min_probability)",
+    "gate threshold (min_probability, log scale)",
     "% of (image, class) pairs with points",
     "presence gate",
+    xscale="log",
 )
 save_figure(fig, "10_presence_gate")
 print(f"recommended min_probability: {recommended:g}")

@@ -82,13 +82,143 @@ def _pyplot():
     return plt
 
 
+FONT_ENV = "SURGERY_FONT"
+"""Environment variable naming the font family of every figure (comma-separated fallbacks), e.g.
+``SURGERY_FONT=serif make figures``; :func:`set_font` overrides it in a session."""
+
+GENERIC_FONTS: tuple[str, ...] = ("sans-serif", "serif", "monospace", "cursive", "fantasy")
+
+_SERIF_FONTS = ["Times New Roman", "Nimbus Roman", "TeX Gyre Termes", "Liberation Serif", "DejaVu Serif"]
+"""``serif`` resolves to the first of these that is installed: Times-like faces first, as in the
+paper's LaTeX template (matplotlib always ships DejaVu Serif, the last resort)."""
+
+_font_family: tuple[str, ...] | None = None
+
+
+def _check_font(name: str) -> None:
+    if name in GENERIC_FONTS:
+        return
+    from matplotlib import font_manager
+
+    installed = sorted({font.name for font in font_manager.fontManager.ttflist})
+    if name not in installed:
+        shown = ", ".join(installed[:15]) + (", ..." if len(installed) > 15 else "")
+        raise ValueError(
+            f"font family {name!r} is not installed; use a generic family {GENERIC_FONTS} or one of "
+            f"the {len(installed)} installed: {shown}"
+        )
+
+
+def _font_names(family: str | Sequence[str]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in ((family,) if isinstance(family, str) else family) for n in n.split(","))
+    names = tuple(n for n in names if n)
+    if not names:
+        raise ValueError("no font family given")
+    for name in names:
+        _check_font(name)
+    return names
+
+
+def set_font(family: str | Sequence[str] | None) -> None:
+    """Draw the text of every later figure in ``family``: a generic family of :data:`GENERIC_FONTS`
+    (``"serif"`` picks a Times-like face when one is installed, as the paper's template uses, and
+    STIX for mathematics), an installed family name, or fallbacks in order. None returns to
+    ``$SURGERY_FONT`` or matplotlib's default (DejaVu Sans).
+
+    Raises:
+        ValueError: a family that is not installed (the message lists the installed ones).
+    """
+    global _font_family
+    _font_family = None if family is None else _font_names(family)
+
+
+def _style() -> dict[str, object]:
+    style: dict[str, object] = dict(_STYLE)
+    family = _font_family
+    if family is None and os.environ.get(FONT_ENV):
+        family = _font_names(os.environ[FONT_ENV])
+    if family:
+        style["font.family"] = list(family)
+        style["font.serif"] = _SERIF_FONTS
+        if family[0] == "serif" or family[0] in _SERIF_FONTS:
+            style["mathtext.fontset"] = "stix"
+    return style
+
+
 @contextmanager
 def figure_style() -> Iterator[None]:
-    """The project's matplotlib style, as a context (``rcParams`` restored on exit)."""
+    """The project's matplotlib style, as a context (``rcParams`` restored on exit): 8 pt text, no
+    top/right spines, 300 dpi, editable PDF text, and the font of :func:`set_font` / ``$SURGERY_FONT``."""
     import matplotlib
 
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(_style()):
         yield
+
+
+PANEL_LETTER_STYLES: tuple[str, ...] = ("(a)", "a", "A", "(A)", "a)")
+
+
+def panel_letters(
+    fig: Figure,
+    axes: Sequence[Axes] | None = None,
+    style: str = "(a)",
+    size: float = 9.0,
+    offset: tuple[float, float] = (-0.04, 1.02),
+) -> list:
+    """Letter the panels of ``fig`` for a caption's "(a) raw CLIP, (b) CLIP Surgery": one bold letter
+    above the upper-left corner of each of ``axes`` (default: every visible panel of the figure in
+    drawing order, colorbars left out). Returns the letters' text artists.
+
+    Args:
+        style: one of :data:`PANEL_LETTER_STYLES` (``"(a)"``, ``"a"``, ``"A"``, ...).
+        offset: the letter's position in the panel's axes coordinates (its lower-right corner).
+    Raises:
+        ValueError: an unknown style, or more than 26 panels (pass the ones to letter as ``axes``).
+    """
+    if style not in PANEL_LETTER_STYLES:
+        raise ValueError(f"unknown panel letter style {style!r}; expected one of {PANEL_LETTER_STYLES}")
+    chosen = (
+        [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+        if axes is None
+        else list(axes)
+    )
+    if len(chosen) > 26:
+        raise ValueError(f"{len(chosen)} panels but 26 letters: pass the panels to letter as axes=")
+    letters = []
+    with figure_style():
+        for i, ax in enumerate(chosen):
+            letter = chr(ord("A" if "A" in style else "a") + i)
+            text = style.replace("a", letter).replace("A", letter)
+            letters.append(
+                ax.text(
+                    *offset,
+                    text,
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="bottom",
+                    fontsize=size,
+                    fontweight="bold",
+                )
+            )
+    return letters
+
+
+def without_titles(fig: Figure, columns: bool = False) -> Figure:
+    """Remove the figure's title (``suptitle``) and the panels' titles, for a paper whose caption says
+    what is shown; ``columns=True`` keeps the titles of the top row (labels, methods), which a grid
+    needs to be read. Row names (y labels) and colorbar labels stay. Returns ``fig``."""
+    if fig.get_suptitle():
+        fig.suptitle("")
+    top = {id(ax) for ax in fig.axes if columns and _is_top_row(ax)}
+    for ax in fig.axes:
+        if id(ax) not in top:
+            ax.set_title("")
+    return fig
+
+
+def _is_top_row(ax: Axes) -> bool:
+    spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
+    return spec is not None and spec.rowspan.start == 0
 
 
 def _as_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -432,15 +562,21 @@ def method_comparison(
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
 ) -> Figure:
-    """One image, one row per method (e.g. raw CLIP vs CLIP Surgery), one column per label.
+    """One image, one row per method (e.g. raw CLIP vs CLIP Surgery), one column per label: the image
+    once on the left (spanning the rows), each map min-max normalised on its own.
 
     Args:
-        maps_by_method: ``{method: (H, W, T)}`` maps in [0, 1].
+        maps_by_method: ``{method: (H, W, T)}`` maps (any scale); rows are named by
+            :func:`method_title` (``raw`` → "raw CLIP"; other names as they are).
     """
     methods = list(maps_by_method)
-    return map_grid(
-        [image] * len(methods), [maps_by_method[m] for m in methods], labels, methods, cmap, alpha
-    )
+    arrays = _method_arrays({m: [maps_by_method[m]] for m in methods}, 1, labels)
+    scaled = {}
+    for method in methods:  # min-max per map, as the colorbar says
+        m = arrays[method][0].astype(np.float64)
+        low, high = m.min(axis=(0, 1), keepdims=True), m.max(axis=(0, 1), keepdims=True)
+        scaled[method] = (m - low) / np.maximum(high - low, 1e-12)
+    return method_label_grid(image, scaled, labels, cmap=cmap, alpha=alpha, show_image=True, grey_image=True)
 
 
 def attention_figure(
@@ -485,6 +621,9 @@ def attention_figure(
         fig.tight_layout()
     return fig
 
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""Marker shapes of successive series: lines stay apart in greyscale and for colour-blind readers."""
 
 PAGE_WIDTHS: dict[str, float] = {"single": 3.5, "double": 7.2}
 """Figure widths in inches: a single column and the full text width of a two-column paper."""
@@ -620,15 +759,29 @@ def line_chart(
     xlabel: str,
     ylabel: str,
     title: str = "",
+    xscale: str = "linear",
 ) -> Figure:
-    """One line per series over a shared x (e.g. a value per block)."""
+    """One line per series over a shared x (e.g. a value per block), each in its method's colour
+    (:func:`series_colors`) with its own marker shape.
+
+    Args:
+        xscale: ``"linear"`` or ``"log"`` (x values > 0, drawn on a logarithmic axis: e.g. thresholds
+            spanning decades).
+    """
+    if xscale not in ("linear", "log"):
+        raise ValueError(f"unknown xscale {xscale!r}; expected 'linear' or 'log'")
+    if xscale == "log" and any(not v > 0 for v in x):
+        raise ValueError("a log x axis needs x values > 0")
     plt = _pyplot()
     with figure_style():
         fig, ax = plt.subplots(figsize=(3.4, 2.4))
-        for name, ys in series.items():
+        colors = series_colors(list(series))
+        for i, (name, ys) in enumerate(series.items()):
             if len(ys) != len(x):
                 raise ValueError(f"series {name!r} has {len(ys)} values for {len(x)} x positions")
-            ax.plot(list(x), list(ys), marker="o", markersize=3, label=name)
+            ax.plot(list(x), list(ys), marker=_MARKERS[i % len(_MARKERS)], markersize=3.5, label=name,
+                    color=colors[i])  # fmt: skip
+        ax.set_xscale(xscale)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if title:
@@ -670,7 +823,7 @@ def caption_figure(
             shade = float(np.clip(value, 0.0, 1.0))
             box = {"boxstyle": "round,pad=0.25", "facecolor": colormap(shade), "edgecolor": "none"}
             color = "white" if shade > 0.6 else "black"
-            texts.append(ax.text(0, 0, plain_text(word), fontsize=10, color=color, bbox=box, va="center"))
+            texts.append(ax.text(0, 0, plain_text(word), color=color, bbox=box, va="center"))
         renderer = fig.canvas.get_renderer()
         axes_width = ax.get_window_extent(renderer).width
         gap = 0.025
@@ -682,7 +835,7 @@ def caption_figure(
                 x = 0.0
             lines[-1].append((text, x))
             x += w
-        line_height, top, bar, below = 0.3, 0.3 if title else 0.05, 0.1, 0.4  # inches
+        line_height, top, bar, below = 0.24, 0.3 if title else 0.05, 0.1, 0.4  # inches (8 pt words)
         words_height = line_height * len(lines)
         height = top + words_height + 0.1 + bar + below
         fig.set_size_inches(width, height)
@@ -715,6 +868,23 @@ def word_maps_figure(
     return map_grid([image], [array], list(words), cmap=cmap, alpha=alpha, panel_size=panel_size)
 
 
+POINT_STYLES: dict[str, dict[str, object]] = {
+    "object": {"marker": "*", "color": "#56B4E9", "size": 110},
+    "background": {"marker": "X", "color": "#FFFFFF", "size": 55},
+}
+"""How SAM point prompts are drawn: positive (object) and negative (background) points differ in
+shape (star / cross) and in colour (Okabe-Ito sky blue / white), each edged in black."""
+
+
+def _point_handle(plt, kind: str, count: int):
+    style = POINT_STYLES[kind]
+    size = float(style["size"]) ** 0.5  # scatter sizes are areas (pt²), legend sizes lengths (pt)
+    return plt.Line2D(
+        [], [], marker=style["marker"], ls="", color=style["color"], mec="black", mew=0.6, ms=size,
+        label=f"{kind} ({count})",
+    )  # fmt: skip
+
+
 def points_figure(
     image: Image.Image,
     heat: torch.Tensor | np.ndarray,
@@ -727,8 +897,9 @@ def points_figure(
     alpha: float = 0.45,
     legend: bool = True,
 ) -> Figure:
-    """A map over its image with SAM point prompts: positives as green stars, negatives as red crosses,
-    and the SAM mask (white outline, light fill) when given.
+    """A map over its image with SAM point prompts, told apart by shape as well as colour
+    (:data:`POINT_STYLES`: positives sky-blue stars, negatives white crosses, both edged in black so
+    they show on any map and in greyscale), and the SAM mask (white outline, light fill) when given.
 
     Args:
         heat: ``(H, W)`` map in [0, 1]; the image is resized to it.
@@ -759,20 +930,17 @@ def points_figure(
             ax.imshow(np.ma.masked_where(~m, np.ones(m.shape)), cmap="gray", vmin=0, vmax=1, alpha=0.35)
             ax.contour(m.astype(float), levels=[0.5], colors="white", linewidths=1.2)
         pos, neg = pts[lab == 1], pts[lab == 0]
-        ax.scatter(pos[:, 0], pos[:, 1], marker="*", s=90, c="lime", edgecolors="black", linewidths=0.6)
-        ax.scatter(neg[:, 0], neg[:, 1], marker="x", s=40, c="red", linewidths=1.8)
+        for kind, where in (("object", pos), ("background", neg)):
+            style = POINT_STYLES[kind]
+            ax.scatter(where[:, 0], where[:, 1], marker=style["marker"], s=style["size"], c=style["color"],
+                       edgecolors="black", linewidths=0.6)  # fmt: skip
         ax.set_xlim(-0.5, heat_a.shape[1] - 0.5)
         ax.set_ylim(heat_a.shape[0] - 0.5, -0.5)
         if title:
             ax.set_title(plain_text(title))
         if legend:
             handles = [
-                plt.Line2D(
-                    [], [], marker="*", ls="", color="lime", mec="black", ms=9, label=f"object ({len(pos)})"
-                ),
-                plt.Line2D(
-                    [], [], marker="x", ls="", color="red", mew=1.8, ms=6, label=f"background ({len(neg)})"
-                ),
+                _point_handle(plt, kind, len(where)) for kind, where in (("object", pos), ("background", neg))
             ]
             if mask is not None:
                 handles.append(
@@ -1039,8 +1207,10 @@ def method_label_grid(
     titles: Sequence[str] | None = None,
     outlines: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     grey_image: bool = True,
+    show_image: bool = False,
 ) -> Figure:
-    """One image, methods × labels: rows = methods (display names on the left), columns = labels.
+    """One image, methods × labels: rows = methods (display names on the left), columns = labels;
+    with ``show_image``, the image once on the left, spanning the rows.
 
     Args:
         maps_by_method: ``{method: (H, W, T)}`` maps in [0, 1] of the image (e.g.
@@ -1068,17 +1238,22 @@ def method_label_grid(
     arrays = _method_arrays({m: [maps] for m, maps in maps_by_method.items()}, 1, map_labels)
     methods = list(arrays)
     plt = _pyplot()
+    cols = len(labels) + int(show_image)
+    side = _fit_panel(panel_size, cols, 0.9)
     with figure_style():
-        fig, axes = plt.subplots(
-            len(methods),
-            len(labels),
-            figsize=(
-                _fit_panel(panel_size, len(labels), 0.9) * len(labels) + 0.9,
-                _fit_panel(panel_size, len(labels), 0.9) * len(methods) + 0.25,
-            ),
-            squeeze=False,
-            layout="constrained",
+        fig = plt.figure(figsize=(side * cols + 0.9, side * len(methods) + 0.25), layout="constrained")
+        grid = fig.add_gridspec(len(methods), cols)
+        axes = np.array(
+            [
+                [fig.add_subplot(grid[r, c + int(show_image)]) for c in range(len(labels))]
+                for r in range(len(methods))
+            ]
         )
+        if show_image:
+            picture = fig.add_subplot(grid[:, 0])
+            picture.imshow(_fitted(image, arrays[methods[0]][0].shape[:2]))
+            picture.set_title("image")
+            _bare(picture)
         for r, method in enumerate(methods):
             for c, j in enumerate(index):
                 _overlay(axes[r, c], image, arrays[method][0][:, :, j], cmap, alpha, grey_image=grey_image)

@@ -81,9 +81,15 @@ def test_panel_grid_and_method_comparison(image):
     with pytest.raises(ValueError, match="column 'raw' has 1 maps for 2 images"):
         viz.panel_grid([image, image], {"raw": [np.zeros((8, 8))]})
     fig = viz.method_comparison(
-        image, {"raw": np.zeros((8, 8, 2)), "surgery": np.ones((8, 8, 2))}, ["a", "b"]
+        image,
+        {"raw": np.zeros((8, 8, 2)), "surgery": np.ones((8, 8, 2)), "mine": np.ones((8, 8, 2))},
+        ["a", "b"],
     )
-    assert [ax.get_ylabel() for ax in fig.axes[::3][:2]] == ["raw", "surgery"]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert sum(ax.get_title() == "image" for ax in panels) == 1  # the image once, not once per method
+    assert len(panels) == 3 * 2 + 1
+    assert [ax.get_ylabel() for ax in panels if ax.get_ylabel()] == ["raw CLIP", "CLIP Surgery", "mine"]
+    assert [ax.get_title() for ax in panels[:2]] == ["a", "b"]
     viz.close(fig)
 
 
@@ -293,3 +299,89 @@ def test_bootstrap_statistic_resamples_units_and_recomputes():
         kwargs = {"n": 3, "statistic": lambda idx: {"a": 1.0}, **bad}
         with pytest.raises(ValueError, match=match):
             bootstrap_statistic(**kwargs)
+
+
+def _texts(fig):
+    return [t for t in fig.findobj(lambda a: hasattr(a, "get_fontfamily") and a.get_text())]
+
+
+def test_set_font_applies_a_family_and_names_what_is_installed(monkeypatch):
+    monkeypatch.delenv(viz.FONT_ENV, raising=False)
+    try:
+        viz.set_font("serif")
+        fig = viz.bar_chart({"a": {"x": 1.0}}, "mIoU", "title")
+        assert {tuple(t.get_fontfamily()) for t in _texts(fig)} == {("serif",)}
+        viz.close(fig)
+        with pytest.raises(ValueError, match=r"font family 'No Such Font' is not installed.*DejaVu Sans"):
+            viz.set_font("No Such Font")
+        with pytest.raises(ValueError, match="no font family"):
+            viz.set_font(" , ")
+    finally:
+        viz.set_font(None)
+    fig = viz.bar_chart({"a": {"x": 1.0}}, "mIoU")
+    assert {tuple(t.get_fontfamily()) for t in _texts(fig)} == {("sans-serif",)}
+    viz.close(fig)
+    monkeypatch.setenv(viz.FONT_ENV, "DejaVu Serif, serif")
+    fig = viz.bar_chart({"a": {"x": 1.0}}, "mIoU")
+    assert {tuple(t.get_fontfamily()) for t in _texts(fig)} == {("DejaVu Serif", "serif")}
+    viz.close(fig)
+    monkeypatch.setenv(viz.FONT_ENV, "Missing Face")
+    with pytest.raises(ValueError, match="'Missing Face' is not installed"):
+        viz.bar_chart({"a": {"x": 1.0}}, "mIoU")
+
+
+def test_panel_letters_and_optional_titles(image):
+    fig = viz.method_grid([image, image], {"raw": np.random.rand(2, 8, 8, 1), "surgery": np.random.rand(2, 8, 8, 1)},
+                          "cat", ["cat"])  # fmt: skip
+    letters = viz.panel_letters(fig)
+    assert [t.get_text() for t in letters] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]  # 2 × 3, no colorbar
+    assert all(t.get_fontweight() == "bold" for t in letters)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [t.get_text() for t in viz.panel_letters(fig, panels[:2], style="A")] == ["A", "B"]
+    with pytest.raises(ValueError, match=r"unknown panel letter style 'i'.*\(a\)"):
+        viz.panel_letters(fig, style="i")
+    with pytest.raises(ValueError, match="30 panels but 26 letters"):
+        viz.panel_letters(fig, panels * 5)
+    assert fig.get_suptitle() and panels[1].get_title() == "raw CLIP"
+    viz.without_titles(fig, columns=True)
+    assert not fig.get_suptitle() and panels[1].get_title() == "raw CLIP"  # the columns stay readable
+    viz.without_titles(fig)
+    assert not any(ax.get_title() for ax in fig.axes)
+    assert panels[0].get_ylabel() == "" and fig.axes[-1].get_ylabel()  # the colorbar keeps its label
+    viz.close(fig)
+
+
+def test_points_are_told_apart_by_shape_and_colour_not_red_and_green(image):
+    heat = np.random.rand(40, 60)
+    fig = viz.points_figure(image, heat, np.array([[5, 5], [10, 20], [30, 30]]), np.array([1, 0, 0]))
+    ax = fig.axes[0]
+    positive, negative = ax.collections[:2]
+    assert len(positive.get_offsets()) == 1 and len(negative.get_offsets()) == 2
+    assert positive.get_paths()[0] != negative.get_paths()[0]  # a star and a cross
+    colours = {tuple(np.round(c.get_facecolors()[0][:3], 3)) for c in (positive, negative)}
+    assert len(colours) == 2 and (0.0, 1.0, 0.0) not in colours and (1.0, 0.0, 0.0) not in colours
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["object (1)", "background (2)"]
+    viz.close(fig)
+
+
+def test_line_chart_log_axis_and_distinct_markers():
+    fig = viz.line_chart([1e-8, 1e-4, 0.1], {"recall": [90, 80, 20], "false positives": [70, 20, 1]},
+                         "gate threshold", "%", xscale="log")  # fmt: skip
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert len({line.get_marker() for line in ax.lines}) == 2
+    viz.close(fig)
+    with pytest.raises(ValueError, match="log x axis needs x values > 0"):
+        viz.line_chart([0.0, 1.0], {"a": [1, 2]}, "x", "y", xscale="log")
+    with pytest.raises(ValueError, match="unknown xscale 'symlog'"):
+        viz.line_chart([0.0, 1.0], {"a": [1, 2]}, "x", "y", xscale="symlog")
+
+
+def test_caption_words_use_the_figure_text_size():
+    fig = viz.caption_figure(["a", "dog", "runs"], [0.1, 0.9, 0.3])
+    words = [t for t in fig.axes[0].texts]
+    assert [t.get_text() for t in words] == ["a", "dog", "runs"] and {t.get_fontsize() for t in words} == {
+        8.0
+    }
+    viz.close(fig)
