@@ -40,6 +40,7 @@ import seaborn as sns
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.analysis import map_records, maps_for, summarise
+from surgery_lib.eval.tables import with_intervals
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.ui.claims import check_claims
@@ -76,8 +77,16 @@ for backbone in BACKBONES:
     classes, items = example_images(IMAGES or default_source(backbone), limit=LIMIT)
     for r in map_records(loaded, items, classes, METHODS):
         records.append({"backbone": backbone, **r})
-table = pd.DataFrame(summarise(records, by=("backbone", "method"))).round(1)
-table
+rows = summarise(records, by=("backbone", "method"), intervals=True)
+table = pd.DataFrame(rows).round(1)
+metrics = ["mIoU", "mSC", "pointing_game", "opposite_rate"]
+pd.DataFrame(with_intervals(rows, metrics))[
+    ["backbone", "method", *[f"{m} (95 % CI)" for m in metrics], "pairs"]
+]
+
+# %% [markdown]
+# The brackets: 95 % bootstrap intervals over images (this project's addition; 1000 resamples of the
+# images, each summary recomputed). With a few images they are wide.
 
 # %%
 frame = pd.DataFrame(records)

@@ -43,7 +43,8 @@ EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")  # resumable resu
 # %%
 import pandas as pd
 
-from surgery_lib.eval.runner import dataset_specs, evaluation_table, metric_bars, with_intervals
+from surgery_lib.eval.runner import dataset_specs, evaluation_table
+from surgery_lib.eval.tables import metric_bars, with_intervals
 from surgery_lib.ui.claims import check_claims
 from surgery_lib.ui.viz import bar_chart, save_figure
 

@@ -54,8 +54,9 @@ import pandas as pd
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.datasets import load_dataset
-from surgery_lib.eval.runner import dataset_specs, evaluation_table, metric_bars, with_intervals
+from surgery_lib.eval.runner import dataset_specs, evaluation_table
 from surgery_lib.eval.segmentation import Protocol, segment_samples
+from surgery_lib.eval.tables import metric_bars, with_intervals
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.ui.claims import check_claims

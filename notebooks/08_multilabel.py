@@ -43,13 +43,8 @@ import torch
 from surgery_lib.data.datasets import load_dataset
 from surgery_lib.eval.analysis import multilabel_variants
 from surgery_lib.eval.metrics import mean_average_precision, precision_recall_curve
-from surgery_lib.eval.runner import (
-    dataset_specs,
-    evaluation_table,
-    image_records,
-    metric_bars,
-    with_intervals,
-)
+from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
+from surgery_lib.eval.tables import metric_bars, with_intervals
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.shipped import pretrained_for
 from surgery_lib.ui.claims import check_claims

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from surgery_lib.config import GRADIENT_METHODS, METHODS, method_names
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.analysis import map_records, summarise
+from surgery_lib.eval.tables import with_intervals
 from surgery_lib.maps.explain import explain
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.introspection import attention_maps
@@ -174,17 +175,25 @@ for backbone, loaded in models.items():
     classes, items = data[backbone]
     methods = {m: c for m, c in METHODS.items() if m in supported[backbone]}
     records += [{"backbone": backbone, **r} for r in map_records(loaded, items, classes, methods)]
-scores = pd.DataFrame(summarise(records, by=("backbone", "method")))
+score_rows = summarise(records, by=("backbone", "method"), intervals=True)
+scores = pd.DataFrame(score_rows)
 scores["name"] = scores.method.map(method_title)
-scores.set_index(["backbone", "name"])[["mIoU", "mSC", "pointing_game", "opposite_rate", "pairs"]].round(1)
+metrics = ["mIoU", "mSC", "pointing_game", "opposite_rate"]
+shown = pd.DataFrame(with_intervals(score_rows, metrics)).assign(name=scores.name)
+shown.set_index(["backbone", "name"])[[f"{m} (95 % CI)" for m in metrics] + ["pairs"]]
 
 # %%
 for metric, unit in (("mIoU", "mIoU (%)"), ("mSC", "mSC (×100)")):
     values = {method_title(m): {} for m in METHODS}
-    for row in scores.itertuples():
-        values[row.name][row.backbone] = getattr(row, metric)
+    errors = {method_title(m): {} for m in METHODS}
+    for row in score_rows:
+        values[method_title(row["method"])][row["backbone"]] = row[metric]
+        errors[method_title(row["method"])][row["backbone"]] = (row[f"{metric}_low"], row[f"{metric}_high"])
     fig = bar_chart(
-        values, unit, f"explainability {metric} per method (no bar: no variant for that backbone)"
+        values,
+        unit,
+        f"explainability {metric} per method, 95 % CI over images (no bar: no variant for that backbone)",
+        errors=errors,
     )
     save_figure(fig, f"11_method_zoo_{metric}")
 

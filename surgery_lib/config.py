@@ -12,10 +12,13 @@ Chefer relevancy) are listed in :data:`GRADIENT_METHODS`, and :func:`resolve_met
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, get_args
+
+import numpy as np
 
 AttentionKind = Literal["qk", "vv", "qq", "kk", "identity", "qq+kk", "gem"]
 """Which token pairs build the attention matrix of the new path.
@@ -130,12 +133,16 @@ class SurgeryConfig:
                 f"expected one of {REDUNDANT_FEATURES}"
             )
         for name in ("dual_path", "skip_ffn", "feature_surgery", "keep_residual"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"SurgeryConfig.{name} must be a bool, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, np.bool_):  # e.g. read from an array: stored as a plain bool
+                object.__setattr__(self, name, bool(value))
+            elif not isinstance(value, bool):
+                raise TypeError(f"SurgeryConfig.{name} must be a bool, got {value!r}")
         for name in ("depth", "self_attn_iters", "spatial_prior_sigma"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"SurgeryConfig.{name} must be an int >= 0, got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy integers (a sweep's values) become ints
         if self.attn_temperature not in ATTN_TEMPERATURES:
             raise ValueError(
                 f"unknown attn_temperature {self.attn_temperature!r}; expected one of {ATTN_TEMPERATURES}"

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from surgery_lib.config import METHODS, SurgeryConfig
 from surgery_lib.data.datasets import Dataset
 from surgery_lib.data.records import AnnotatedImage, size_groups
-from surgery_lib.eval.metrics import map_scores, mean_average_precision
+from surgery_lib.eval.metrics import (
+    ExplainabilityMeter,
+    MapScores,
+    bootstrap_statistic,
+    map_scores,
+    mean_average_precision,
+)
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, similarity
 from surgery_lib.maps.features import cosine_similarity, similarity_map
 from surgery_lib.maps.images import reference_transform
@@ -143,29 +149,61 @@ def map_records(
     return records
 
 
-def summarise(records: Sequence[dict], by: Sequence[str] = ("method",)) -> list[dict]:
+def _pairs_meter(records: Sequence[dict]) -> ExplainabilityMeter:
+    """The scores of map records (IoU in %, as :func:`map_records` gives it) in one meter."""
+    meter = ExplainabilityMeter()
+    for r in records:
+        meter.add_scores(r["class"], MapScores(r["iou"] / 100.0, r["score_contrast"], r["pointing_hit"]))
+    return meter
+
+
+_SUMMARY_KEYS = ("mIoU", "mSC", "pointing_game", "opposite_rate")
+
+
+def summarise(
+    records: Sequence[dict],
+    by: Sequence[str] = ("method",),
+    intervals: bool = False,
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
     """Per group: mIoU, mSC and pointing game averaged per class then over classes, and the fraction
-    of (image, class) pairs whose map is opposite (SC < 0), all in percent except mSC (×100 units)."""
+    of (image, class) pairs whose map is opposite (SC < 0), all in percent except mSC (×100 units);
+    the definitions of :class:`~surgery_lib.eval.metrics.ExplainabilityMeter`, as the evaluation runner
+    uses them.
+
+    Args:
+        intervals: add ``<metric>_low`` / ``<metric>_high``, the limits of a percentile bootstrap
+            interval over images (``level``; the records' ``"image"`` names are resampled with
+            replacement ``resamples`` times and each summary recomputed; deterministic for ``seed``).
+    Raises:
+        KeyError: ``intervals`` with records that have no ``"image"``.
+    """
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(tuple(r[k] for k in by), []).append(r)
     rows = []
     for key, rs in groups.items():
-        per_class: dict[str, list[dict]] = {}
-        for r in rs:
-            per_class.setdefault(r["class"], []).append(r)
-
-        def over_classes(field: str, per_class: dict[str, list[dict]] = per_class) -> float:
-            return float(np.mean([np.mean([r[field] for r in v]) for v in per_class.values()]))
-
+        summary = _pairs_meter(rs).summary()
         row = dict(zip(by, key, strict=True))
-        row.update(
-            mIoU=over_classes("iou"),
-            mSC=over_classes("score_contrast"),
-            pointing_game=100.0 * over_classes("pointing_hit"),
-            opposite_rate=100.0 * float(np.mean([r["opposite"] for r in rs])),
-            pairs=len(rs),
-        )
+        row.update({k: summary[k] for k in _SUMMARY_KEYS}, pairs=len(rs))
+        if intervals:
+            if any("image" not in r for r in rs):
+                raise KeyError("intervals over images need an 'image' name in every record")
+            by_image: dict[str, list[dict]] = {}
+            for r in rs:
+                by_image.setdefault(r["image"], []).append(r)
+            images = list(by_image.values())
+
+            def statistic(idx: np.ndarray, images: list[list[dict]] = images) -> dict[str, float]:
+                drawn = _pairs_meter([r for i in idx for r in images[i]]).summary()
+                return {k: drawn[k] for k in _SUMMARY_KEYS}
+
+            for metric, (low, high) in bootstrap_statistic(
+                len(images), statistic, level, resamples, seed
+            ).items():
+                row[f"{metric}_low"], row[f"{metric}_high"] = low, high
         rows.append(row)
     return rows
 

@@ -367,6 +367,18 @@ class _View:
         display(self.widget)
 
 
+class _PickedImageView(_View):
+    """An explorer of one image at a time, picked by name (``picker``) among ``images``."""
+
+    images: dict[str, AnnotatedImage]
+    picker: typing.Any  # an ipywidgets.Dropdown of the image names
+
+    @property
+    def picture(self) -> Image.Image:
+        """The image shown."""
+        return self.images[self.picker.value].image
+
+
 def _error_html(error: Exception) -> str:
     return f"<span style='color:#b00'>{html.escape(str(error))}</span>"
 
@@ -1127,7 +1139,7 @@ CLASS_TOKEN = "cls"
 """``AttentionExplorer(query=CLASS_TOKEN)``: the class token is the query."""
 
 
-class AttentionExplorer(_View):
+class AttentionExplorer(_PickedImageView):
     """Pick an image, a block, a head (or the mean of the heads) and a query token: its attention over
     the patches for each attention kind ticked (``qk``, ``vv``, ``qq``, ``kk``, ``identity``, ``qq+kk``,
     ``gem``).
@@ -1233,11 +1245,6 @@ class AttentionExplorer(_View):
         self.redraw()
 
     @property
-    def picture(self) -> Image.Image:
-        """The image shown."""
-        return self.images[self.picker.value].image
-
-    @property
     def kinds(self) -> tuple[str, ...]:
         """The attention kinds ticked."""
         return tuple(kind for kind, box in self.kind_boxes.items() if box.value)
@@ -1327,7 +1334,7 @@ def _dense_or_named(
     return name, start, start if name == CUSTOM else None
 
 
-class CaptionExplorer(_View):
+class CaptionExplorer(_PickedImageView):
     """Type a caption: the importance of each of its words and each word's map on one image.
 
     Args:
@@ -1398,11 +1405,6 @@ class CaptionExplorer(_View):
         self.redraw()
 
     @property
-    def picture(self) -> Image.Image:
-        """The image shown."""
-        return self.images[self.picker.value].image
-
-    @property
     def config(self) -> SurgeryConfig:
         """The config of the method picked."""
         name = self.method.value
@@ -1457,7 +1459,7 @@ class CaptionExplorer(_View):
         )
 
 
-class SamExplorer(_View):
+class SamExplorer(_PickedImageView):
     """Type a target word (or ``"a+b"``): its map on the image with the SAM point prompts, and SAM's
     mask when a :class:`~surgery_lib.maps.sam.SamSegmenter` is given.
 
@@ -1535,11 +1537,6 @@ class SamExplorer(_View):
         )
         self.widget = w.VBox([box, self.status, self.image])
         self.redraw()
-
-    @property
-    def picture(self) -> Image.Image:
-        """The image shown."""
-        return self.images[self.picker.value].image
 
     @property
     def _size(self) -> tuple[int, int]:

@@ -236,3 +236,25 @@ def test_multilabel_variants_reproduce_the_runner(loaded, tmp_path):
                 quiet=True,
             )
             assert r["mAP"] == pytest.approx(result["summary"]["mAP"], abs=1e-3)
+
+
+def test_summarise_intervals_resample_images_and_hold_the_mean():
+    rng = np.random.default_rng(0)
+    records = [
+        {"image": f"im{i}", "method": "m", "class": c, "iou": float(rng.uniform(0, 100)),
+         "score_contrast": float(rng.normal()), "pointing_hit": float(rng.integers(0, 2)), "opposite": False}
+        for i in range(12)
+        for c in ("a", "b")
+    ]  # fmt: skip
+    (plain,) = analysis.summarise(records)
+    (row,) = analysis.summarise(records, intervals=True)
+    assert {k: row[k] for k in plain} == plain  # the means do not change
+    for metric in ("mIoU", "mSC", "pointing_game", "opposite_rate"):
+        assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"]
+    assert row["mIoU_high"] > row["mIoU_low"]
+    assert analysis.summarise(records, intervals=True) == [row]  # deterministic for the seed
+    same = [{**r, "image": "one"} for r in records]  # one image: nothing to resample
+    (single,) = analysis.summarise(same, intervals=True)
+    assert single["mIoU_low"] == pytest.approx(single["mIoU_high"])
+    with pytest.raises(KeyError, match="'image' name"):
+        analysis.summarise([{k: v for k, v in r.items() if k != "image"} for r in records], intervals=True)

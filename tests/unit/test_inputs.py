@@ -224,3 +224,19 @@ def test_bad_configs():
         SurgeryConfig(skip_ffn="yes")
     with pytest.raises(ValueError, match="redundant_features"):
         SurgeryConfig(redundant_features="noise")
+
+
+def test_numpy_integers_and_bools_make_the_same_config():
+    """A sweep over np.arange depths or a mask of flags: stored as plain ints and bools, equal and
+    hashed as the plain config (the caches key on it); floats and bools are still refused as depths."""
+    import numpy as np
+
+    config = SurgeryConfig(
+        attention="gem", depth=np.int64(3), self_attn_iters=np.int32(1), feature_surgery=np.bool_(False)
+    )
+    plain = SurgeryConfig(attention="gem", depth=3, self_attn_iters=1, feature_surgery=False)
+    assert config == plain and hash(config) == hash(plain)
+    assert type(config.depth) is int and type(config.feature_surgery) is bool
+    for bad in (np.float64(3.0), 3.0, True, np.bool_(True), np.int64(-1)):
+        with pytest.raises(ValueError, match="depth must be an int >= 0"):
+            SurgeryConfig(depth=bad)

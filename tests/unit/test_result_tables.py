@@ -1,17 +1,18 @@
-"""Table helpers of the evaluation runner: intervals shown beside their means, bars with error bars."""
+"""Result tables: intervals shown beside their means, bars with error bars."""
 
 from __future__ import annotations
 
 import pytest
 
-from surgery_lib.eval.runner import metric_bars, with_intervals
+from surgery_lib.eval.tables import metric_bars, with_intervals
 
+VIT = {"backbone": "toy-vit", "dataset": "seen"}
 ROWS = [
-    {"backbone": "toy-vit", "dataset": "seen", "method": "raw", "mIoU": 10.04, "mIoU_low": 8.0, "mIoU_high": 12.5},
-    {"backbone": "toy-vit", "dataset": "seen", "method": "surgery", "mIoU": 20.0, "mIoU_low": 15.26, "mIoU_high": 24.0},
-    {"backbone": "toy-vit", "dataset": "seen", "method": "maskclip", "mIoU": 30.0},
+    {**VIT, "method": "raw", "mIoU": 10.04, "mIoU_low": 8.0, "mIoU_high": 12.5},
+    {**VIT, "method": "surgery", "mIoU": 20.0, "mIoU_low": 15.26, "mIoU_high": 24.0},
+    {**VIT, "method": "maskclip", "mIoU": 30.0},
     {"backbone": "toy-rn", "dataset": "seen", "method": "surgery", "mIoU": 5.0},
-]  # fmt: skip
+]
 
 
 def test_with_intervals_formats_mean_and_limits_and_keeps_the_rows():

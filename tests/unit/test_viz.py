@@ -331,8 +331,8 @@ def test_set_font_applies_a_family_and_names_what_is_installed(monkeypatch):
 
 
 def test_panel_letters_and_optional_titles(image):
-    fig = viz.method_grid([image, image], {"raw": np.random.rand(2, 8, 8, 1), "surgery": np.random.rand(2, 8, 8, 1)},
-                          "cat", ["cat"])  # fmt: skip
+    maps = {"raw": np.random.rand(2, 8, 8, 1), "surgery": np.random.rand(2, 8, 8, 1)}
+    fig = viz.method_grid([image, image], maps, "cat", ["cat"])
     letters = viz.panel_letters(fig)
     assert [t.get_text() for t in letters] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]  # 2 × 3, no colorbar
     assert all(t.get_fontweight() == "bold" for t in letters)
