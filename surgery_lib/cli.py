@@ -41,6 +41,7 @@ from surgery_lib.maps.images import preprocess_images, to_rgb
 from surgery_lib.maps.text import validate_labels
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import WeightsNotAvailableError, load_clip
+from surgery_lib.model.shipped import DEFAULT_MODEL
 from surgery_lib.model.surgery import SurgeryError, max_depth
 from surgery_lib.ui.render import overlay
 
@@ -86,7 +87,7 @@ def _explain_parser(sub) -> None:
     ex.add_argument("--labels", nargs="+", required=True, help="class names")
     ex.add_argument(
         "--model",
-        default="toy-vit",
+        default=DEFAULT_MODEL,
         help="toy-vit / toy-rn (the project's own, offline; default), an open_clip model name "
         "(ViT-B-16, RN50, ...), or 'auto' to infer the architecture of an OpenAI-format --checkpoint",
     )

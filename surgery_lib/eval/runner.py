@@ -85,7 +85,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
 from surgery_lib.model.loading import LoadedCLIP, load_clip
-from surgery_lib.model.shipped import pretrained_for
+from surgery_lib.model.shipped import DEFAULT_MODEL, pretrained_for
 from surgery_lib.paths import data_dir
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
@@ -170,7 +170,7 @@ class EvalSettings:
     root: Path
     out: Path
     split: str | None = None
-    model: str = "toy-vit"
+    model: str = DEFAULT_MODEL
     pretrained: str = "default"
     checkpoint: Path | None = None
     method: str = "surgery"
@@ -253,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         "--root", type=Path, required=True, help="the dataset folder (layouts: surgery_lib.data.datasets)"
     )
     p.add_argument("--split", help="dataset split (default: val; test for nus_wide)")
-    p.add_argument("--model", default="toy-vit", help="toy-vit, toy-rn or an open_clip name (ViT-B-16, ...)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped toy model or an open_clip name")
     p.add_argument("--pretrained", default="default", help="pretrained tag or weights file (see load_clip)")
     p.add_argument("--checkpoint", type=Path, help="a local weights file")
     p.add_argument(
@@ -915,7 +915,7 @@ def evaluate(
     dataset: str,
     root: str | Path,
     out: str | Path,
-    model: str = "toy-vit",
+    model: str = DEFAULT_MODEL,
     pretrained: str = "default",
     method: str = "surgery",
     loaded: LoadedCLIP | None = None,

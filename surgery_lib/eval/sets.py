@@ -30,6 +30,7 @@ from surgery_lib.maps.explain import encode_image_tokens, similarity
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
+from surgery_lib.model.shipped import DEFAULT_MODEL
 
 METHODS = RAW_VS_SURGERY
 
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m surgery_lib.eval.sets", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--model", default="toy-vit")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--pretrained", default="default")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument(

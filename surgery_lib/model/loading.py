@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from surgery_lib.model.preprocess import reference_transform
+from surgery_lib.model.shipped import DEFAULT_MODEL
 
 _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -252,7 +253,7 @@ def model_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Modu
 
 
 def load_clip(
-    name: str | None = "toy-vit",
+    name: str | None = DEFAULT_MODEL,
     pretrained: str | None = "default",
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",

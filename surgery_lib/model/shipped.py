@@ -10,6 +10,10 @@ from surgery_lib.paths import CONFIG_DIR, WEIGHTS_DIR
 
 TOY_MODELS: tuple[str, ...] = ("toy-vit", "toy-rn")
 
+DEFAULT_MODEL = "toy-vit"
+"""The model ``load_clip()``, the ``surgery`` command, the app and the notebooks use unless told
+otherwise (``SURGERY_MODEL`` in the notebooks)."""
+
 _registered = False
 
 

@@ -28,9 +28,10 @@ composites with known object masks."""
 _CODE = """import os
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.model.loading import load_clip
+from surgery_lib.model.shipped import DEFAULT_MODEL
 from surgery_lib.ui.widgets import AttentionExplorer, Explorer
 
-MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")
+MODEL = os.environ.get("SURGERY_MODEL", DEFAULT_MODEL)
 loaded = load_clip(MODEL, pretrained=os.environ.get("SURGERY_PRETRAINED", "default"))
 classes, items = example_images(os.environ.get("SURGERY_IMAGES") or default_source(MODEL), limit=12)
 labels = list(dict.fromkeys(label for item in items[:3] for label in item.labels))[:3] or classes[:3]
