@@ -43,7 +43,7 @@ from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import WeightsNotAvailableError, load_clip
 from surgery_lib.model.shipped import DEFAULT_MODEL
 from surgery_lib.model.surgery import SurgeryError, max_depth
-from surgery_lib.ui.render import overlay
+from surgery_lib.ui.render import COLORMAPS, overlay
 
 USER_ERRORS = (
     FileNotFoundError,
@@ -116,7 +116,13 @@ def _explain_parser(sub) -> None:
         help="surgery depth of the dense methods with architecture surgery (depth > 0; default: the "
         "method's); raw, feature-surgery-only and the gradient methods are left as they are",
     )
-    ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    ex.add_argument("--alpha", type=float, default=0.7, help="opacity of the map's hottest pixels")
+    ex.add_argument(
+        "--cmap",
+        choices=tuple(COLORMAPS),
+        default="inferno",
+        help="colormap of the overlays (inferno, as the figures; jet: the paper's look)",
+    )
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--out", type=Path, default=Path("explanations"))
 
@@ -243,7 +249,7 @@ def run_explain(args: argparse.Namespace) -> dict:
             record: dict = {"probabilities": result.image_scores[0].tolist(), "overlays": [], "points": []}
             for j, label in enumerate(args.labels):
                 target = args.out / f"{stem}_{label_names[j]}_{method}.png"
-                overlay(image, result.maps[0, :, :, j], args.alpha).save(target)
+                overlay(image, result.maps[0, :, :, j], args.alpha, args.cmap).save(target)
                 points, point_labels = result.points(label)
                 record["overlays"].append(target.name)
                 record["points"].append({"xy": points.tolist(), "labels": point_labels.tolist()})

@@ -591,7 +591,7 @@ def _explorer_figure(
             _probability_bars(axes[r, 1], labels, row.probabilities, bars_title)
             for j, label in enumerate(labels):
                 ax = axes[r, 2 + j]
-                viz._overlay(ax, image, heat[:, :, j], cmap, alpha)
+                viz._overlay(ax, image, heat[:, :, j], cmap, alpha, grey_image=True)  # as the figures
                 _outline(ax, row_masks.get(label))
                 score = row.scores.get(label)
                 if score is not None:

@@ -12,19 +12,36 @@ from conftest import IN_CI, REPO, golden_dir
 from PIL import Image
 
 from surgery_lib.cli import main
-from surgery_lib.ui.render import jet, overlay
+from surgery_lib.ui.render import inferno, jet, overlay
 
 GOLDEN = sorted(golden_dir().glob("*vit*.pt"))
 
 
-def test_jet_endpoints_and_overlay():
+def test_colormaps_and_value_weighted_overlay():
     colours = jet(np.array([[0.0, 0.5, 1.0]]))
     assert colours[0, 0, 2] > 100 and colours[0, 0, 0] == 0  # low: blue
     assert colours[0, 2, 0] > 100 and colours[0, 2, 2] == 0  # high: red
+    import matplotlib
+
+    values = np.linspace(0.0, 1.0, 301)
+    reference = matplotlib.colormaps["inferno"](values)[:, :3] * 255.0
+    assert np.abs(inferno(values).astype(float) - reference).max() <= 7.5  # the figures' colormap
     out = overlay(Image.new("RGB", (10, 10)), torch.ones(6, 8), alpha=1.0)
-    assert out.size == (8, 6) and out.getpixel((0, 0)) == tuple(jet(np.array(1.0)))
+    assert out.size == (8, 6) and out.getpixel((0, 0)) == tuple(inferno(np.array(1.0)))
+    out = overlay(Image.new("RGB", (10, 10)), torch.ones(6, 8), alpha=1.0, cmap="jet")
+    assert out.getpixel((0, 0)) == tuple(jet(np.array(1.0)))
+    photo = Image.new("RGB", (4, 4), (200, 40, 40))
+    heat = np.zeros((4, 4))
+    heat[0, 0] = 1.0
+    drawn = np.asarray(overlay(photo, heat, alpha=0.7))
+    grey = np.asarray(photo.convert("L"))[1, 1]
+    assert (drawn[1, 1] == grey).all()  # a zero value leaves the (greyscale) image untinted
+    assert not (drawn[0, 0] == grey).all()
+    assert np.asarray(overlay(photo, heat, grey_image=False))[1, 1].tolist() == [200, 40, 40]
     with pytest.raises(ValueError, match="alpha"):
         overlay(Image.new("RGB", (4, 4)), torch.ones(4, 4), alpha=2)
+    with pytest.raises(ValueError, match=r"unknown colormap 'viridis'.*inferno"):
+        overlay(Image.new("RGB", (4, 4)), torch.ones(4, 4), cmap="viridis")
 
 
 @pytest.mark.slow
@@ -166,7 +183,7 @@ def test_cli_vocabulary_reaches_feature_surgery(tmp_path, monkeypatch):
         complements = torch.allclose(ex.maps[0, ..., 0] + ex.maps[0, ..., 1], torch.ones(size), atol=1e-4)
         assert complements == (vocabulary is None)
         for j, label in enumerate(labels):
-            want = np.asarray(overlay(image, ex.maps[0, :, :, j], 0.5))
+            want = np.asarray(overlay(image, ex.maps[0, :, :, j]))
             with Image.open(tmp_path / folder / "out" / f"00002_{label}_surgery.png") as written:
                 np.testing.assert_array_equal(np.asarray(written), want)
 
