@@ -420,10 +420,13 @@ def _opaque(cmap: str, limits: tuple[float, float] = (0.0, 1.0)):
     return ScalarMappable(Normalize(*limits), cmap)
 
 
-def _fit_panel(panel_size: float, cols: int, margin: float, width: str | float = "double") -> float:
-    """The panel side that keeps ``cols`` panels plus ``margin`` inches within the page ``width``
-    (:data:`PAGE_WIDTHS`): ``panel_size``, or less when the row would be wider."""
-    return min(panel_size, (page_width(width) - margin) / max(cols, 1))
+def _fit_panel(panel_size: float, cols: int, margin: float, width: str | float | None = None) -> float:
+    """The panel side of a row of ``cols`` panels plus ``margin`` inches: with a ``width`` (a name of
+    :data:`PAGE_WIDTHS` or inches), the side that fills exactly that width; without, ``panel_size`` or
+    less, so the row never passes the double-column width."""
+    if width is not None:
+        return (page_width(width) - margin) / max(cols, 1)
+    return min(panel_size, (page_width("double") - margin) / max(cols, 1))
 
 
 def _check_maps(maps: np.ndarray, labels: Sequence[str], what: str) -> None:
@@ -446,6 +449,7 @@ def map_grid(
     masks: Sequence[Mapping[str, np.ndarray]] | None = None,
     threshold: float | None = None,
     grey_image: bool = True,
+    width: str | float | None = None,
 ) -> Figure:
     """Rows of images, one column per label: each map over its image, a shared colorbar.
 
@@ -466,6 +470,8 @@ def map_grid(
             the map: the region a segmentation would keep.
         grey_image: draw the images in greyscale under the maps (the default: colours then belong to the
             map alone); False keeps the photo's colours (``show_image`` always shows them).
+        width: the figure's width (``"single"``, ``"double"`` or inches; panels are sized to fill it);
+            None: ``panel_size`` panels, shrunk to fit the double-column width.
     """
     if len(images) != len(maps) or not images:
         raise ValueError(f"need one map array per image, got {len(images)} images and {len(maps)} maps")
@@ -483,7 +489,7 @@ def map_grid(
     for i, m in enumerate(arrays):
         _check_maps(m, labels, f"maps[{i}]")
     rows, cols = len(images), len(labels) + int(show_image)
-    panel_size = _fit_panel(panel_size, cols, 0.6)
+    panel_size = _fit_panel(panel_size, cols, 0.6, width)
     bar_limits = (0.0, 1.0)
     plt = _pyplot()
     with figure_style():
@@ -541,6 +547,7 @@ def panel_grid(
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
     panel_size: float = 1.6,
+    width: str | float | None = None,
 ) -> Figure:
     """Rows of images; per named column, one ``(H, W)`` map in [0, 1] per row, over that row's image.
 
@@ -552,7 +559,9 @@ def panel_grid(
     stacked = [
         np.stack([_as_array(columns[name][r]) for name in columns], axis=-1) for r in range(len(images))
     ]
-    return map_grid(images, stacked, list(columns), row_titles, cmap, alpha, panel_size=panel_size)
+    return map_grid(
+        images, stacked, list(columns), row_titles, cmap, alpha, panel_size=panel_size, width=width
+    )
 
 
 def method_comparison(
@@ -561,6 +570,7 @@ def method_comparison(
     labels: Sequence[str],
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
+    width: str | float | None = None,
 ) -> Figure:
     """One image, one row per method (e.g. raw CLIP vs CLIP Surgery), one column per label: the image
     once on the left (spanning the rows), each map min-max normalised on its own.
@@ -576,7 +586,9 @@ def method_comparison(
         m = arrays[method][0].astype(np.float64)
         low, high = m.min(axis=(0, 1), keepdims=True), m.max(axis=(0, 1), keepdims=True)
         scaled[method] = (m - low) / np.maximum(high - low, 1e-12)
-    return method_label_grid(image, scaled, labels, cmap=cmap, alpha=alpha, show_image=True, grey_image=True)
+    return method_label_grid(
+        image, scaled, labels, cmap=cmap, alpha=alpha, show_image=True, grey_image=True, width=width
+    )
 
 
 def attention_figure(
@@ -585,6 +597,7 @@ def attention_figure(
     grid: tuple[int, int],
     query: tuple[int, int] | None,
     cmap: str = "viridis",
+    width: str | float | None = None,
 ) -> Figure:
     """The attention of one query token for each attention kind, over the image.
 
@@ -597,7 +610,7 @@ def attention_figure(
     h, w = grid
     plt = _pyplot()
     with figure_style():
-        side = _fit_panel(1.9, len(kinds) + 1, 0.8)
+        side = _fit_panel(1.9, len(kinds) + 1, 0.8, width)
         fig, axes = plt.subplots(
             1, len(kinds) + 1, figsize=(side * (len(kinds) + 1), side + 0.2), squeeze=False
         )
@@ -760,6 +773,7 @@ def line_chart(
     ylabel: str,
     title: str = "",
     xscale: str = "linear",
+    width: str | float = 3.4,
 ) -> Figure:
     """One line per series over a shared x (e.g. a value per block), each in its method's colour
     (:func:`series_colors`) with its own marker shape.
@@ -774,7 +788,7 @@ def line_chart(
         raise ValueError("a log x axis needs x values > 0")
     plt = _pyplot()
     with figure_style():
-        fig, ax = plt.subplots(figsize=(3.4, 2.4))
+        fig, ax = plt.subplots(figsize=(page_width(width), 2.4))
         colors = series_colors(list(series))
         for i, (name, ys) in enumerate(series.items()):
             if len(ys) != len(x):
@@ -796,14 +810,14 @@ def caption_figure(
     importance: torch.Tensor | np.ndarray | Sequence[float],
     title: str = "",
     cmap: str = "Reds",
-    width: float = 6.0,
+    width: str | float = 6.0,
 ) -> Figure:
     """The caption's words, each on a box shaded by its importance in [0, 1], with a colorbar.
 
     Args:
         tokens: the K words (e.g. :attr:`~surgery_lib.maps.multimodal.CaptionTokens.words`).
         importance: ``(K,)`` values in [0, 1] (e.g. :func:`~surgery_lib.maps.multimodal.word_importance`).
-        width: figure width in inches; long captions wrap onto further lines.
+        width: figure width (inches or a name of :data:`PAGE_WIDTHS`); long captions wrap onto further lines.
     """
     values = _as_array(importance).astype(float).reshape(-1)
     if _as_array(importance).ndim != 1 or len(values) != len(tokens):
@@ -812,6 +826,7 @@ def caption_figure(
         )
     if not len(tokens):
         raise ValueError("no words to draw")
+    width = page_width(width)
     plt = _pyplot()
     colormap = plt.get_cmap(cmap)
     with figure_style():
@@ -857,6 +872,7 @@ def word_maps_figure(
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
     panel_size: float = 1.3,
+    width: str | float | None = None,
 ) -> Figure:
     """A strip: the image, then one map per word of a caption over it.
 
@@ -865,7 +881,7 @@ def word_maps_figure(
     """
     array = _as_array(maps)
     _check_maps(array, words, "maps")
-    return map_grid([image], [array], list(words), cmap=cmap, alpha=alpha, panel_size=panel_size)
+    return map_grid([image], [array], list(words), cmap=cmap, alpha=alpha, panel_size=panel_size, width=width)
 
 
 POINT_STYLES: dict[str, dict[str, object]] = {
@@ -983,6 +999,7 @@ def segmentation_figure(
     class_names: Sequence[str],
     ignore_index: int = 255,
     panel_size: float = 2.0,
+    width: str | float | None = None,
 ) -> Figure:
     """The image, its ground truth and each method's prediction as colour-coded class maps.
 
@@ -1007,7 +1024,7 @@ def segmentation_figure(
     plt = _pyplot()
     panels = {"image": None, "ground truth": label, **preds}
     with figure_style():
-        panel_size = _fit_panel(panel_size, len(panels), 0.0)
+        panel_size = _fit_panel(panel_size, len(panels), 0.0, width)
         fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.6))
         for ax, (title, classes) in zip(np.atleast_1d(axes), panels.items(), strict=True):
             ax.imshow(_fitted(image, label.shape) if classes is None else paint(classes))
@@ -1024,13 +1041,15 @@ def segmentation_figure(
     return fig
 
 
-def pr_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "") -> Figure:
+def pr_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "", width: str | float = 3.2
+) -> Figure:
     """Precision-recall curves: ``{name: (precision, recall)}`` (steps, as average precision integrates)."""
     if not curves:
         raise ValueError("no curves to plot")
     plt = _pyplot()
     with figure_style():
-        fig, ax = plt.subplots(figsize=(3.2, 2.8))
+        fig, ax = plt.subplots(figsize=(page_width(width), 2.8))
         for name, (precision, recall) in curves.items():
             p, r = _as_array(precision), _as_array(recall)
             if p.shape != r.shape:
@@ -1129,6 +1148,7 @@ def method_grid(
     panel_size: float = 1.4,
     outlines: Sequence[np.ndarray | torch.Tensor | None] | None = None,
     grey_image: bool = True,
+    width: str | float | None = None,
 ) -> Figure:
     """Methods side by side for one label: rows = images; columns = the image, then one map per method.
 
@@ -1165,7 +1185,7 @@ def method_grid(
     arrays = _method_arrays(maps_by_method, rows, labels)
     methods = list(arrays)
     cols = 1 + len(methods)
-    panel_size = _fit_panel(panel_size, cols, 0.9)
+    panel_size = _fit_panel(panel_size, cols, 0.7, width)
     plt = _pyplot()
     with figure_style():
         fig, axes = plt.subplots(
@@ -1208,6 +1228,7 @@ def method_label_grid(
     outlines: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     grey_image: bool = True,
     show_image: bool = False,
+    width: str | float | None = None,
 ) -> Figure:
     """One image, methods × labels: rows = methods (display names on the left), columns = labels;
     with ``show_image``, the image once on the left, spanning the rows.
@@ -1239,7 +1260,7 @@ def method_label_grid(
     methods = list(arrays)
     plt = _pyplot()
     cols = len(labels) + int(show_image)
-    side = _fit_panel(panel_size, cols, 0.9)
+    side = _fit_panel(panel_size, cols, 0.9, width)
     with figure_style():
         fig = plt.figure(figsize=(side * cols + 0.9, side * len(methods) + 0.25), layout="constrained")
         grid = fig.add_gridspec(len(methods), cols)

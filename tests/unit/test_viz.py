@@ -385,3 +385,32 @@ def test_caption_words_use_the_figure_text_size():
         8.0
     }
     viz.close(fig)
+
+
+@pytest.mark.parametrize("width, inches", [("single", 3.5), ("double", 7.2), (5.0, 5.0)])
+def test_map_figures_fill_a_named_width(image, width, inches):
+    """With a width, panels are sized from it: the figure is exactly that wide (before the saved
+    bounding box trims the margins); without, it never passes the double-column width."""
+    maps = np.random.rand(40, 60, 3)
+    by_method = {"raw": np.random.rand(1, 40, 60, 3), "surgery": np.random.rand(1, 40, 60, 3)}
+    figures = [
+        viz.map_grid([image], [maps], ["a", "b", "c"], width=width),
+        viz.method_grid([image], by_method, "a", ["a", "b", "c"], width=width),
+        viz.method_label_grid(
+            image, {m: v[0] for m, v in by_method.items()}, ["a", "b"], ["a", "b", "c"], width=width
+        ),
+        viz.method_comparison(image, {m: v[0] for m, v in by_method.items()}, ["a", "b", "c"], width=width),
+        viz.segmentation_figure(
+            image, np.zeros((40, 60), int), {"raw": np.ones((40, 60), int)}, ["x", "y"], width=width
+        ),  # fmt: skip
+        viz.line_chart([1, 2], {"a": [1, 2]}, "x", "y", width=width),
+        viz.caption_figure(["a", "dog"], [0.2, 0.8], width=width),
+    ]
+    for fig in figures:
+        assert fig.get_size_inches()[0] == pytest.approx(inches)
+        viz.close(fig)
+    many = viz.map_grid([image], [np.random.rand(40, 60, 12)], [str(i) for i in range(12)])
+    assert many.get_size_inches()[0] <= 7.2 + 1e-9
+    viz.close(many)
+    with pytest.raises(ValueError, match="unknown width 'wide'"):
+        viz.map_grid([image], [maps], ["a", "b", "c"], width="wide")
