@@ -124,3 +124,33 @@ def test_distilled_run_resumes_exactly_and_records_the_recipe(cache, tmp_path):
     assert any(not torch.equal(a[k], plain[k]) for k in a)
     with pytest.raises(SystemExit, match="another recipe"):
         train(_args(cache, tmp_path / "w2", tmp_path / "o2", 4, "--resume"))
+
+
+def test_learning_curve_measures_checkpoints_and_exports_in_step_order(cache, tmp_path, capsys):
+    from surgery_tools import learning_curve
+
+    exported = train(_args(cache, tmp_path / "w", tmp_path / "o", 2))
+    snapshot = tmp_path / "w" / "toy-vit-v2-last.pt"
+    state = torch.load(snapshot, weights_only=True)
+    state["step"] = 1  # an earlier snapshot
+    torch.save(state, tmp_path / "early.pt")
+    rows = learning_curve.main(
+        [
+            "toy-vit-v2",
+            str(exported),
+            str(tmp_path / "early.pt"),
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path / "c.json"),
+        ]
+    )
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["file"] == exported.name
+    for split in learning_curve.SETS:
+        assert rows[0][split]["images"] == 2 and {"raw", "surgery"} <= set(rows[0][split])
+    assert json.loads((tmp_path / "c.json").read_text()) == rows
+    table = capsys.readouterr().out
+    assert table.startswith("| step | set |") and table.count("\n| 2 | ") == 2
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match=r"not a checkpoint of surgery_tools\.train"):
+        learning_curve.main(["toy-vit-v2", str(tmp_path / "other.pt")])

@@ -402,7 +402,7 @@ def test_map_figures_fill_a_named_width(image, width, inches):
         viz.method_comparison(image, {m: v[0] for m, v in by_method.items()}, ["a", "b", "c"], width=width),
         viz.segmentation_figure(
             image, np.zeros((40, 60), int), {"raw": np.ones((40, 60), int)}, ["x", "y"], width=width
-        ),  # fmt: skip
+        ),
         viz.line_chart([1, 2], {"a": [1, 2]}, "x", "y", width=width),
         viz.caption_figure(["a", "dog"], [0.2, 0.8], width=width),
     ]
