@@ -77,6 +77,23 @@ def _gem_weights(
     return matrices
 
 
+def _gem_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature, iters: int) -> torch.Tensor:
+    """``(A_v v + A_k v + A_q v) / 3`` of :func:`_gem_weights` without building the ``N × N`` matrices:
+    the three projections go through fused attention (``scaled_dot_product_attention``) as one batch
+    of ``3B``, the inverse temperature folded into the query side (it may be a per-image tensor)."""
+    batch = v.shape[0]
+    u = torch.cat([v, k, q], dim=0)  # (3B, heads, N, d_head)
+    scale = u.shape[-1] ** -0.5 if temperature is None else temperature
+    if isinstance(scale, torch.Tensor):
+        scale = scale.repeat(3, *([1] * (scale.dim() - 1)))  # the same β for v, k and q of an image
+    for _ in range(iters):
+        u = F.normalize(u, dim=-1)
+        u = F.scaled_dot_product_attention(u * scale, u, u, scale=1.0)
+    u = F.normalize(u, dim=-1)
+    out = F.scaled_dot_product_attention(u * scale, u, v.repeat(3, 1, 1, 1), scale=1.0)
+    return out.view(3, batch, *out.shape[1:]).mean(dim=0)
+
+
 def attend(
     kind: str,
     q: torch.Tensor,
@@ -109,8 +126,7 @@ def attend(
     if kind == "gem":
         if bias is not None:
             raise ValueError("the attention kind 'gem' takes no logit bias")
-        a_v, a_k, a_q = _gem_weights(q, k, v, temperature, iters)
-        return ((a_v + a_k + a_q) @ v) / 3  # one product with v instead of three
+        return _gem_output(q, k, v, temperature, iters)
     a, b = _pair(kind, q, k, v)
     if temperature is None:
         return F.scaled_dot_product_attention(a, b, v, attn_mask=bias)
