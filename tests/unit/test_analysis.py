@@ -20,7 +20,7 @@ from surgery_lib.ui.claims import check_claims
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_clip()
+    return load_clip("toy-vit")  # the small shipped ViT: fast
 
 
 @pytest.fixture(scope="module")

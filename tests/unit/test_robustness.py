@@ -42,7 +42,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def toy():
-    return load_clip()  # the shipped toy-vit, offline
+    return load_clip("toy-vit")  # the shipped toy-vit (fast), offline
 
 
 def _photo(mode: str = "RGB", size=(40, 30)) -> Image.Image:

@@ -45,7 +45,7 @@ from surgery_lib.ui.widgets import (
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_clip()  # the shipped toy-vit, offline
+    return load_clip("toy-vit")  # the shipped toy-vit (fast), offline
 
 
 @pytest.fixture(scope="module")
