@@ -23,7 +23,10 @@ that pool (a new order each epoch; :mod:`surgery_tools.pool`), so data costs not
 gains ``--distill-weight`` × T² × KL(teacher ‖ student) over the class prompts at temperature T
 (``--distill-temperature``). Checkpoints (``<work>/<arch>-last.pt``: model, optimizer, step) are
 written every ``--ckpt-every`` steps and at least every ``--ckpt-minutes``; ``--resume`` continues
-exactly.
+exactly. ``--stop-after S`` checkpoints at step S and stops; resuming with another ``--steps`` changes the
+run's length from there (the cosine schedule follows the new length), and the checkpoints and the
+exported JSON record each length as ``schedule`` (``[{"from_step": 0, "steps": 4000}, {"from_step":
+1106, "steps": 3000}]`` for the shipped toy-vit-v2).
 """
 
 from __future__ import annotations
@@ -213,6 +216,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--resume", action="store_true", help="continue from <work>/<arch>-last.pt")
     p.add_argument("--no-export", action="store_true")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="checkpoint and stop after this step, without exporting (a later --resume goes on, e.g. "
+        "with another --steps: the cosine schedule then follows the new length from there)",
+    )
     return p
 
 
@@ -300,6 +310,7 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.work / f"{args.arch}-last.pt"
     start, elapsed = 0, 0.0
+    schedule: list[dict] = []
     if args.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         recorded = _recipe(state["recipe"]) if "recipe" in state else None
@@ -309,7 +320,12 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["elapsed"])
+        schedule = list(state.get("schedule", [{"from_step": 0, "steps": steps}]))
         print(f"resumed {args.arch} at step {start}", file=sys.stderr)
+    if not schedule or schedule[-1]["steps"] != steps:
+        schedule.append({"from_step": start, "steps": steps})  # the run's length, and where it changed
+    if args.stop_after is not None and not start < args.stop_after <= steps:
+        raise SystemExit(f"--stop-after {args.stop_after} must lie after step {start} and by step {steps}")
     from surgery_tools.toy_data import CompositeGenerator
 
     size = model.visual.image_size
@@ -394,24 +410,28 @@ def train(argv: Sequence[str] | None = None) -> Path | None:
         bar.set_postfix(postfix, refresh=False)
         now = time.monotonic()
         timed = args.ckpt_minutes > 0 and now - last_save >= 60 * args.ckpt_minutes
-        if step % args.ckpt_every == 0 or step == steps or timed:
+        stop = step == args.stop_after
+        if step % args.ckpt_every == 0 or step == steps or timed or stop:
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "elapsed": elapsed + now - t0,
                 "recipe": _recipe(args),
+                "schedule": schedule,
             }
             tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
             torch.save(state, tmp)
             tmp.replace(ckpt_path)  # an interruption while saving leaves the previous checkpoint intact
             last_save = now
             print(f"checkpoint: step {step}/{steps}, loss {loss.item():.3f}", file=sys.stderr, flush=True)
+        if stop:
+            break
     elapsed += time.monotonic() - t0
     model.eval()
-    if args.no_export:
+    if args.no_export or step == args.stop_after:
         return None
-    return export(model, args, steps, elapsed, classes, teacher_info)
+    return export(model, args, steps, elapsed, classes, teacher_info, schedule)
 
 
 def export(
@@ -421,8 +441,10 @@ def export(
     elapsed: float,
     classes: Sequence[str],
     teacher: dict | None = None,
+    schedule: Sequence[dict] | None = None,
 ) -> Path:
-    """Write fp16 safetensors weights and a metadata JSON next to them."""
+    """Write fp16 safetensors weights and a metadata JSON next to them (``schedule``: the run's length
+    and the steps where a resume changed it)."""
     from safetensors.torch import save_file
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -433,6 +455,7 @@ def export(
     meta = {
         "arch": args.arch,
         "steps": steps,
+        "schedule": list(schedule or [{"from_step": 0, "steps": steps}]),
         "batch": args.batch,
         "lr": args.lr,
         "weight_decay": args.weight_decay,

@@ -154,3 +154,24 @@ def test_learning_curve_measures_checkpoints_and_exports_in_step_order(cache, tm
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(SystemExit, match=r"not a checkpoint of surgery_tools\.train"):
         learning_curve.main(["toy-vit-v2", str(tmp_path / "other.pt")])
+
+
+def test_stop_after_and_a_new_length_on_resume_are_recorded(cache, tmp_path):
+    """Stopping at step 1 of a 5-step run and resuming with --steps 3 trains exactly as a 3-step run
+    (step 0 is warm-up in both; from step 1 the schedule follows the new length), and the export records
+    both lengths."""
+    straight = load_file(train(_args(cache, tmp_path / "a", tmp_path / "oa", 3)))
+    assert train(_args(cache, tmp_path / "b", tmp_path / "ob", 5, "--stop-after", "1")) is None
+    assert not (tmp_path / "ob").exists()  # stopped, nothing exported
+    assert torch.load(tmp_path / "b" / "toy-vit-v2-last.pt", weights_only=True)["step"] == 1
+    resumed = train(_args(cache, tmp_path / "b", tmp_path / "ob", 3, "--resume"))
+    weights = load_file(resumed)
+    for key in straight:
+        assert torch.equal(straight[key], weights[key]), key
+    meta = json.loads(resumed.with_suffix(".json").read_text())
+    assert meta["schedule"] == [{"from_step": 0, "steps": 5}, {"from_step": 1, "steps": 3}]
+    assert json.loads((tmp_path / "oa" / "toy-vit-v2.json").read_text())["schedule"] == [
+        {"from_step": 0, "steps": 3}
+    ]
+    with pytest.raises(SystemExit, match="--stop-after 9 must lie after step 0 and by step 3"):
+        train(_args(cache, tmp_path / "c", tmp_path / "oc", 3, "--stop-after", "9"))
