@@ -1,4 +1,5 @@
-"""The project's own small CLIPs: open_clip configs ``toy-vit`` and ``toy-rn`` and their shipped weights."""
+"""The project's own small CLIPs: open_clip configs ``toy-vit-v2`` (the default), ``toy-vit`` and ``toy-rn``
+and their shipped weights."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 from surgery_lib.paths import CONFIG_DIR, WEIGHTS_DIR
 
-TOY_MODELS: tuple[str, ...] = ("toy-vit", "toy-rn")
+TOY_MODELS: tuple[str, ...] = ("toy-vit-v2", "toy-vit", "toy-rn")
 
-DEFAULT_MODEL = "toy-vit"
+DEFAULT_MODEL = "toy-vit-v2"
 """The model ``load_clip()``, the ``surgery`` command, the app and the notebooks use unless told
 otherwise (``SURGERY_MODEL`` in the notebooks)."""
 

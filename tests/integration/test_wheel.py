@@ -47,7 +47,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_configs_weights_and_the_command(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for model in ("toy-vit", "toy-rn"):
+    for model in ("toy-vit-v2", "toy-vit", "toy-rn"):
         assert f"surgery_lib/model/configs/{model}.json" in names
         assert f"surgery_lib/model/weights/{model}.safetensors" in names
         assert f"surgery_lib/model/weights/{model}.json" in names
@@ -90,7 +90,7 @@ def test_installed_wheel_works_offline_from_any_folder(wheel: Path, tmp_path: Pa
         [str(venv / "bin" / "python"), "-c", code], cwd=work, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[0] == "toy-vit"
+    assert done.stdout.split()[0] == "toy-vit-v2"  # the default model
     image = work / "photo.png"
     save = code.split("clip =")[0] + "image = Image.fromarray(np.zeros((40, 50, 3), np.uint8))\n"
     subprocess.run(
