@@ -20,14 +20,18 @@
 # on the model and images set below, and the reference demo's higher-resolution setting (the demo runs
 # CLIP Surgery on 512 px inputs as well as 224 px).
 #
-# Everything runs offline on the project's own small CLIP (`toy-vit`, trained on composites of real
+# Everything runs offline on the project's own small CLIP (`toy-vit-v2`, trained on composites of real
 # photo cut-outs). For real weights set `SURGERY_MODEL=ViT-B-16 SURGERY_PRETRAINED=openai` (with the
 # weights in the Hugging Face cache or a local file: see the README).
+#
+# **Model.** The shipped default, `toy-vit-v2` (a ViT with ViT-B/16's 14 × 14 token grid, at 112 px;
+# model card: `surgery_lib/model/weights/README.md`). `SURGERY_MODEL` picks another (`toy-rn`, or
+# `ViT-B-16` with `SURGERY_PRETRAINED=openai`).
 
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")
+MODEL = os.environ.get("SURGERY_MODEL", "toy-vit-v2")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 IMAGES = os.environ.get("SURGERY_IMAGES", "")  # "composites", "composites-new", "real" or a folder
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "8"))
@@ -131,8 +135,8 @@ explorer
 #   "opposite visualization"); CLIP Surgery's maps concentrate on the objects named.
 # - Every map is min-max normalised, so even the absent label's map has a "hottest" spot: whether a
 #   class is present is told by the image-level probabilities, not by the map.
-# - On the toy model the maps are coarser than on ViT-B/16 (an 8 × 8 token grid at 96 px instead of
-#   14 × 14 at 224 px), and some classes are confused: it is a small model trained on 31 classes.
+# - The toy model has ViT-B/16's 14 × 14 token grid (patch 8 at 112 px instead of patch 16 at 224 px),
+#   but far fewer features: some classes are confused, it is a small model trained on 31 classes.
 # - A larger input gives a finer token grid, hence sharper maps; whether the scores rise depends on the
 #   model (the reference demo shows 512 px for ViT-B/16; the toy models were trained at one size).
 #   The checks below are measured on the model and images this notebook ran on.

@@ -25,11 +25,14 @@
 # That *own-region attention mass* is this project's measure, not the paper's: the paper shows the
 # attention maps, and its numbers (mIoU, mSC) score the similarity maps an attention kind produces
 # (notebooks 01, 05, 06).
+#
+# **Model.** `toy-vit-v2`: the analysis reads a ViT's self-attention blocks (`toy-rn`'s only
+# attention is its attention pool).
 
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")  # a ViT: the analysis needs its blocks
+MODEL = os.environ.get("SURGERY_MODEL", "toy-vit-v2")  # a ViT: the analysis needs its blocks
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 IMAGES = os.environ.get("SURGERY_IMAGES", "")
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "16"))
@@ -99,7 +102,7 @@ means.round(3)
 #   removes (notebook 04).
 # - Background queries keep most of their attention in the background for every kind (the background
 #   covers most patches, so chance is high too).
-# - The toy ViT has 8 blocks and an 8 × 8 grid (ViT-B/16: 12 blocks, 14 × 14); its curves are noisier.
+# - The toy ViT has 8 blocks and a 14 × 14 grid (ViT-B/16: 12 blocks, 14 × 14); its curves are noisier.
 
 # %%
 own = means["own_mass"]

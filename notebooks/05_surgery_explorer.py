@@ -28,11 +28,13 @@
 # Measures: mIoU and mSC are the paper's; the pointing game, the share of "opposite" maps (SC < 0) and
 # "same top-1 as vanilla" are this project's own; zero-shot top-1 is CLIP's usual accuracy (counted
 # correct when the best class over the source's classes is in the image).
+#
+# **Model.** `toy-vit-v2`: architecture surgery's depth, dual path and FFN skip are a ViT's.
 
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")
+MODEL = os.environ.get("SURGERY_MODEL", "toy-vit-v2")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 IMAGES = os.environ.get("SURGERY_IMAGES", "")
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "12"))

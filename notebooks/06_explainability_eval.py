@@ -29,12 +29,15 @@
 # protocol (threshold, class list per image); this one is documented in `surgery_lib.eval.metrics`.
 # mIoU and mSC are the paper's measures; the pointing game and the "opposite" share (pairs with SC < 0,
 # `opposite_rate`) are this project's own.
+#
+# **Model.** Both shipped models, `toy-vit-v2` (ViT) and `toy-rn` (ModifiedResNet), as the paper's
+# table spans CNN and ViT backbones.
 
 # %% tags=["parameters"]
 import os
 
 # SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models
-BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit,toy-rn")).split(",")
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit-v2,toy-rn")).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 DATASETS = os.environ.get("SURGERY_DATASETS", "")  # "NAME=ROOT,..."; "" = the shipped sets
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "100"))  # images per dataset

@@ -40,12 +40,14 @@
 # paper does not say how it decides background: this is our documented assumption); `sliding` — the
 # common training-free protocol (short side 336/448/560, windows of 224 with stride 112, background by
 # a probability threshold). mIoU from the confusion matrix summed over the dataset.
+#
+# **Model.** Both shipped models, `toy-vit-v2` and `toy-rn`.
 
 # %% tags=["parameters"]
 import os
 
 # SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models
-BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit,toy-rn")).split(",")
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit-v2,toy-rn")).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 DATASETS = os.environ.get("SURGERY_DATASETS", "")  # "NAME=ROOT,..."; "" = the shipped sets
 PROTOCOL = os.environ.get("SURGERY_PROTOCOL", "paper")  # "paper" or "sliding"
@@ -128,7 +130,7 @@ for i, sample in enumerate(samples):
 # - With real weights, CLIP Surgery's mIoU is far above raw CLIP's. The paper's table (above) puts it
 #   +6.9 (Context), +6.6 (COCO-Stuff) and +8.7 (Cityscapes) points above MaskCLIP, itself a training-free
 #   method that already improves on raw CLIP's dense predictions.
-# - The toy models are weak segmenters (a few mIoU points): small, trained on 31 classes at 96–128 px.
+# - The toy models are weak segmenters (a few mIoU points): small, trained on 31 classes at 112–128 px.
 #   On the held-out composites CLIP Surgery raises mIoU on most sets (the check below lists where it
 #   does not); on the real photos (out of domain for the toy models) neither method is meaningful.
 

@@ -25,12 +25,15 @@
 # image. Offline it runs on the
 # composites (1–3 objects each) and the real photos; with data and weights:
 # `SURGERY_BACKBONES=RN50 SURGERY_PRETRAINED=openai SURGERY_DATASETS=nus_wide=/data/nus_wide`.
+#
+# **Model.** Both shipped models, `toy-vit-v2` and `toy-rn` (the class token is pooled differently in
+# each, which matters for multi-label scores).
 
 # %% tags=["parameters"]
 import os
 
 # SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models
-BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit,toy-rn")).split(",")
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit-v2,toy-rn")).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 DATASETS = os.environ.get("SURGERY_DATASETS", "")  # "NAME=ROOT,..."; "" = the shipped sets
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "300"))

@@ -33,11 +33,14 @@
 # Token importance (`surgery_lib.maps.multimodal.word_importance`) is the class token's score of each
 # token, min-max normalised over the caption. Per-token maps are the patch rows of `word_similarity`.
 # The "hit rate" of the last section is this project's measure.
+#
+# **Model.** `toy-vit-v2`: the text side works for any model; its 14 × 14 grid makes the word maps
+# readable.
 
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")
+MODEL = os.environ.get("SURGERY_MODEL", "toy-vit-v2")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 IMAGES = os.environ.get("SURGERY_IMAGES", "")  # composites carry captions; other images get "a photo of …"
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))

@@ -32,11 +32,13 @@
 # points to a word whose image-level probability is low.
 # SAM itself needs a local checkpoint: set `SAM_CHECKPOINT=/path/sam_vit_b_01ec64.pth` (and
 # `SAM_MODEL_TYPE`, `vit_b` by default); without one the notebook shows the points only.
+#
+# **Model.** `toy-vit-v2`: its 14 × 14 grid places points more finely than `toy-rn`'s 4 × 4.
 
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("SURGERY_MODEL", "toy-vit")
+MODEL = os.environ.get("SURGERY_MODEL", "toy-vit-v2")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 IMAGES = os.environ.get("SURGERY_IMAGES", "")
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
