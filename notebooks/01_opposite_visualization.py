@@ -31,7 +31,8 @@
 import os
 
 # SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models # e.g. "ViT-B-16,RN50"
-BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit-v2,toy-rn")).split(",")
+DEFAULT_BACKBONES = "toy-vit-v2,toy-rn"
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", DEFAULT_BACKBONES)).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")  # for every backbone but the toy models
 IMAGES = os.environ.get("SURGERY_IMAGES", "")  # "composites", "composites-new", "real"; "" = per model
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))

@@ -271,7 +271,8 @@ weights.describe().loc[["min", "max", "std"]].round(3)
 #   surgery alone on ViT-B/16; the paper uses the class mean for multi-class maps and the empty prompt
 #   when there is a single text. On the shipped toy ViT (toy-vit-v2) both forms raise mIoU and mSC over
 #   architecture surgery alone, the empty prompt more than the class mean; with a few dozen images
-#   the margins are noisy (the previous toy ViT showed no clear gain). Feature surgery on raw q-k CLIP does not fix its opposite maps: that is the attention's job.
+#   the margins are noisy (the previous toy ViT showed no clear gain). Feature surgery on raw q-k CLIP
+#   does not fix its opposite maps: that is the attention's job.
 # - The class list matters: with two classes the maps are complements; the paper's setting is the
 #   dataset's whole class list. The class weights at temperature 2 stay within a factor 2 of 1 (at 100
 #   they would be nearly one-hot).

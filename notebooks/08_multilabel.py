@@ -33,7 +33,8 @@
 import os
 
 # SURGERY_BACKBONES, else SURGERY_MODEL, else both shipped toy models
-BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", "toy-vit-v2,toy-rn")).split(",")
+DEFAULT_BACKBONES = "toy-vit-v2,toy-rn"
+BACKBONES = os.environ.get("SURGERY_BACKBONES", os.environ.get("SURGERY_MODEL", DEFAULT_BACKBONES)).split(",")
 PRETRAINED = os.environ.get("SURGERY_PRETRAINED", "default")
 DATASETS = os.environ.get("SURGERY_DATASETS", "")  # "NAME=ROOT,..."; "" = the shipped sets
 LIMIT = int(os.environ.get("SURGERY_LIMIT", "300"))
