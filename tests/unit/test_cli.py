@@ -12,6 +12,7 @@ from conftest import IN_CI, REPO, golden_dir
 from PIL import Image
 
 from surgery_lib.cli import main
+from surgery_lib.model.shipped import DEFAULT_MODEL
 from surgery_lib.ui.render import inferno, jet, overlay
 
 GOLDEN = sorted(golden_dir().glob("*vit*.pt"))
@@ -97,7 +98,7 @@ def test_cli_default_model_offline(tmp_path, monkeypatch):
         == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "toy-vit"
+    assert summary["model"] == DEFAULT_MODEL == "toy-vit-v2"
     assert sorted(p.name for p in out.glob("*.png")) == ["00002_pepper_surgery.png", "00002_tank_surgery.png"]
 
 
