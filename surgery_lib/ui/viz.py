@@ -420,13 +420,20 @@ def _opaque(cmap: str, limits: tuple[float, float] = (0.0, 1.0)):
     return ScalarMappable(Normalize(*limits), cmap)
 
 
+_TIGHT_SLACK = 0.25
+"""Inches kept free beside a default-width map figure: :func:`save_figure`'s tight bounding box adds row
+labels, the colorbar's label and 0.05 in of padding on each side, so the saved file stays within the
+double-column width."""
+
+
 def _fit_panel(panel_size: float, cols: int, margin: float, width: str | float | None = None) -> float:
     """The panel side of a row of ``cols`` panels plus ``margin`` inches: with a ``width`` (a name of
     :data:`PAGE_WIDTHS` or inches), the side that fills exactly that width; without, ``panel_size`` or
     less, so the row never passes the double-column width."""
     if width is not None:
         return (page_width(width) - margin) / max(cols, 1)
-    return min(panel_size, (page_width("double") - margin) / max(cols, 1))
+    room = page_width("double") - _TIGHT_SLACK - margin  # the saved, tight box adds labels and padding
+    return min(panel_size, room / max(cols, 1))
 
 
 def _check_maps(maps: np.ndarray, labels: Sequence[str], what: str) -> None:
