@@ -62,34 +62,37 @@ def _weights(a: torch.Tensor, b: torch.Tensor, temperature, bias: torch.Tensor |
     return torch.softmax(logits, dim=-1)
 
 
+def _gem_cluster(u: torch.Tensor, scale, iters: int) -> torch.Tensor:
+    """GEM's ``iters`` clustering iterations ``u ← softmax(β ûûᵀ) û`` (fused attention, β folded into
+    the query side: a number or a per-image tensor), then ``û``: the L2-normalised result."""
+    for _ in range(iters):
+        u = F.normalize(u, dim=-1)
+        u = F.scaled_dot_product_attention(u * scale, u, u, scale=1.0)
+    return F.normalize(u, dim=-1)
+
+
+def _gem_scale(temperature, d_head: int):
+    return d_head**-0.5 if temperature is None else temperature
+
+
 def _gem_weights(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature, iters: int
 ) -> list[torch.Tensor]:
     """GEM's three self-self attentions ``[A_v, A_k, A_q]`` over L2-normalised projections, after
-    ``iters`` clustering iterations ``u ← softmax(β ûûᵀ) û``."""
-    matrices = []
-    for u in (v, k, q):
-        for _ in range(iters):
-            u = F.normalize(u, dim=-1)
-            u = _weights(u, u, temperature, None) @ u
-        u = F.normalize(u, dim=-1)
-        matrices.append(_weights(u, u, temperature, None))
-    return matrices
+    ``iters`` clustering iterations (:func:`_gem_cluster`)."""
+    scale = _gem_scale(temperature, v.shape[-1])
+    return [_weights(u, u, temperature, None) for u in (_gem_cluster(x, scale, iters) for x in (v, k, q))]
 
 
 def _gem_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature, iters: int) -> torch.Tensor:
     """``(A_v v + A_k v + A_q v) / 3`` of :func:`_gem_weights` without building the ``N × N`` matrices:
     the three projections go through fused attention (``scaled_dot_product_attention``) as one batch
-    of ``3B``, the inverse temperature folded into the query side (it may be a per-image tensor)."""
+    of ``3B``."""
     batch = v.shape[0]
-    u = torch.cat([v, k, q], dim=0)  # (3B, heads, N, d_head)
-    scale = u.shape[-1] ** -0.5 if temperature is None else temperature
+    scale = _gem_scale(temperature, v.shape[-1])
     if isinstance(scale, torch.Tensor):
         scale = scale.repeat(3, *([1] * (scale.dim() - 1)))  # the same β for v, k and q of an image
-    for _ in range(iters):
-        u = F.normalize(u, dim=-1)
-        u = F.scaled_dot_product_attention(u * scale, u, u, scale=1.0)
-    u = F.normalize(u, dim=-1)
+    u = _gem_cluster(torch.cat([v, k, q], dim=0), scale, iters)  # (3B, heads, N, d_head)
     out = F.scaled_dot_product_attention(u * scale, u, v.repeat(3, 1, 1, 1), scale=1.0)
     return out.view(3, batch, *out.shape[1:]).mean(dim=0)
 
