@@ -52,7 +52,7 @@ def test_caption_and_sam_notebooks_run_on_the_real_photos(number, tmp_path):
 def test_a_failing_cell_names_the_notebook(tmp_path, capsys):
     bad = tmp_path / "07_bad.py"
     bad.write_text('# %%\nx = 1\n\n# %%\nraise RuntimeError("boom in a cell")\n')
-    with pytest.raises(NotebookError, match=r"07_bad\.py: a cell raised(.|\n)*boom in a cell"):
+    with pytest.raises(NotebookError, match=r"07_bad\.py: cell 2/2 raised(.|\n)*boom in a cell"):
         run_notebook(bad, tmp_path / "out", tmp_path / "figs", timeout=120)
     executed = json.loads((tmp_path / "out" / "07_bad.ipynb").read_text())
     assert executed["cells"][0]["execution_count"] == 1  # the executed copy is kept for inspection
