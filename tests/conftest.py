@@ -112,9 +112,45 @@ def vit_model(request) -> open_clip.CLIP:
     return MODEL_FACTORIES[request.param]()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tokenizer():
+    """open_clip's ViT-B-16 tokenizer (stateless: one for the whole session)."""
     return open_clip.get_tokenizer("ViT-B-16")
+
+
+def _weights_checksum(model: torch.nn.Module) -> list[float]:
+    return [float(v.double().sum()) for v in model.state_dict().values() if v.is_floating_point()]
+
+
+def _shared_shipped(name: str):
+    """A shipped model loaded once per session; the session fails at its end if a test changed it."""
+    from surgery_lib.model.loading import load_clip
+
+    loaded = load_clip(name)  # shipped weights: offline
+    before = _weights_checksum(loaded.model)
+    yield loaded
+    assert _weights_checksum(loaded.model) == before, f"a test changed the shared {name} weights"
+    assert_unchanged(loaded.model, loaded.model.state_dict())  # and left no hook or forward override
+
+
+@pytest.fixture(scope="session")
+def toy_vit():
+    """The shipped ``toy-vit`` (``LoadedCLIP``), shared by the whole session: never modify it."""
+    yield from _shared_shipped("toy-vit")
+
+
+@pytest.fixture(scope="session")
+def toy_rn():
+    """The shipped ``toy-rn`` (``LoadedCLIP``), shared by the whole session: never modify it."""
+    yield from _shared_shipped("toy-rn")
+
+
+@pytest.fixture(scope="session")
+def composites3():
+    """``example_images("composites", limit=3)``: 31 class names, images nut; bird; pepper, tank, bird."""
+    from surgery_lib.data.shipped import example_images
+
+    return example_images("composites", limit=3)
 
 
 def native_size(model: open_clip.CLIP) -> int:

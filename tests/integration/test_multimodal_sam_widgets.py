@@ -12,7 +12,7 @@ from matplotlib.collections import PathCollection
 from PIL import Image
 
 from surgery_lib.data.records import size_groups
-from surgery_lib.data.shipped import example_images, read_captions
+from surgery_lib.data.shipped import read_captions
 from surgery_lib.eval.sets import (
     _is_class_word,
     caption_word_records,
@@ -20,7 +20,6 @@ from surgery_lib.eval.sets import (
     presence_records,
 )
 from surgery_lib.maps.sam import SamSegmenter, gate_rates, point_precision, text_points
-from surgery_lib.model.loading import load_clip
 from surgery_lib.paths import data_dir
 from surgery_lib.ui import viz
 from surgery_lib.ui.widgets import CaptionExplorer, SamExplorer
@@ -30,13 +29,13 @@ CLASSES = ["nut", "bird", "pepper", "tank"]
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return load_clip("toy-vit")  # the shipped toy-vit (fast), offline
+def loaded(toy_vit):
+    return toy_vit  # the shipped toy-vit (fast), offline; shared by the session
 
 
 @pytest.fixture(scope="module")
-def items():
-    return example_images("composites", limit=3)[1]  # nut; bird; pepper, tank, bird
+def items(composites3):
+    return composites3[1]  # nut; bird; pepper, tank, bird
 
 
 def _image(h: int = 40, w: int = 60) -> Image.Image:

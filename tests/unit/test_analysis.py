@@ -14,13 +14,12 @@ from surgery_lib.eval import analysis
 from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import cosine_similarity
 from surgery_lib.maps.text import text_features
-from surgery_lib.model.loading import load_clip
 from surgery_lib.ui.claims import check_claims
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return load_clip("toy-vit")  # the small shipped ViT: fast
+def loaded(toy_vit):
+    return toy_vit  # the small shipped ViT: fast; shared by the session
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +118,10 @@ def test_contributions_add_up_to_the_map_contrast(loaded, data, config):
         assert skipped and all(r["contrast"] == 0.0 and r["magnitude"] == 0.0 for r in skipped)
 
 
-def test_contributions_refuse_a_resnet(data):
+def test_contributions_refuse_a_resnet(data, toy_rn):
     classes, items = data
     with pytest.raises(TypeError, match="ViT"):
-        analysis.contribution_records(load_clip("toy-rn"), items[:1], classes)
+        analysis.contribution_records(toy_rn, items[:1], classes)
 
 
 def test_redundancy_of_a_single_class_is_fully_shared(loaded, data):

@@ -28,8 +28,8 @@ def vit():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return open_clip.get_tokenizer("ViT-B-16")
+def tok(tokenizer):
+    return tokenizer
 
 
 def test_template_sets():

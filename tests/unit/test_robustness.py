@@ -41,8 +41,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return load_clip("toy-vit")  # the shipped toy-vit (fast), offline
+def toy(toy_vit):
+    return toy_vit  # the shipped toy-vit (fast), offline; shared by the session
 
 
 def _photo(mode: str = "RGB", size=(40, 30)) -> Image.Image:

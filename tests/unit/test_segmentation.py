@@ -106,10 +106,8 @@ def vit():
 
 
 @pytest.fixture(scope="module")
-def texts(vit):
-    import open_clip
-
-    tok = open_clip.get_tokenizer("ViT-B-16")
+def texts(vit, tokenizer):
+    tok = tokenizer
     return tok, text_features(vit, tok, ["cat", "dog", "car"])
 
 

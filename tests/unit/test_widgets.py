@@ -23,11 +23,9 @@ from surgery_lib.config import (
     SurgeryConfig,
     method_names,
 )
-from surgery_lib.data.shipped import example_images
 from surgery_lib.eval.metrics import map_scores
 from surgery_lib.maps.explain import explain
 from surgery_lib.model.introspection import attention_maps
-from surgery_lib.model.loading import load_clip
 from surgery_lib.ui import widgets
 from surgery_lib.ui.widgets import (
     CUSTOM,
@@ -44,13 +42,13 @@ from surgery_lib.ui.widgets import (
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return load_clip("toy-vit")  # the shipped toy-vit (fast), offline
+def loaded(toy_vit):
+    return toy_vit  # the shipped toy-vit (fast), offline; shared by the session
 
 
 @pytest.fixture(scope="module")
-def source():
-    return example_images("composites", limit=3)  # (31 classes, [nut; bird; pepper, tank, bird])
+def source(composites3):
+    return composites3  # (31 classes, [nut; bird; pepper, tank, bird])
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +94,9 @@ def test_controls_are_generated_from_the_config_fields():
     assert config_from_controls(controls) == config.replace(depth=8, redundant_features="empty_prompt")
 
 
-def test_max_depth_per_tower(loaded):
+def test_max_depth_per_tower(loaded, toy_rn):
     assert max_depth(loaded.model) == 8
-    assert max_depth(load_clip("toy-rn").model) == 1
+    assert max_depth(toy_rn.model) == 1
 
 
 def test_cached_maps_equal_explain(loaded, items):
@@ -275,7 +273,7 @@ def test_a_refused_config_is_reported_and_keeps_the_last_image(loaded, items):
     assert explorer.controls["self_attn_iters"].disabled  # 0 and not GEM: it does nothing
 
 
-def test_controls_that_do_nothing_are_disabled(loaded, items):
+def test_controls_that_do_nothing_are_disabled(loaded, items, toy_rn):
     explorer = Explorer(loaded, [items[2]], ["pepper"], vocabulary=["bird"])
     assert not explorer.controls["attention"].disabled and explorer.controls["pos_embed_interp"].disabled
     explorer.controls["depth"].value = 0
@@ -289,7 +287,7 @@ def test_controls_that_do_nothing_are_disabled(loaded, items):
         not explorer.controls["dual_path"].disabled and not explorer.controls["redundant_features"].disabled
     )
 
-    resnet = Explorer(load_clip("toy-rn"), [items[2]], ["pepper"], vocabulary=["bird"])
+    resnet = Explorer(toy_rn, [items[2]], ["pepper"], vocabulary=["bird"])
     assert resnet.controls["depth"].max == 1 and resnet.method.value == "surgery"  # depth 6 shown as 1
     for name in ("dual_path", "skip_ffn", "keep_residual", "attn_temperature", "spatial_prior_sigma"):
         assert resnet.controls[name].disabled, name
