@@ -3,9 +3,16 @@
 Every loader returns a :class:`Dataset`: a deterministically sorted list of entries whose files were
 checked to exist when it was built, read lazily one :class:`Sample` at a time. A missing folder or
 file raises :class:`DatasetError` naming the first bad path; so does a listed entry (``labels.json``,
-NUS-WIDE list files, VOC id lists) that would leave the dataset folder (an absolute path or ``..``).
-A label map that cannot be read or holds values the dataset does not define raises it when the sample
-is read.
+NUS-WIDE list files, VOC id lists) that would leave the dataset folder (an absolute path or ``..``),
+and an image or label file that is a symbolic link resolving outside its folder (``images/``,
+``JPEGImages/``, …; the folder itself may be a link, containment is checked where it resolves). A label
+map that cannot be read or holds values the dataset does not define raises it when the sample is read;
+so does an image or label map over the pixel cap (:data:`~surgery_lib.maps.images.MAX_PIXELS`, 64 MP,
+checked from the header before decoding; PIL's decompression-bomb error and warning become a
+:class:`DatasetError` naming the file too).
+
+Class prompts: :func:`prompt_name`; renames meant for one dataset apply to that dataset only, and two
+classes of a dataset that prompt to the same text are refused (:class:`Dataset`).
 
 Accepted layouts (``root`` may also be a parent folder named in brackets):
 
@@ -43,13 +50,21 @@ Accepted layouts (``root`` may also be a parent folder named in brackets):
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from surgery_lib.maps.images import MAX_PIXELS
+
+_T = TypeVar("_T")
 
 IGNORE_INDEX = 255
 
@@ -171,7 +186,14 @@ _PROMPT_NAMES: dict[str, str] = {
     "windowpane": "window",
     "crt screen": "crt screen",
     "ashcan": "trash can",
-    "track": "truck",  # data/real's street subset: labelme's "track" is the truck (data/real/README.md)
+}
+
+# Renames that hold for one dataset only (dataset name -> {class identifier -> text}), applied on top of
+# ``_PROMPT_NAMES``. PASCAL Context has both "track" and "truck": a global rename would give the two
+# the same text features, so that one is never predicted (:class:`Dataset` refuses that).
+_DATASET_PROMPT_NAMES: dict[str, dict[str, str]] = {
+    # data/real's street subset: labelme's "track" is the truck (data/real/README.md)
+    "real": {"track": "truck"},
 }
 
 DATASETS: tuple[str, ...] = (
@@ -193,12 +215,20 @@ class DatasetError(ValueError):
     """A dataset folder is missing or malformed; the message names the first bad file or folder."""
 
 
-def prompt_name(name: str) -> str:
+def prompt_name(name: str, dataset: str | None = None) -> str:
     """The text given to the text encoder for a class identifier (``"pottedplant"`` -> ``"potted plant"``).
 
-    Underscores become spaces; a few dataset spellings are rewritten (see ``_PROMPT_NAMES``).
+    Underscores become spaces; a few dataset spellings are rewritten (see ``_PROMPT_NAMES``), and a few
+    only in the ``dataset`` they were meant for (``_DATASET_PROMPT_NAMES``: ``real``'s ``"track"`` is a
+    truck, PASCAL Context's is a track).
     """
-    return _PROMPT_NAMES.get(name, name).replace("_", " ")
+    renames = _DATASET_PROMPT_NAMES.get(dataset, {}) if dataset is not None else {}
+    return renames.get(name, _PROMPT_NAMES.get(name, name)).replace("_", " ")
+
+
+def _prompt_key(prompt: str) -> str:
+    """What the text encoder sees of a prompt: CLIP's tokenizer lowercases and collapses whitespace."""
+    return " ".join(prompt.lower().split())
 
 
 @dataclass(frozen=True)
@@ -214,6 +244,9 @@ class Sample:
         tags: ``(K,)`` int64 multi-hot class vector for multi-label datasets; ``None`` otherwise.
         vocabulary: indices of the classes that can occur in this image (the candidates to predict),
             background excluded; ``None``: all the dataset's classes.
+        fingerprint: sha256 digests of the bytes that were decoded (``"image"``, ``"label"`` when the
+            dataset has label maps) and of the image's entry (``"entry"``: id, label mapping, tags,
+            vocabulary); equal to :meth:`Dataset.fingerprint` of its index.
     """
 
     image_id: str
@@ -222,6 +255,7 @@ class Sample:
     label: np.ndarray | None
     tags: np.ndarray | None
     vocabulary: tuple[int, ...] | None
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,6 +280,11 @@ class Dataset:
         background: index of the background class, ``None`` when the dataset has none.
         ignore_index: label value of pixels that are not evaluated.
         multilabel_only: ``True`` when the dataset has image-level tags and no label maps.
+        sources: the list and label files the entries were read from (``labels.json``, id lists).
+
+    Two classes whose prompts are the same text (after lowercasing and collapsing whitespace, as CLIP's
+    tokenizer does) raise :class:`DatasetError` naming both: their text features would be identical and
+    one of them could never be predicted.
     """
 
     name: str
@@ -256,10 +295,21 @@ class Dataset:
     entries: tuple[_Entry, ...]
     multilabel_only: bool = False
     prompts: tuple[str, ...] = field(default=())
+    sources: tuple[Path, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.prompts:
-            object.__setattr__(self, "prompts", tuple(prompt_name(c) for c in self.class_names))
+            object.__setattr__(self, "prompts", tuple(prompt_name(c, self.name) for c in self.class_names))
+        seen: dict[str, str] = {}
+        for name, prompt in zip(self.class_names, self.prompts, strict=True):
+            first = seen.get(_prompt_key(prompt))
+            seen[_prompt_key(prompt)] = name
+            if first is not None:
+                raise DatasetError(
+                    f"dataset {self.name} at {self.root}: classes {first!r} and {name!r} are prompted as the "
+                    f"same text {prompt!r}: they would get identical text features and one of them could "
+                    "never be predicted; rename one of them"
+                )
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -280,41 +330,110 @@ class Dataset:
 
     def __getitem__(self, index: int) -> Sample:
         entry = self.entries[index]
-        image = _open_rgb(entry.image_path)
+        data = _read_bytes(entry.image_path, "image file")
+        image = _open_rgb(entry.image_path, data)
+        fingerprint = {"image": hashlib.sha256(data).hexdigest()}
         label = tags = None
         if entry.label_path is not None:
-            label = _read_label(entry.label_path, entry.lut, (image.height, image.width))
+            data = _read_bytes(entry.label_path, "label map")
+            label = _read_label(entry.label_path, entry.lut, (image.height, image.width), data)
+            fingerprint["label"] = hashlib.sha256(data).hexdigest()
         if entry.tags is not None:
             tags = np.zeros(len(self.class_names), dtype=np.int64)
             tags[list(entry.tags)] = 1
-        return Sample(entry.image_id, entry.image_path, image, label, tags, entry.vocabulary)
+        fingerprint["entry"] = _entry_sha256(entry)
+        return Sample(entry.image_id, entry.image_path, image, label, tags, entry.vocabulary, fingerprint)
+
+    def fingerprint(self, index: int) -> dict[str, str]:
+        """sha256 digests of image ``index``'s files and entry, as :attr:`Sample.fingerprint`, without
+        decoding the images: ``{"image", "label" (with label maps), "entry"}``. Content, not ``mtime``:
+        a file touched without a change keeps its digest, an edit that keeps size and ``mtime`` does not."""
+        entry = self.entries[index]
+        found = {"image": _file_sha256(entry.image_path, "image file")}
+        if entry.label_path is not None:
+            found["label"] = _file_sha256(entry.label_path, "label map")
+        found["entry"] = _entry_sha256(entry)
+        return found
 
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return path.read_bytes()
     except FileNotFoundError as err:
-        raise DatasetError(f"missing image file: {path}") from err
+        raise DatasetError(f"missing {what}: {path}") from err
+    except OSError as err:
+        raise DatasetError(f"malformed {what}: {path} ({err})") from err
+
+
+def _file_sha256(path: Path, what: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as err:
+        raise DatasetError(f"missing {what}: {path}") from err
+    except OSError as err:
+        raise DatasetError(f"malformed {what}: {path} ({err})") from err
+    return digest.hexdigest()
+
+
+def _entry_sha256(entry: _Entry) -> str:
+    """sha256 of what an entry says about its image beyond the files: id, label mapping, tags, vocabulary."""
+    digest = hashlib.sha256(json.dumps([entry.image_id, entry.tags, entry.vocabulary]).encode())
+    digest.update(b"" if entry.lut is None else entry.lut.astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
+def decode_image_file(
+    path: Path,
+    data: bytes | None,
+    what: str,
+    read: Callable[[Image.Image], _T],
+    error: type[ValueError] = DatasetError,
+) -> _T:
+    """``read(image)`` of the image file ``path`` (decoded from ``data`` when given); an ``error``
+    (default :class:`DatasetError`) naming the file when it is missing, malformed or over the pixel cap
+    (:data:`~surgery_lib.maps.images.MAX_PIXELS`, checked from the header before decoding; PIL's own
+    ``DecompressionBombError`` / ``DecompressionBombWarning``, when its limit is lower, become it too)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
+                width, height = im.size
+                if width * height > MAX_PIXELS:
+                    raise error(
+                        f"{what} too large: {path} is {width}×{height} pixels ({width * height / 1e6:.0f} "
+                        f"MP), more than {MAX_PIXELS / 1e6:.0f} MP: downscale it first"
+                    )
+                return read(im)
+    except FileNotFoundError as err:
+        raise error(f"missing {what}: {path}") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise error(f"{what} too large: {path} is refused as a decompression bomb ({err})") from err
     except (UnidentifiedImageError, OSError) as err:
-        raise DatasetError(f"malformed image file: {path} ({err})") from err
+        raise error(f"malformed {what}: {path} ({err})") from err
 
 
-def _read_label(path: Path, lut: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray:
+def _open_rgb(path: Path, data: bytes | None = None) -> Image.Image:
+    return decode_image_file(path, data, "image file", lambda im: im.convert("RGB"))
+
+
+def _label_values(path: Path, im: Image.Image) -> np.ndarray:
+    if im.mode not in ("P", "L"):
+        raise DatasetError(f"malformed label map: {path} has mode {im.mode!r}, expected 8-bit P or L")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _read_label(
+    path: Path, lut: np.ndarray | None, hw: tuple[int, int], data: bytes | None = None
+) -> np.ndarray:
     """``(H, W)`` int64 class map of an 8-bit (palette or grey) PNG, through ``lut``."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DatasetError(f"malformed label map: {path} has mode {im.mode!r}, expected 8-bit P or L")
-            values = np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError as err:
-        raise DatasetError(f"missing label map: {path}") from err
-    except (UnidentifiedImageError, OSError) as err:
-        raise DatasetError(f"malformed label map: {path} ({err})") from err
+    values = decode_image_file(path, data, "label map", lambda im: _label_values(path, im))
     if values.shape != hw:
         raise DatasetError(f"malformed label map: {path} is {values.shape[::-1]}, its image is {hw[::-1]}")
     if lut is None:
@@ -379,6 +498,19 @@ def _inside(base: Path, entry: object, where: str) -> Path:
     return base / text
 
 
+def _contained(folder: Path, path: Path, where: str) -> Path:
+    """``path`` (a file of ``folder``) when it resolves, following symbolic links, inside ``folder``'s own
+    resolved path; a :class:`DatasetError` naming the file and its target otherwise. A linked folder
+    (``images -> /mnt/disk/images``) is fine: containment is checked against where it resolves."""
+    inside, real = folder.resolve(), path.resolve()
+    if real != inside and inside not in real.parents:
+        raise DatasetError(
+            f"malformed {where}: {path} is a symbolic link to {real}, outside {inside} (links that leave "
+            "the dataset's folders are refused: link the whole folder instead, or copy the file)"
+        )
+    return path
+
+
 def _read_ids(list_file: Path) -> list[str]:
     ids = [line.strip() for line in _need_file(list_file).read_text().splitlines() if line.strip()]
     if not ids:
@@ -397,8 +529,9 @@ def _paired(
         raise DatasetError(f"malformed folder: {image_dir} holds no {image_glob} images")
     entries = []
     for path in images:
+        _contained(image_dir, path, f"folder {image_dir}")
         label = to_label(path)
-        _need_file(label)
+        _need_file(_contained(label_dir, label, f"folder {label_dir}"))
         entries.append(_Entry(path.relative_to(image_dir).as_posix().rsplit(".", 1)[0], path, label, lut))
     return entries
 
@@ -411,22 +544,27 @@ def load_voc(root: Path, split: str = "val", with_background: bool = True) -> Da
     """PASCAL VOC 2012 segmentation (see the module doc for the layout)."""
     base = _find_root(Path(root), "JPEGImages", ["VOC2012", "VOCdevkit/VOC2012"])
     _need_dir(base / "SegmentationClass")
-    ids = _read_ids(base / "ImageSets" / "Segmentation" / f"{split}.txt")
+    list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+    ids = _read_ids(list_file)
     if with_background:
         names, background, lut = VOC_CLASSES, 0, _identity_lut(21)
     else:
         names, background = VOC_CLASSES[1:], None
         lut = _lut({0: IGNORE_INDEX, IGNORE_INDEX: IGNORE_INDEX, **{i: i - 1 for i in range(1, 21)}})
-    entries = _voc_entries(base, ids, "SegmentationClass", lut)
-    return Dataset("voc" if with_background else "voc20", base, names, background, IGNORE_INDEX, entries)
+    entries = _voc_entries(base, ids, "SegmentationClass", lut, list_file)
+    name = "voc" if with_background else "voc20"
+    return Dataset(name, base, names, background, IGNORE_INDEX, entries, sources=(list_file,))
 
 
-def _voc_entries(base: Path, ids: Sequence[str], label_dir: str, lut: np.ndarray) -> tuple[_Entry, ...]:
+def _voc_entries(
+    base: Path, ids: Sequence[str], label_dir: str, lut: np.ndarray, list_file: Path
+) -> tuple[_Entry, ...]:
     entries = []
+    where = f"image id list: {list_file}"
     for image_id in ids:
         _inside(base / "JPEGImages", image_id, "image id list")
-        image = _need_file(base / "JPEGImages" / f"{image_id}.jpg")
-        label = _need_file(base / label_dir / f"{image_id}.png")
+        image = _need_file(_contained(base / "JPEGImages", base / "JPEGImages" / f"{image_id}.jpg", where))
+        label = _need_file(_contained(base / label_dir, base / label_dir / f"{image_id}.png", where))
         entries.append(_Entry(image_id, image, label, lut))
     return tuple(entries)
 
@@ -435,15 +573,16 @@ def load_context(root: Path, split: str = "val", with_background: bool = True) -
     """PASCAL Context, 60 classes (background first) or 59 (mmseg layout; see the module doc)."""
     base = _find_root(Path(root), "SegmentationClassContext", ["VOC2010", "VOCdevkit/VOC2010"])
     _need_dir(base / "JPEGImages")
-    ids = _read_ids(base / "ImageSets" / "SegmentationContext" / f"{split}.txt")
+    list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+    ids = _read_ids(list_file)
     if with_background:
         names, background, lut = ("background", *CONTEXT59_CLASSES), 0, _identity_lut(60)
     else:
         names, background = CONTEXT59_CLASSES, None
         lut = _lut({0: IGNORE_INDEX, IGNORE_INDEX: IGNORE_INDEX, **{i: i - 1 for i in range(1, 60)}})
-    entries = _voc_entries(base, ids, "SegmentationClassContext", lut)
+    entries = _voc_entries(base, ids, "SegmentationClassContext", lut, list_file)
     name = "context" if with_background else "context59"
-    return Dataset(name, base, names, background, IGNORE_INDEX, entries)
+    return Dataset(name, base, names, background, IGNORE_INDEX, entries, sources=(list_file,))
 
 
 def load_coco(root: Path, split: str = "val", objects: bool = False) -> Dataset:
@@ -511,15 +650,17 @@ def load_nus_wide(root: Path, split: str = "test") -> Dataset:
         unknown = [p for p in parts[1:] if p not in index]
         if unknown:
             raise DatasetError(f"malformed list file: {list_file} line {number}: unknown concepts {unknown}")
-        path = _need_file(_inside(image_dir, parts[0], f"list file: {list_file} line {number}"))
+        where = f"list file: {list_file} line {number}"
+        path = _need_file(_contained(image_dir, _inside(image_dir, parts[0], where), where))
         tags = tuple(sorted({index[p] for p in parts[1:]}))
         entries.append(_Entry(parts[0].rsplit(".", 1)[0], path, tags=tags))
     if not entries:
         raise DatasetError(f"malformed list file: {list_file} lists no images")
     entries.sort(key=lambda e: e.image_id)
     return Dataset(
-        "nus_wide", root, NUS_WIDE_CLASSES, None, IGNORE_INDEX, tuple(entries), multilabel_only=True
-    )
+        "nus_wide", root, NUS_WIDE_CLASSES, None, IGNORE_INDEX, tuple(entries), multilabel_only=True,
+        sources=(list_file,),
+    )  # fmt: skip
 
 
 def load_composites(root: Path) -> Dataset:
@@ -540,13 +681,15 @@ def load_composites(root: Path) -> Dataset:
             image_file, mask_file = item["file"], item["mask"]
         except (KeyError, TypeError, ValueError) as err:
             raise DatasetError(f"malformed file: {labels_path}: bad entry {item!r}") from err
-        image = _need_file(_inside(root / "images", image_file, f"file: {labels_path}"))
-        mask = _need_file(_inside(root / "masks", mask_file, f"file: {labels_path}"))
+        where = f"file: {labels_path}"
+        image = _need_file(_contained(root / "images", _inside(root / "images", image_file, where), where))
+        mask = _need_file(_contained(root / "masks", _inside(root / "masks", mask_file, where), where))
         entries.append(_Entry(Path(image_file).stem, image, mask, _lut(mapping)))
     if not entries:
         raise DatasetError(f"malformed file: {labels_path} lists no images")
     entries.sort(key=lambda e: e.image_id)
-    return Dataset("composites", root, ("background", *classes), 0, IGNORE_INDEX, tuple(entries))
+    names = ("background", *classes)
+    return Dataset("composites", root, names, 0, IGNORE_INDEX, tuple(entries), sources=(labels_path,))
 
 
 def load_real(root: Path = Path("data/real")) -> Dataset:
@@ -575,7 +718,9 @@ def load_real(root: Path = Path("data/real")) -> Dataset:
         entries.append(
             _Entry(entry.image_id, entry.image_path, entry.label_path, _lut(mapping), None, vocabulary)
         )
-    return Dataset("real", voc.root, tuple(names), 0, IGNORE_INDEX, tuple(entries))
+    return Dataset(
+        "real", voc.root, tuple(names), 0, IGNORE_INDEX, tuple(entries), sources=(*voc.sources, classes_path)
+    )
 
 
 def load_dataset(name: str, root: Path | str, split: str | None = None) -> Dataset:

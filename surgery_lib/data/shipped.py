@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from surgery_lib.data.datasets import IGNORE_INDEX, VOC_CLASSES
+from surgery_lib.data.datasets import IGNORE_INDEX, VOC_CLASSES, decode_image_file
 from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.maps.images import to_rgb
 from surgery_lib.paths import data_dir
@@ -96,12 +96,7 @@ def _open_image(path: Path) -> Image.Image:
     """``path`` opened and decoded, or a :class:`RealDataError` naming it."""
     if not path.is_file():
         raise RealDataError(f"missing file: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise RealDataError(f"malformed image file: {path} ({error})") from error
+    return decode_image_file(path, None, "image file", lambda image: image.copy(), RealDataError)
 
 
 def _read_mask(path: Path, size: tuple[int, int], n_classes: int | None) -> np.ndarray:
@@ -200,10 +195,8 @@ def read_composite_set(root: Path, limit: int | None = None) -> tuple[list[str],
         for path in (image_path, mask_path):
             if not path.is_file():
                 raise FileNotFoundError(f"evaluation set {root}: missing {path}")
-        with Image.open(image_path) as im:
-            image = im.convert("RGB")
-        with Image.open(mask_path) as m:
-            instance = np.array(m)
+        image = decode_image_file(image_path, None, "image file", lambda im: im.convert("RGB"), ValueError)
+        instance = decode_image_file(mask_path, None, "mask file", np.array, ValueError)
         if instance.shape != (image.height, image.width):
             raise ValueError(f"{mask_path}: mask {instance.shape} does not match image {image.size[::-1]}")
         masks: dict[str, np.ndarray] = {}
@@ -261,10 +254,14 @@ def _folder(root: Path, limit: int | None) -> tuple[list[str], list[AnnotatedIma
     if not paths:
         raise FileNotFoundError(f"no .jpg/.jpeg/.png images in {root}")
     images = []
+
+    def read(im: Image.Image) -> Image.Image:
+        im.load()  # read the pixels before the file closes
+        return to_rgb(im, what=str(im.filename))
+
     for path in paths:
-        with Image.open(path) as im:
-            im.load()  # read the pixels before the file closes
-            images.append(AnnotatedImage(path.stem, to_rgb(im, what=str(path))))
+        image = decode_image_file(path, None, "image file", read, ValueError)
+        images.append(AnnotatedImage(path.stem, image))
     return [], images
 
 

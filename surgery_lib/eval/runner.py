@@ -23,23 +23,55 @@ records and computes only the images that have none, so an interrupted run resum
 
 The record store never changes a result silently. Each record line carries a ``sha256`` over the
 canonical JSON of the rest of the record and of ``run.json`` (so an edited value, or a record copied
-from a run with other settings or weights, is detected). Reading the store:
+from a run with other settings or weights, is detected).
+
+The records know which data they were computed from. ``run.json`` holds ``--root`` resolved to an
+absolute path (a relative root typed in another folder names other data) and ``classes_sha256``, a
+digest of the class names, prompts, background and ignore index; a resume with another root or other
+classes is refused naming the setting (and both roots). Each record holds ``data``, the sha256 of the
+bytes of its image file and label map and of its dataset entry (id, label mapping, tags, vocabulary:
+what ``labels.json`` or the lists say about it), and ``batch_sha256``, a digest of the ``data`` of every
+image of its batch. Before computing anything a resume re-hashes the files of every batch that has
+records and refuses a mismatch, naming the image, the file that changed (or its entry in the list
+file) and what to do. Content digests, not sizes and ``mtime``: a file merely touched (a ``git
+checkout``, a copy) is no change, and an edit that keeps size and ``mtime`` is still caught; the cost is
+reading each stored image's files once more per resume (no decoding), small next to the model. Run
+folders of the earlier record format ``jsonl+sha256/1`` hold no fingerprints: they are refused with a
+message (delete the folder or use another ``--out``), since their records cannot be checked.
+
+Reading the store:
 
 * a last line without its newline (a write interrupted by a crash) is dropped and that image is
   recomputed (the own shard is cut back to its last complete line first);
 * any other bad line — not UTF-8, not JSON, NaN or infinite numbers, no or a wrong ``sha256``, no
-  integer ``index`` / string ``id`` — and a second record of the same image with other content are
-  refused: the run stops with a ``SystemExit`` naming ``file:line`` (delete that line to have the image
-  recomputed, or use another ``--out``); a broken ``run.json`` is refused naming the file;
+  integer ``index`` / string ``id`` — and a second record of the same image with other content (beyond
+  :data:`RESUME_RTOL`) are refused: the run stops with a ``SystemExit`` naming ``file:line`` (delete
+  that line to have the image recomputed, or use another ``--out``); a broken ``run.json`` is refused
+  naming the file;
 * records are written with finite numbers only (a NaN would stop the run, not be stored).
 
 Only one run at a time may use an ``--out`` folder: rank 0 holds an exclusive lock on ``out/.lock``
 (``fcntl.flock``, non-blocking) for the whole run, and a second run on the same folder stops at once
 with a message saying so.
 
-Images are split into fixed batches of ``--batch-size`` in dataset order; under ``torchrun`` batch ``k``
-runs on rank ``k mod world_size`` (gloo on CPU, nccl on GPU), confusion matrices are summed with
-``all_reduce`` and per-image records gathered on rank 0, so the results equal a single-process run.
+Batches are fixed: batch ``k`` always holds images ``[k·B, (k+1)·B)`` of the whole dataset in its sorted
+order (``B`` = ``--batch-size``), whatever ``--limit`` is and whatever is already stored. When an image
+of a batch has no record, the whole batch is computed again, the images that have records riding along
+(their stored records are kept; records are stored for images under ``--limit`` only), so every record
+comes from the batch composition a fresh full run uses; ``--limit`` thus computes up to ``B - 1``
+images beyond the limit (the rest of the last batch), without storing them. Under ``torchrun`` batch
+``k`` runs on rank ``k mod world_size`` (gloo on CPU, nccl on GPU), confusion matrices are summed with
+``all_reduce`` and per-image records gathered on rank 0.
+
+What is exact: on one machine, with the same thread count (``OMP_NUM_THREADS`` /
+``torch.get_num_threads()``), the same ``--batch-size`` and the same settings, a resumed, repaired or
+larger-``--limit`` run is bit-equal to a fresh run (``--batch-size`` is part of ``run.json``: batched
+matrix products round differently by batch composition), and a ``torchrun`` run to a single process
+with the per-process thread count (torchrun sets ``OMP_NUM_THREADS=1`` unless it is set). Across
+machines, CPU instruction sets (``ATEN_CPU_CAPABILITY``) or thread counts, numbers agree to about 1e-6
+relative, not bit for bit. The store compares numbers in one place only: two records of one image
+count as the same when their floats agree to :data:`RESUME_RTOL` (1e-6) relative (the first is kept);
+a larger difference is refused.
 """
 
 from __future__ import annotations
@@ -161,8 +193,10 @@ class EvalSettings:
             NACLIP's whole-image inference on VOC, Cityscapes' 224/224 windows in ClearCLIP, MaskCLIP's
             key smoothing / prompt denoising, GEM's min-max batched ×100 maps, and fp16 inference. The
             model side of each method is ``method``, not the preset.
-        limit: only the first N images (sorted order).
-        batch_size: images per batch; device: ``auto``, ``cpu`` or ``cuda``; quiet: no progress output.
+        limit: only the first N images (sorted order). The last batch is still computed whole (fixed
+            batches, see the module doc): up to ``batch_size - 1`` more images go through the model.
+        batch_size: images per batch (fixed batches ``[k·B, (k+1)·B)``; a resume must use the same);
+            device: ``auto``, ``cpu`` or ``cuda``; quiet: no progress output.
     """
 
     task: str
@@ -319,8 +353,18 @@ def _barrier(world: int) -> None:
 # per-image records (append-only jsonl shards)
 
 
-RECORD_FORMAT = "jsonl+sha256/1"
-"""Written into ``run.json``: records are JSON lines, each with a ``sha256`` (see the module doc)."""
+RECORD_FORMAT = "jsonl+sha256/2"
+"""Written into ``run.json``: records are JSON lines, each with a ``sha256`` (see the module doc); ``/2``:
+``run.json`` holds the resolved root and the classes' digest, each record its data and batch digests."""
+
+_UNFINGERPRINTED_FORMATS = ("jsonl+sha256/1",)
+"""Record formats written before the data was fingerprinted: refused (see :func:`_check_settings`)."""
+
+RESUME_RTOL = 1e-6
+RESUME_ATOL = 1e-9
+"""How close two records of one image must be to count as the same record (:func:`_same_record`): the
+agreement of one computation across machines and thread counts (on one machine and thread count, with
+the same batch size, a recomputed record is bit-equal)."""
 
 _FIX = "delete that line (the image is then recomputed) or use another --out"
 
@@ -409,10 +453,30 @@ def _parse_record(raw: bytes, key: bytes, where: str) -> dict:
     return record
 
 
+def _same_record(a: object, b: object) -> bool:
+    """Whether two records are equal, floats to :data:`RESUME_RTOL` relative (:data:`RESUME_ATOL`
+    absolute); every other value (strings, integers, booleans, the structure) exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_record(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_record(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        numbers = (int, float)
+        if (
+            isinstance(a, bool)
+            or isinstance(b, bool)
+            or not (isinstance(a, numbers) and isinstance(b, numbers))
+        ):
+            return False
+        return math.isclose(a, b, rel_tol=RESUME_RTOL, abs_tol=RESUME_ATOL)
+    return type(a) is type(b) and a == b
+
+
 def _read_records(parts: Path) -> dict[int, dict]:
     """Every record in ``parts/*.jsonl`` by image index, each checked against its ``sha256`` (bound to
     ``parts/../run.json``). A last line without its newline (an interrupted write) is skipped; any other
-    bad line, or two different records of one image, raises ``SystemExit`` naming ``file:line``."""
+    bad line, or two different records of one image (beyond :data:`RESUME_RTOL`; the first is kept),
+    raises ``SystemExit`` naming ``file:line``."""
     run_json = parts.parent / "run.json"
     if not run_json.is_file():
         raise FileNotFoundError(f"{run_json} is missing: the records in {parts} cannot be checked")
@@ -426,12 +490,12 @@ def _read_records(parts: Path) -> dict[int, dict]:
             record = _parse_record(raw, key, where)
             index = record["index"]
             if index in records:
-                if _canonical(records[index]) != _canonical(record):
+                if not _same_record(records[index], record):
                     raise SystemExit(
                         f"{where}: a second, different record of image {index} (the first is at "
                         f"{seen_at[index]}); {_FIX}"
                     )
-                continue  # the same record twice: the result does not depend on which is read
+                continue  # the same record twice: the first one read (in file order) is kept
             records[index], seen_at[index] = record, where
     return records
 
@@ -754,13 +818,25 @@ def _weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _settings(args: EvalSettings, model: nn.Module) -> dict:
-    """What a resumed run must share with the run that wrote the records, the weights included."""
+def _classes_sha256(dataset: Dataset) -> str:
+    """sha256 of what every record of a dataset depends on beyond its own image: the class names, their
+    prompts, the background and ignore index."""
+    what = [list(dataset.class_names), list(dataset.prompts), dataset.background, dataset.ignore_index]
+    return hashlib.sha256(_canonical(what)).hexdigest()
+
+
+def _settings(args: EvalSettings, model: nn.Module, dataset: Dataset | None = None) -> dict:
+    """What a resumed run must share with the run that wrote the records: the weights, the resolved
+    ``--root`` (not as typed: a relative root names other data from another folder) and the digest of
+    ``dataset``'s classes (:func:`_classes_sha256`; a run always passes its dataset)."""
     keys = ("task", "dataset", "root", "split", "model", "pretrained", "checkpoint", "method", "image_size",
             "protocol", "window", "stride", "bg_threshold", "batch_size")  # fmt: skip
     settings = {
         k: str(getattr(args, k)) if isinstance(getattr(args, k), Path) else getattr(args, k) for k in keys
     }
+    settings["root"] = str(Path(args.root).resolve())
+    if dataset is not None:
+        settings["classes_sha256"] = _classes_sha256(dataset)
     # protocol options added later: recorded only when not at their defaults, so that runs written
     # before they existed (same defaults, same results) still resume
     defaults = {"templates": "surgery85", "logit_scale": None, "pamr_steps": 0, "protocol_preset": None}
@@ -782,6 +858,14 @@ def _check_settings(
         (out / "parts").mkdir(exist_ok=True)
         if path.is_file():
             before = _read_run_json(path)
+            if before.get("record_format") in _UNFINGERPRINTED_FORMATS:
+                raise SystemExit(
+                    f"{out} holds records written by an earlier version of this program (record format "
+                    f"{before['record_format']!r}) that kept no fingerprint of the data they were computed "
+                    "from (resolved --root, file digests): they cannot be checked against the data and "
+                    "are not reused. Delete the folder (or its run.json and parts/) to compute them again, "
+                    "or use another --out"
+                )
             if before.get("record_format") != RECORD_FORMAT:
                 raise SystemExit(
                     f"{out} holds results written by another version of this program (record format "
@@ -791,8 +875,13 @@ def _check_settings(
                 changed = sorted(
                     k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k)
                 )
+                details = "".join(
+                    f"; {k} was {before.get(k)!r}, now {settings.get(k)!r}" for k in changed if k == "root"
+                )
+                if "classes_sha256" in changed:
+                    details += "; the dataset's class names or their prompts changed"
                 raise SystemExit(
-                    f"{out} holds results of a run with other settings ({', '.join(changed)}): "
+                    f"{out} holds results of a run with other settings ({', '.join(changed)}){details}: "
                     "use another --out or delete it"
                 )
         else:
@@ -801,6 +890,54 @@ def _check_settings(
             os.replace(partial, path)
     _barrier(world)
     return _run_key(settings)
+
+
+def _batch_sha256(prints: Sequence[dict]) -> str:
+    """sha256 of the fingerprints of a batch's images, in order: what a record's numbers depend on."""
+    return hashlib.sha256(_canonical(list(prints))).hexdigest()
+
+
+def _verify_batch(
+    parts: Path, dataset: Dataset, batch: Sequence[int], finished: dict[int, dict], prints: Sequence[dict]
+) -> str:
+    """Check the stored records of ``batch`` against the data now (``prints``: the fingerprint of each
+    image of the batch): each record's own files and entry, then the rest of its batch. Returns the
+    batch's digest; a ``SystemExit`` naming the image, the files that changed and what to do."""
+    digest = _batch_sha256(prints)
+    fix = (
+        "the dataset changed in place since its records were computed: use another --out "
+        "(or restore the data)"
+    )
+    stored = [
+        (i, finished[i], fingerprint) for i, fingerprint in zip(batch, prints, strict=True) if i in finished
+    ]
+    for i, record, fingerprint in stored:  # first each record's own files and entry
+        entry, data = dataset.entries[i], record.get("data")
+        if not isinstance(data, dict) or not isinstance(record.get("batch_sha256"), str):
+            raise SystemExit(
+                f"{parts}: the record of image {i} ({record['id']!r}) has no data fingerprint; {fix}"
+            )
+        if data != fingerprint:
+            sources = ", ".join(str(p) for p in dataset.sources) or "the dataset's lists"
+            files = {
+                "image": f"its image file {entry.image_path}",
+                "label": f"its label map {entry.label_path}",
+                "entry": f"its entry in {sources}",
+            }
+            changed = [files[k] for k in ("image", "label", "entry") if data.get(k) != fingerprint.get(k)]
+            raise SystemExit(
+                f"{parts}: the record of image {i} ({record['id']!r}) was computed from other data: "
+                f"{' and '.join(changed)} changed; {fix}"
+            )
+    for i, record, _ in stored:  # then the images computed beside it
+        if record["batch_sha256"] != digest:
+            others = ", ".join(str(dataset.entries[j].image_path) for j in batch if j not in finished)
+            raise SystemExit(
+                f"{parts}: the record of image {i} ({record['id']!r}) was computed in the batch of images "
+                f"{batch[0]}–{batch[-1]}, and an image of that batch without a record changed since "
+                f"({others}: the image, its label map or its entry); {fix}"
+            )
+    return digest
 
 
 def _run(args: EvalSettings, rank: int, world: int, device: torch.device, loaded: LoadedCLIP | None) -> int:
@@ -824,7 +961,7 @@ def _run_held(
         raise SystemExit("--batch-size must be >= 1")
     n = min(len(dataset), args.limit) if args.limit is not None else len(dataset)
     ctx = _Context(args, dataset, device, loaded)
-    key = _check_settings(args.out, _settings(args, ctx.model), rank, world, held)
+    key = _check_settings(args.out, _settings(args, ctx.model, dataset), rank, world, held)
     parts = args.out / "parts"
     own = parts / f"rank{rank}.jsonl"
     _repair(own)
@@ -836,24 +973,43 @@ def _run_held(
                 f"{parts}: the record of image {i} is for {record['id']!r}, the dataset now has "
                 f"{dataset.ids[i]!r} there: the dataset changed; use another --out"
             )
-    batches = [list(range(s, min(s + args.batch_size, n))) for s in range(0, n, args.batch_size)]
-    mine = [i for batch in batches[rank::world] for i in batch]
+    # fixed batches: batch k is always images [k·B, (k+1)·B) of the whole dataset, whatever --limit is
+    size = args.batch_size
+    batches = [list(range(s, min(s + size, len(dataset)))) for s in range(0, n, size)]
+    mine = [i for batch in batches[rank::world] for i in batch if i < n]
     todo = [i for i in mine if i not in finished]
+    verified = {
+        k: _verify_batch(parts, dataset, batch, finished, [dataset.fingerprint(i) for i in batch])
+        for k, batch in enumerate(batches)
+        if k % world == rank and any(i in finished for i in batch)
+    }  # every stored record checked against the data before anything is computed
     compute = _BATCH_FUNCTIONS[args.task]
     start, computed = time.perf_counter(), 0
     with tqdm(
         total=len(mine), initial=len(mine) - len(todo), disable=rank != 0 or args.quiet, desc=args.task
     ) as bar:
-        for batch in batches[rank::world]:
-            pending = [i for i in batch if i not in finished]
+        for k in range(rank, len(batches), world):
+            batch = batches[k]
+            pending = [i for i in batch if i < n and i not in finished]
             if not pending:
                 continue
-            samples = [dataset[i] for i in pending]
+            # the whole batch is computed, the images with a record riding along, so that every record
+            # comes from the batch composition a fresh run uses (bit-equal results on one machine)
+            samples = [dataset[i] for i in batch]
+            digest = _batch_sha256([sample.fingerprint for sample in samples])
+            if digest != verified.get(k, digest):
+                raise SystemExit(
+                    f"{dataset.root}: the files of images {batch[0]}–{batch[-1]} changed while this run read "
+                    "them: run it again once the data stays put"
+                )
             records = compute(ctx, samples)
-            for i, sample, record in zip(pending, samples, records, strict=True):
-                record.update(index=i, id=sample.image_id)
-                finished[i] = record
-            _append(own, records, key)
+            new = []
+            for i, sample, record in zip(batch, samples, records, strict=True):
+                if i in pending:
+                    record.update(index=i, id=sample.image_id, data=sample.fingerprint, batch_sha256=digest)
+                    finished[i] = record
+                    new.append(record)
+            _append(own, new, key)
             computed += len(pending)
             bar.update(len(pending))
     seconds = time.perf_counter() - start
