@@ -196,7 +196,8 @@ class EvalSettings:
         limit: only the first N images (sorted order). The last batch is still computed whole (fixed
             batches, see the module doc): up to ``batch_size - 1`` more images go through the model.
         batch_size: images per batch (fixed batches ``[k·B, (k+1)·B)``; a resume must use the same);
-            device: ``auto``, ``cpu`` or ``cuda``; quiet: no progress output.
+            device: ``auto``, ``cpu`` or ``cuda``; quiet: no progress bar, no summary on stdout;
+        progress: the per-image progress bar on stderr (``None``: unless ``quiet``).
     """
 
     task: str
@@ -221,6 +222,7 @@ class EvalSettings:
     batch_size: int = 8
     device: str = "auto"
     quiet: bool = False
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("root", "out", "checkpoint"):
@@ -986,7 +988,11 @@ def _run_held(
     compute = _BATCH_FUNCTIONS[args.task]
     start, computed = time.perf_counter(), 0
     with tqdm(
-        total=len(mine), initial=len(mine) - len(todo), disable=rank != 0 or args.quiet, desc=args.task
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        disable=rank != 0 or not (not args.quiet if args.progress is None else args.progress),
+        desc=f"{args.task} {args.dataset} {args.method}",
+        file=sys.stderr,
     ) as bar:
         for k in range(rank, len(batches), world):
             batch = batches[k]
@@ -1175,7 +1181,9 @@ def evaluation_table(
         for label, (name, root) in datasets.items():
             for method in methods:
                 out = Path(out_dir) / task / f"{backbone}__{tag}__{label}__{method}".replace("/", "_")
-                result = evaluate(task, name, root, out, backbone, tag, method, loaded, quiet=True, **options)
+                result = evaluate(
+                    task, name, root, out, backbone, tag, method, loaded, quiet=True, progress=True, **options
+                )
                 row = {"backbone": backbone, "dataset": label, "method": method, **_table_row(result)}
                 rows.append({**row, "out": str(out)})
     return rows

@@ -25,9 +25,12 @@ def test_dataset_specs():
         ev.dataset_specs("voc")
 
 
-def test_evaluation_table_runs_every_combination_and_resumes(tmp_path):
+def test_evaluation_table_runs_every_combination_and_resumes(tmp_path, capfd):
     datasets = {"composites-seen": ev.dataset_specs()["composites-seen"]}
     rows = ev.evaluation_table("explain", ["toy-vit"], datasets, tmp_path, limit=4, batch_size=2)
+    out, err = capfd.readouterr()
+    assert not out  # no summary printed ...
+    assert "explain composites surgery: 100%" in err and "4/4" in err  # ... but a progress bar per run
     assert [(r["backbone"], r["dataset"], r["method"]) for r in rows] == [
         ("toy-vit", "composites-seen", "raw"),
         ("toy-vit", "composites-seen", "surgery"),
