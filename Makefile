@@ -6,13 +6,15 @@
 # make setup   - create .venv and install everything (idempotent, quiet when already done)
 # make test    - setup, lint, then the whole test suite (what CI runs)
 # make test-fast - the unit tests only (tests/unit, not marked slow): the inner loop, < 90 s
+# make test-threads - the numeric tests (marker numeric) as other machines run them: 1, 2 and 4 threads,
+#                and the default and AVX2 CPU kernels (ATEN_CPU_CAPABILITY); CI runs it
 # make bench   - the speed / memory benchmark (CPU)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast test-realscale lint format bench clean figures lab book app
+.PHONY: setup test test-fast test-threads test-realscale lint format bench clean figures lab book app
 REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt \
 	requirements-book.txt
 LINTED := surgery_lib surgery_tools tests benchmarks notebooks
@@ -36,10 +38,19 @@ format: setup
 	@$(PY) -m ruff check --fix $(LINTED)
 
 test: setup lint
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit -m "not slow"
+
+THREAD_MATRIX := "OMP_NUM_THREADS=1" "OMP_NUM_THREADS=2" "OMP_NUM_THREADS=4" \
+	"OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default" "OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2"
+
+test-threads: setup
+	@for conf in $(THREAD_MATRIX); do \
+		echo "== numeric tests with $$conf"; \
+		env $$conf $(PY) -m pytest -q -p no:cacheprovider -m "numeric and not realscale" || exit 1; \
+	done
 
 # make test-realscale - every notebook on ViT-B-16/RN50-sized random weights from an HF cache (~1 h on 2 cores)
 test-realscale: setup
@@ -52,7 +63,7 @@ bench: setup
 	@$(PY) benchmarks/bench_methods.py
 
 figures: setup
-	@HF_HUB_OFFLINE=1 $(VENV)/bin/surgery figures --out build/notebooks --figures figures
+	@HF_HUB_OFFLINE=1 $(VENV)/bin/surgery figures --out build/notebooks --figures figures $(FIGURES_OPTIONS)
 
 # make book  - the executed notebooks of `make figures` as a static HTML book: build/book/index.html
 book: setup

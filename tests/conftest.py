@@ -19,6 +19,38 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The modules whose tests compare numbers between two computations (batched vs one by one, resumed vs
+# fresh, ours vs a reference): `make test-threads` runs them (marker `numeric`) with 1, 2 and 4 threads
+# and under ATEN_CPU_CAPABILITY=default and avx2, so that thread- or CPU-dependent exactness is caught.
+NUMERIC_MODULES = (
+    "golden/test_golden.py",
+    "golden/test_zoo_golden.py",
+    "integration/test_eval_store.py",
+    "integration/test_eval_store_v3.py",
+    "integration/test_eval_methods.py",
+    "unit/test_surgery.py",
+    "unit/test_features.py",
+    "unit/test_fuzz.py",
+    "unit/test_inputs.py",
+    "unit/test_segmentation.py",
+    "unit/test_protocol_options.py",
+    "unit/test_multimodal_sam.py",
+    "unit/test_zoo_config.py",
+    "unit/test_metrics.py",
+    "unit/test_pamr.py",
+    "unit/test_introspection.py",
+    "unit/test_analysis.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of ``NUMERIC_MODULES`` ``numeric``."""
+    tests = Path(__file__).resolve().parent
+    numeric = {tests / name for name in NUMERIC_MODULES}
+    for item in items:
+        if Path(item.fspath) in numeric:
+            item.add_marker(pytest.mark.numeric)
+
 
 def golden_files(env: str, default: Path, pattern: str = "*.pt") -> list[Path]:
     """The golden files ``pattern`` in the folder named by ``$env`` (default ``default``).
