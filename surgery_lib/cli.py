@@ -7,19 +7,23 @@
 
 (``python -m surgery_lib ...`` is the same command.) ``explain`` writes one overlay PNG per image, label
 and method into ``--out`` (``<image>_<label>_<method>.png``; names are made unique when two inputs or
-two labels would clean to the same file name) and ``summary.json`` with the image-level probabilities
-and the SAM point prompts of each map. ``--method`` takes any name of
-:func:`surgery_lib.config.method_names` (the dense methods and the gradient explainers); feature
-surgery runs over ``--vocabulary`` (default: the labels; with exactly two classes the two maps are
-complements, so pass the whole class list there and draw a few ``--labels``). A user error (missing or
-unreadable image, bad label, unknown model, unwritable ``--out``) prints one line naming the problem
-and exits with status 2; ``--debug`` shows the traceback instead.
+two labels would clean to the same file name; an image's or a label's part longer than 100 characters
+is cut and ends in a hash, so every name fits 255 bytes), drawn at most ``MAX_OVERLAY_SIDE`` (2048)
+pixels on the long side, and ``summary.json`` with the image-level probabilities and the SAM point
+prompts of each map (in the image's pixels). Images are decoded one at a time. ``--method`` takes
+any name of :func:`surgery_lib.config.method_names` (the dense methods and the gradient explainers);
+feature surgery runs over ``--vocabulary`` (default: the labels; with exactly two classes the two maps
+are complements, so pass the whole class list there and draw a few ``--labels``). A user error
+(missing or unreadable image, bad label, unknown model, unwritable ``--out``) prints one line naming
+the problem and exits with status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import json
 import re
 import sys
@@ -37,13 +41,13 @@ from surgery_lib.config import (
     resolve_method,
 )
 from surgery_lib.maps.explain import explain
-from surgery_lib.maps.images import preprocess_images, to_rgb
-from surgery_lib.maps.text import validate_labels
+from surgery_lib.maps.images import open_image, preprocess_images, read_image
+from surgery_lib.maps.text import check_label_tokens, distinct_by_tokens, text_features, validate_labels
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import WeightsNotAvailableError, load_clip
 from surgery_lib.model.shipped import DEFAULT_MODEL
 from surgery_lib.model.surgery import SurgeryError, max_depth
-from surgery_lib.ui.render import COLORMAPS, overlay
+from surgery_lib.ui.render import COLORMAPS, MAX_OVERLAY_SIDE, overlay, overlay_size
 
 USER_ERRORS = (
     FileNotFoundError,
@@ -63,8 +67,23 @@ class UsageError(ValueError):
     """A command-line input that cannot be used; the message names it."""
 
 
+NAME_MAX = 255
+"""The longest file name, in bytes, that common file systems take (ext4, XFS, APFS, ...)."""
+
+_PART_MAX = 100
+"""The most characters an image's or a label's part of an output name keeps (see :func:`_fit`)."""
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "label"
+
+
+def _fit(part: str) -> str:
+    """A cleaned (ASCII) name part of at most ``_PART_MAX`` characters: a longer one keeps its start and
+    ends in 8 hex digits of its SHA-256, so parts that differ only after the cut stay distinct."""
+    if len(part) <= _PART_MAX:
+        return part
+    return f"{part[: _PART_MAX - 9]}-{hashlib.sha256(part.encode()).hexdigest()[:8]}"
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -84,7 +103,9 @@ def _unique_names(names: Sequence[str]) -> list[str]:
 def _explain_parser(sub) -> None:
     ex = sub.add_parser("explain", help="similarity maps of labels on images")
     ex.add_argument("images", nargs="+", type=Path, help="image files")
-    ex.add_argument("--labels", nargs="+", required=True, help="class names")
+    ex.add_argument(
+        "--labels", nargs="+", action="extend", required=True, help="class names (the option may repeat)"
+    )
     ex.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -147,15 +168,17 @@ def _methods(spec: str) -> dict[str, SurgeryConfig | GradientConfig]:
     return {name: resolve_method(name) for name in dict.fromkeys(names)}
 
 
-def _vocabulary(spec: str | None, labels: Sequence[str]) -> list[str]:
-    """The labels, then the ``--vocabulary`` classes not among them (each once, in order)."""
+def _vocabulary(spec: str | None, labels: Sequence[str], tokenizer) -> list[str]:
+    """The labels, then the ``--vocabulary`` classes not among them (each once, in order; a class that
+    tokenizes like a label or an earlier class is that class, as :func:`~surgery_lib.maps.explain.explain`
+    reads it)."""
     if spec is None:
         return list(labels)
     names = [v.strip() for v in spec.split(",") if v.strip()]
     if not names:
         raise UsageError("--vocabulary names no class (give comma-separated class names)")
     validate_labels(names)
-    return [*labels, *(v for v in dict.fromkeys(names) if v not in labels)]
+    return check_label_tokens(tokenizer, distinct_by_tokens(tokenizer, [*labels, *names]))
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -165,6 +188,16 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise UsageError(f"--depth must be >= 0, got {args.depth}")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(
+            f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)"
+        ) from None
+    if device.type == "meta":
+        raise UsageError(
+            "--device meta holds shapes without values: nothing can be computed there; use cpu, cuda, ..."
+        )
     for path in args.images:
         if path.is_dir():
             raise UsageError(f"{path} is a folder: pass image files")
@@ -190,26 +223,104 @@ def _prepare_out(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {error.strerror or error}") from None
 
 
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Errors of opening or decoding ``path`` as one line naming it (an over-cap or unusable image is an
+    :class:`~surgery_lib.maps.images.ImageInputError` naming it already)."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise UsageError(f"{path} is not an image file PIL can read") from None
+    except OSError as error:  # a truncated or damaged file, or one that cannot be read
+        raise UsageError(f"{path} cannot be read as an image: {error.strerror or error}") from None
+
+
+def _check_image(path: Path) -> None:
+    """Check an input without keeping it: the header (size, mode), then a decode of the pixels, which
+    are dropped at once (JPEGs are decoded at 1/8 scale: all the data, a 64th of the pixels; ``draft``
+    does nothing for other formats)."""
+    with _reading(path), open_image(path, str(path)) as opened:
+        opened.draft("RGB", (max(1, opened.width // 8), max(1, opened.height // 8)))
+        opened.load()
+
+
+def _output_names(images: Sequence[Path], labels: Sequence[str], methods: Sequence[str]) -> list[dict]:
+    """The overlay file names ``<image>_<label>_<method>.png``, per image a dict ``(label index, method)
+    -> name``: cleaned, parts over ``_PART_MAX`` characters cut (:func:`_fit`), made unique; every name
+    is checked to fit ``NAME_MAX`` bytes before anything is written."""
+    stems = _unique_names([_fit(_safe(p.stem)) for p in images])
+    label_names = _unique_names([_fit(_safe(label)) for label in labels])
+    names = [
+        {
+            (j, method): f"{stem}_{label}_{method}.png"
+            for method in methods
+            for j, label in enumerate(label_names)
+        }
+        for stem in stems
+    ]
+    for path, per_image in zip(images, names, strict=True):
+        for name in per_image.values():
+            if len(name.encode()) > NAME_MAX:
+                raise UsageError(f"the overlay name {name!r} for {path} is longer than {NAME_MAX} bytes")
+    return names
+
+
+def _explain_image(
+    args: argparse.Namespace, clip, methods: dict, vocabulary: list[str], path: Path, names: dict, size: int
+) -> dict:
+    """One image's overlays (drawn at most ``MAX_OVERLAY_SIDE`` pixels on the long side) and its summary
+    entry; the decoded image is dropped on return."""
+    with _reading(path):
+        image = read_image(path, str(path))
+    batch = preprocess_images([image], size=size)
+    height, width = image.height, image.width
+    shown = overlay_size(width, height, MAX_OVERLAY_SIDE)
+    if shown != (width, height):
+        image = image.resize(shown, Image.BILINEAR)  # the full-size pixels go here
+    entry: dict = {
+        "path": str(path),
+        "size": [height, width],
+        "overlay_size": [shown[1], shown[0]],
+        "methods": {},
+    }
+    for method, config in methods.items():
+        result = explain(
+            clip.model,
+            clip.tokenizer,
+            batch,
+            args.labels,
+            method=config,
+            size=(shown[1], shown[0]),
+            vocabulary=vocabulary,
+        )
+        record: dict = {"probabilities": result.image_scores[0].tolist(), "overlays": [], "points": []}
+        for j, label in enumerate(args.labels):  # one label at a time
+            target = args.out / names[(j, method)]
+            overlay(image, result.maps[0, :, :, j], args.alpha, args.cmap).save(target)
+            points, point_labels = result.points(label, image_size=(height, width))  # the image's pixels
+            record["overlays"].append(target.name)
+            record["points"].append({"xy": points.tolist(), "labels": point_labels.tolist()})
+        entry["methods"][method] = record
+    return entry
+
+
 def run_explain(args: argparse.Namespace) -> dict:
     """Run ``explain`` for the parsed arguments; returns the summary written to ``summary.json``.
 
-    Every input is checked before anything is written (images readable, labels valid, methods
-    known, depth within the model's blocks).
+    Every input is checked before anything is written: the model first (a mistyped ``--model`` is
+    named before any image is read), labels (as the tokenizer sees them), methods, depth, then each
+    image's header (size and mode, before decoding) and its pixels (decoded and dropped, one at a
+    time), and the output names. Then the images are decoded and explained one at a time, so memory
+    does not grow with the number of inputs; overlays are drawn at most ``MAX_OVERLAY_SIDE`` pixels on
+    the long side, the points in ``summary.json`` stay in the image's pixels.
     """
     _check_inputs(args)
     methods = _methods(args.method)
-    vocabulary = _vocabulary(args.vocabulary, args.labels)
-    images = {}
-    for path in args.images:
-        try:
-            with Image.open(path) as opened:
-                images[path] = to_rgb(opened, str(path)).copy()  # loaded before the file closes
-        except UnidentifiedImageError:
-            raise UsageError(f"{path} is not an image file PIL can read") from None
-        except OSError as error:  # a truncated or damaged file, or one that cannot be read
-            raise UsageError(f"{path} cannot be read as an image: {error.strerror or error}") from None
     name = None if args.model == "auto" else args.model
     clip = load_clip(name, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device)
+    check_label_tokens(clip.tokenizer, args.labels)
+    vocabulary = _vocabulary(args.vocabulary, args.labels, clip.tokenizer)
+    text_features(clip.model, clip.tokenizer, vocabulary)  # too long or non-finite: said now (and cached)
     if args.depth is not None:
         limit = max_depth(clip.model)
         if args.depth > limit:
@@ -220,10 +331,14 @@ def run_explain(args: argparse.Namespace) -> dict:
             k: c.replace(depth=args.depth) if isinstance(c, SurgeryConfig) and c.depth else c
             for k, c in methods.items()
         }
+    for path in args.images:
+        with _reading(path):
+            open_image(path, str(path)).close()  # the header: size and mode
+    for path in args.images:
+        _check_image(path)
+    names = _output_names(args.images, args.labels, list(methods))
     size = args.size or clip.image_size
     _prepare_out(args.out)
-    stems = _unique_names([_safe(p.stem) for p in args.images])
-    label_names = _unique_names([_safe(label) for label in args.labels])
     summary: dict = {
         "model": clip.name,
         "pretrained": clip.pretrained,
@@ -233,28 +348,8 @@ def run_explain(args: argparse.Namespace) -> dict:
         "configs": {name: {"kind": _kind(c), **dataclasses.asdict(c)} for name, c in methods.items()},
         "images": [],
     }
-    for stem, (path, image) in zip(stems, images.items(), strict=True):
-        batch = preprocess_images([image], size=size)
-        entry: dict = {"path": str(path), "size": [image.height, image.width], "methods": {}}
-        for method, config in methods.items():
-            result = explain(
-                clip.model,
-                clip.tokenizer,
-                batch,
-                args.labels,
-                method=config,
-                size=(image.height, image.width),
-                vocabulary=vocabulary,
-            )
-            record: dict = {"probabilities": result.image_scores[0].tolist(), "overlays": [], "points": []}
-            for j, label in enumerate(args.labels):
-                target = args.out / f"{stem}_{label_names[j]}_{method}.png"
-                overlay(image, result.maps[0, :, :, j], args.alpha, args.cmap).save(target)
-                points, point_labels = result.points(label)
-                record["overlays"].append(target.name)
-                record["points"].append({"xy": points.tolist(), "labels": point_labels.tolist()})
-            entry["methods"][method] = record
-        summary["images"].append(entry)
+    for path, per_image in zip(args.images, names, strict=True):
+        summary["images"].append(_explain_image(args, clip, methods, vocabulary, path, per_image, size))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 

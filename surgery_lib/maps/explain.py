@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +14,15 @@ from torch import nn
 from surgery_lib.config import GradientConfig, SurgeryConfig, resolve_method
 from surgery_lib.maps.features import cosine_similarity, feature_surgery, similarity_map, similarity_to_points
 from surgery_lib.maps.images import check_image_batch
-from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
+from surgery_lib.maps.text import (
+    Tokenizer,
+    check_label_tokens,
+    distinct_by_tokens,
+    empty_prompt_features,
+    model_device,
+    text_features,
+    validate_labels,
+)
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
 from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.surgery import dense_forward
@@ -40,7 +50,7 @@ def encode_image_tokens(
         tokens ``(B, 1 + h·w, D)`` float32 with unit-norm rows (class token first), grid ``(h, w)``.
     """
     check_image_batch(images, _min_input_hw(model))
-    device = next(model.parameters()).device
+    device = model_device(model)
     tokens, grid = dense_forward(model, images.to(device), config or SurgeryConfig.paper())
     tokens = tokens.float()
     if not torch.isfinite(tokens).all():
@@ -125,15 +135,46 @@ class Explanation:
     cosine: torch.Tensor | None = None
     empty_similarity: torch.Tensor | None = None
 
-    def points(self, label: str, image: int = 0, threshold: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM point prompts ``([x, y] (K, 2), labels (K,))`` for one label, in map coordinates."""
+    def points(
+        self,
+        label: str,
+        image: int = 0,
+        threshold: float = 0.8,
+        image_size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM point prompts ``([x, y] (K, 2), labels (K,))`` for one label.
+
+        Args:
+            image: index into the batch (``-B`` to ``B - 1``).
+            threshold: in [0, 1], on the min-max normalised cells (see
+                :func:`~surgery_lib.maps.features.similarity_to_points`).
+            image_size: ``(H, W)`` of the pixels the points are for; the map size by default.
+        """
         if label not in self.labels:
             raise ValueError(
                 f"label {label!r} is not among the explained labels: {', '.join(map(repr, self.labels))}"
             )
+        count = self.similarity.shape[0]
+        try:
+            index = operator.index(image)
+        except TypeError:
+            raise TypeError(f"image must be an integer index, got {type(image).__name__} {image!r}") from None
+        if not -count <= index < count:
+            raise ValueError(
+                f"image {index} is out of range: this explanation holds {count} image"
+                f"{'' if count == 1 else 's'} (0..{count - 1}, or -{count}..-1 from the end)"
+            )
+        real = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+        if not real or not 0.0 <= threshold <= 1.0:  # NaN fails the comparison too
+            raise ValueError(
+                f"threshold must be a number in [0, 1] (the cells are min-max normalised), got {threshold!r}"
+            )
         j = self.labels.index(label)
         return similarity_to_points(
-            self.similarity[image, 1:, j], tuple(self.maps.shape[1:3]), grid=self.grid, threshold=threshold
+            self.similarity[index, 1:, j],
+            tuple(image_size or self.maps.shape[1:3]),
+            grid=self.grid,
+            threshold=float(threshold),
         )
 
 
@@ -165,13 +206,17 @@ def explain(
             with exactly two labels the two maps are complements (``S₂ = −S₁``) — display a few
             labels, but pass the whole class list here.
     Raises:
-        ValueError: an unknown method name (the message lists the known ones), or both given.
+        ValueError: an unknown method name (the message lists the known ones), or both given; labels
+            whose token ids are equal (``"cat"``, ``"Cat"``) or that tokenize to nothing (``"&nbsp;"``);
+            a model on the ``meta`` device. Vocabulary entries that tokenize like a label or an
+            earlier entry are that class (kept once).
     """
     labels = labels if isinstance(labels, str) else list(labels)  # a generator is read once
+    labels = check_label_tokens(tokenizer, labels)
     if method is not None and config is not None:
         raise ValueError("pass the method as config= or as method=, not both")
     resolved = resolve_method(method if method is not None else config)
-    names = labels if isinstance(labels, str) or vocabulary is None else _with_vocabulary(labels, vocabulary)
+    names = labels if vocabulary is None else _with_vocabulary(tokenizer, labels, vocabulary)
     every_text = text_features(model, tokenizer, names)
     texts = every_text[: len(labels)]
     out = size or (images.shape[-2], images.shape[-1])
@@ -196,8 +241,9 @@ def explain(
     return Explanation(list(labels), sim, maps, grid, scores, resolved, cosine, empty)
 
 
-def _with_vocabulary(labels: list[str], vocabulary: Sequence[str]) -> list[str]:
-    """``labels`` first, then the vocabulary's other names (each once, in order)."""
+def _with_vocabulary(tokenizer: Tokenizer, labels: list[str], vocabulary: Sequence[str]) -> list[str]:
+    """``labels`` first, then the vocabulary's other classes (each once, in order): an entry whose
+    token ids equal a label's or an earlier entry's (``"Cat"`` after ``"cat"``) is that class."""
     if isinstance(vocabulary, str):
         raise TypeError(f"vocabulary must be a sequence of class names, not the string {vocabulary!r}")
-    return [*labels, *(v for v in dict.fromkeys(vocabulary) if v not in labels)]
+    return distinct_by_tokens(tokenizer, validate_labels([*labels, *vocabulary]))

@@ -6,11 +6,15 @@ Accepted images: PIL images, ``(H, W, 3)`` / ``(H, W)`` numpy arrays (uint8, or 
 orientation tag says); anything ambiguous is refused with an
 :class:`ImageInputError` that names the problem: an alpha channel (composite it yourself first),
 16-bit or 32-bit pixels (choose a scaling yourself), channel-first arrays, NaN, too small or too
-large images. Inputs are never modified.
+large images. Size and mode are checked before any pixel is decoded (the upright size, as the EXIF
+orientation says); :func:`open_image` and :func:`read_image` do the same for files, from the header,
+with PIL's decompression-bomb warning and error turned into that one error. Inputs are never modified.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 from os import PathLike
 
@@ -34,6 +38,8 @@ ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 _EXIF_ORIENTATION = 0x0112
 
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90° (width and height swap)
+
 _CONVERTIBLE = {"L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"}
 _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -48,33 +54,105 @@ def _check_size(width: int, height: int, what: str) -> None:
         )
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """The image turned as its EXIF orientation tag says (a new image; the input is not modified)."""
+def _orientation(image: Image.Image, decode: bool = True) -> int:
+    """The EXIF orientation tag, 1..8 (1: as stored; an unreadable or invalid tag counts as 1, as most
+    viewers show it). A PNG may keep its EXIF block after the pixels, where PIL decodes the whole image to
+    look: without ``decode`` such a PNG (not read yet) counts as 1."""
+    if not decode and image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # an unreadable EXIF block: the pixels are shown as stored, like most viewers
-        return image
-    return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+    except Exception:  # an unreadable EXIF block: the pixels are shown as stored
+        return 1
+    return orientation if orientation in range(1, 9) else 1
 
 
-def _pil_to_rgb(image: Image.Image, what: str) -> Image.Image:
-    image = _upright(image)
+def _check_header(image: Image.Image, what: str) -> None:
+    """Check what a PIL image's header tells, without decoding a pixel: its size (upright, as the EXIF
+    orientation says: 5 to 8 swap the axes) and its mode."""
+    width, height = image.size
+    if _orientation(image, decode=False) in _SWAPS_AXES:
+        width, height = height, width
+    _check_size(width, height, what)
     mode = image.mode
-    _check_size(image.width, image.height, what)
-    if mode == "RGB":
-        return image
     if mode in _ALPHA or (mode == "P" and "transparency" in image.info):
         raise ImageInputError(
             f"{what} has mode {mode!r} with an alpha channel: composite it on a background of your "
             "choice first, e.g. Image.alpha_composite(Image.new('RGBA', im.size, 'white'), "
             "im.convert('RGBA')).convert('RGB')"
         )
-    if mode in _CONVERTIBLE:
-        return image.convert("RGB")
-    raise ImageInputError(
-        f"{what} has mode {mode!r} (16/32-bit or unsupported pixels): scale it to 8-bit RGB yourself, "
-        "since the right scaling depends on the data"
+    if mode != "RGB" and mode not in _CONVERTIBLE:
+        raise ImageInputError(
+            f"{what} has mode {mode!r} (16/32-bit or unsupported pixels): scale it to 8-bit RGB yourself, "
+            "since the right scaling depends on the data"
+        )
+
+
+def _pil_to_rgb(image: Image.Image, what: str) -> Image.Image:
+    _check_header(image, what)  # before exif_transpose decodes and copies the image
+    if _orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)  # a new image; the input is not modified
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _bomb_message(error: Exception, what: str) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    if found is None:
+        return (
+            f"{what} is larger than PIL's decompression-bomb limit, and more than {MAX_PIXELS / 1e6:.0f} MP"
+        )
+    pixels = int(found.group(1))
+    if pixels > MAX_PIXELS:
+        return (
+            f"{what} declares {pixels} pixels ({pixels / 1e6:.0f} MP), more than {MAX_PIXELS / 1e6:.0f} MP: "
+            "downscale it first (it is resized for CLIP anyway)"
+        )
+    return (
+        f"{what} declares {pixels} pixels ({pixels / 1e6:.0f} MP), more than PIL.Image.MAX_IMAGE_PIXELS "
+        f"({Image.MAX_IMAGE_PIXELS}) allows: raise that limit for files you trust"
     )
+
+
+def open_image(path: str | PathLike, what: str | None = None) -> Image.Image:
+    """Open an image file lazily (PIL reads the header only) and check what the header tells: the size
+    (upright, as the EXIF orientation says) within ``MIN_SIDE`` .. ``MAX_PIXELS`` and the mode, as
+    :func:`to_rgb` would, before any pixel is decoded. PIL's decompression-bomb warning and error become
+    one :class:`ImageInputError` naming ``what`` (default: the path).
+
+    Errors of opening (missing file, ``PIL.UnidentifiedImageError``) are PIL's. Close the image (it is
+    a context manager) or pass it to :func:`to_rgb`; :func:`read_image` does both.
+    """
+    what = str(path) if what is None else what
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as error:
+            raise ImageInputError(_bomb_message(error, what)) from None
+    try:
+        _check_header(image, what)
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def read_image(path: str | PathLike, what: str | None = None) -> Image.Image:
+    """An image file as an upright RGB PIL image, decoded (the file is closed): :func:`open_image`
+    (the header checked before decoding), then :func:`to_rgb`."""
+    what = str(path) if what is None else what
+    image = open_image(path, what)
+    try:
+        rgb = to_rgb(image, what)
+        if rgb is image and getattr(image, "n_frames", 1) > 1:
+            rgb = image.copy()  # the first frame; a multi-frame file would stay open
+        rgb.load()  # a single-frame file is closed once read
+    except BaseException:
+        image.close()
+        raise
+    if rgb is not image:
+        image.close()
+    return rgb
 
 
 def _array_to_rgb(array: np.ndarray, what: str) -> Image.Image:
@@ -165,7 +243,9 @@ __all__ = [
     "OPENAI_STD",
     "ImageInputError",
     "check_image_batch",
+    "open_image",
     "preprocess_images",
+    "read_image",
     "reference_transform",
     "to_rgb",
 ]

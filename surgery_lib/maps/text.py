@@ -83,6 +83,66 @@ def validate_labels(labels: Sequence[str], allow_empty_label: bool = False) -> l
     return labels
 
 
+def _label_ids(tokenizer: Tokenizer, label: str) -> tuple[int, ...]:
+    """The token ids of ``label`` alone: the content tokens of the tokenizer's ``encode`` (after its
+    cleaning), or, for a tokenizer without one, its whole row (start, end and padding included)."""
+    encode = getattr(tokenizer, "encode", None)
+    if callable(encode):
+        return tuple(int(i) for i in encode(label))
+    return tuple(int(i) for i in tokenizer([label])[0].tolist())
+
+
+def _check_has_text(tokenizer: Tokenizer, label: str, index: int) -> tuple[int, ...]:
+    """``label``'s token ids; a ``ValueError`` when they are the empty prompt's (nothing between the
+    start and end tokens: the tokenizer's cleaning removed the whole label, e.g. ``"&nbsp;"``)."""
+    ids = _label_ids(tokenizer, label)
+    if ids == _label_ids(tokenizer, ""):
+        raise ValueError(
+            f"label {index} ({label!r}) has no text once tokenized (the tokenizer's cleaning leaves no "
+            "token): it would be the empty prompt; give a class name"
+        )
+    return ids
+
+
+def check_label_tokens(tokenizer: Tokenizer, labels: Sequence[str]) -> list[str]:
+    """Check class names as the text encoder will see them (after :func:`validate_labels`).
+
+    Refuses a label with no token once tokenized (the tokenizer's cleaning removes ``"&nbsp;"``,
+    ``"\\ufeff"``, ``"\\x00"``, ...: it would be the empty prompt) and two labels whose token ids are
+    equal (``"cat"`` and ``"Cat"``: the tokenizer lowercases and cleans; both would get the same text
+    features, and feature surgery over the two would be exactly 0), naming the labels.
+
+    Returns:
+        the labels as a list.
+    """
+    labels = validate_labels(labels)
+    seen: dict[tuple[int, ...], int] = {}
+    for i, label in enumerate(labels):
+        ids = _check_has_text(tokenizer, label, i)
+        if ids in seen:
+            first = labels[seen[ids]]
+            if first == label:
+                raise ValueError(f"label {label!r} is given twice (labels {seen[ids]} and {i}): keep one")
+            raise ValueError(
+                f"labels {first!r} and {label!r} tokenize to the same ids (the tokenizer lowercases and "
+                "cleans text): they would get the same text features and the same maps; keep one"
+            )
+        seen[ids] = i
+    return labels
+
+
+def distinct_by_tokens(tokenizer: Tokenizer, names: Sequence[str]) -> list[str]:
+    """``names`` without those whose token ids equal an earlier name's (the first is kept)."""
+    seen: set[tuple[int, ...]] = set()
+    kept = []
+    for name in names:
+        ids = _label_ids(tokenizer, name)
+        if ids not in seen:
+            seen.add(ids)
+            kept.append(name)
+    return kept
+
+
 def _context_length(model: nn.Module, tokenizer: Tokenizer) -> int:
     return int(getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77))
 
@@ -101,8 +161,17 @@ def _tokenize(model: nn.Module, tokenizer: Tokenizer, label: str, prompts: list[
     return tokenizer(prompts)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters; a ``ValueError`` for the ``meta`` device (shapes only, no
+    values: nothing can be computed there)."""
+    device = next(model.parameters()).device
+    if device.type == "meta":
+        raise ValueError(
+            "the model's parameters are on the meta device (shapes without values): nothing can be "
+            "computed there; load its weights onto a real device first (e.g. model.to_empty(device='cpu') "
+            "then load_state_dict, or load_clip(..., device='cpu'))"
+        )
+    return device
 
 
 @torch.no_grad()
@@ -110,7 +179,7 @@ def encode_text(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str]) ->
     """Normalised features of plain texts (no templates), ``(T, D)``; texts may be empty strings."""
     check_clip(model)
     texts = validate_labels(texts, allow_empty_label=True)
-    tokens = torch.cat([_tokenize(model, tokenizer, t, [t]) for t in texts]).to(_device(model))
+    tokens = torch.cat([_tokenize(model, tokenizer, t, [t]) for t in texts]).to(model_device(model))
     return model.encode_text(tokens, normalize=True).float()
 
 
@@ -137,6 +206,7 @@ def text_features(
     """
     check_clip(model)
     labels = validate_labels(labels, allow_empty_label=allow_empty_label)
+    model_device(model)
     templates = resolve_templates(templates)
     try:
         hash(tokenizer)
@@ -147,8 +217,10 @@ def text_features(
     for label in labels:
         key = (tokenizer, templates, label)
         if key not in cache:
+            if not allow_empty_label:
+                _check_has_text(tokenizer, label, labels.index(label))
             tokens = _tokenize(model, tokenizer, label, [t.format(label) for t in templates])
-            feats = model.encode_text(tokens.to(_device(model)), normalize=True).float()
+            feats = model.encode_text(tokens.to(model_device(model)), normalize=True).float()
             mean = feats.mean(dim=0)
             if not torch.isfinite(mean).all():
                 raise ValueError(
@@ -157,7 +229,7 @@ def text_features(
                 )
             cache[key] = (mean / mean.norm()).cpu()
         rows.append(cache[key])
-    return torch.stack(rows).to(_device(model))
+    return torch.stack(rows).to(model_device(model))
 
 
 def empty_prompt_features(

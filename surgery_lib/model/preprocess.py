@@ -6,6 +6,8 @@ re-exports these names for users.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -16,6 +18,27 @@ class ImageInputError(ValueError):
     """An image that cannot be used as it is; the message says why and what to do."""
 
 
+def resize_size(size: object) -> tuple[int, int]:
+    """``size`` (``n`` or ``(H, W)``, positive integers, NumPy integers accepted) as ``(H, W)``; a
+    ``ValueError`` naming ``size`` otherwise (floats, booleans, strings, zero or negative sides)."""
+    message = f"size must be a positive integer n or a pair (H, W) of positive integers, got {size!r}"
+    if isinstance(size, (str, bytes)):
+        raise ValueError(message)
+    try:
+        items = tuple(size)  # type: ignore[arg-type]
+    except TypeError:  # one number
+        items = (size, size)
+    if len(items) != 2 or any(isinstance(s, bool) for s in items):
+        raise ValueError(message)
+    try:
+        h, w = (operator.index(s) for s in items)
+    except TypeError:
+        raise ValueError(message) from None
+    if min(h, w) < 1:
+        raise ValueError(message)
+    return h, w
+
+
 def reference_transform(size: int | tuple[int, int] = 224):
     """The reference code's preprocessing: ``Resize((n, n))`` bicubic (no crop), CLIP mean/std.
 
@@ -24,7 +47,7 @@ def reference_transform(size: int | tuple[int, int] = 224):
     """
     from torchvision import transforms as T
 
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+    hw = resize_size(size)
     return T.Compose(
         [
             T.Resize(hw, interpolation=T.InterpolationMode.BICUBIC),
