@@ -61,6 +61,7 @@ bench: setup
 	@$(PY) benchmarks/bench_explorer.py
 	@$(PY) benchmarks/bench_training.py
 	@$(PY) benchmarks/bench_methods.py
+	@$(PY) benchmarks/bench_memory.py
 
 figures: setup
 	@HF_HUB_OFFLINE=1 $(VENV)/bin/surgery figures --out build/notebooks --figures figures $(FIGURES_OPTIONS)

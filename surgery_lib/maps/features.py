@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 
 import torch
@@ -166,6 +167,10 @@ def similarity_to_points(
     if patch_similarity.ndim != 1:
         raise ValueError(
             f"patch similarity must be (N,) for one class, got shape {tuple(patch_similarity.shape)}"
+        )
+    if quantile is None and not (isinstance(threshold, numbers.Real) and 0.0 <= threshold <= 1.0):
+        raise ValueError(  # NaN fails the comparison too: it would silently give no points
+            f"threshold must be a number in [0, 1] (the cells are min-max normalised), got {threshold!r}"
         )
     h, w = _grid_for(patch_similarity.shape[0], grid)
     dh, dw = h // downsample, w // downsample

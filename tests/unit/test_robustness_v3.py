@@ -369,3 +369,14 @@ def test_memory_benchmark_quick_run(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "baseline" in done.stdout and "MB" in done.stdout
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5, "0.5"])
+def test_sam_points_refuse_thresholds_off_zero_to_one(threshold):
+    """similarity_to_points (and so text -> SAM points) named a NaN threshold nowhere: it gave no points."""
+    from surgery_lib.maps.features import similarity_to_points
+
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
+        similarity_to_points(torch.rand(16), (64, 64), threshold=threshold)
+    points, labels = similarity_to_points(torch.rand(16), (64, 64), threshold=0.5)
+    assert len(points) == len(labels) > 0
