@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
+import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "bench_surgery.py"
@@ -52,3 +55,16 @@ def test_methods_benchmark_smoke_run(capsys):
     assert set(rows) == {(m, "2") for m in ("vanilla (A/A)", *module.METHODS, *module.GRADIENT_METHODS)}
     assert rows[("surgery", "2")][1] == "forward" and rows[("surgery", "2")][6] == "≤ 1.10"
     assert rows[("chefer", "2")][1] == "gradient" and rows[("chefer", "2")][6] == "≤ 3.00"
+
+
+@pytest.mark.slow
+def test_memory_benchmark_quick_run():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "baseline" in done.stdout and "MB" in done.stdout

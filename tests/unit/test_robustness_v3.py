@@ -10,8 +10,6 @@ import json
 import math
 import re
 import struct
-import subprocess
-import sys
 import tracemalloc
 import warnings
 import zlib
@@ -20,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_vit, random_images
+from conftest import make_vit, random_images
 from PIL import Image
 
 import surgery_lib.cli as cli_module
 import surgery_lib.maps.images as images_module
 from surgery_lib import ImageInputError, explain, preprocess_images, text_features, to_rgb
 from surgery_lib.cli import main
-from surgery_lib.model.loading import load_clip
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +33,8 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return load_clip("toy-vit")  # the shipped toy-vit (fast), offline
+def toy(toy_vit):
+    return toy_vit  # the shipped toy-vit (fast), offline; shared by the session
 
 
 @pytest.fixture(scope="module")
@@ -353,22 +350,6 @@ def test_points_of_an_unknown_label_lists_the_labels(toy, batch):
     result = explain(toy.model, toy.tokenizer, batch, ["cat", "dog"])
     with pytest.raises(ValueError, match=r"'Cat' is not among the explained labels: 'cat', 'dog'"):
         result.points("Cat")
-
-
-# ---- the memory benchmark ------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_memory_benchmark_quick_run(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "baseline" in done.stdout and "MB" in done.stdout
 
 
 @pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5, "0.5"])
