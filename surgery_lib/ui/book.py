@@ -6,6 +6,10 @@ that ``make figures`` executed (``build/notebooks/*.ipynb``): nothing is execute
 shows exactly the outputs, figures and claim checks of that run. Command line::
 
     python -m surgery_lib.ui.book --notebooks build/notebooks --out build/book
+
+``--out`` is replaced as a whole, so it must be missing, empty or a book this command built (it holds
+the marker file ``.surgery-book``); a folder holding anything else, the notebooks' folder or a folder
+above it, the current folder or one above it are refused.
 """
 
 from __future__ import annotations
@@ -33,8 +37,61 @@ suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 """
 
 
+MARKER = ".surgery-book"
+"""The file every built book carries: only a folder with it (or an empty or missing one) is replaced."""
+
+
 class BookError(RuntimeError):
     """The book could not be built; the message says why."""
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    """``inner`` is ``outer`` or below it (both resolved)."""
+    return inner == outer or outer in inner.parents
+
+
+def check_out_folder(notebooks_dir: Path, out: Path) -> None:
+    """Refuse (:class:`BookError`) an ``out`` that building the book there would destroy data in.
+
+    ``out`` must be missing, an empty folder or a book this command built (it holds :data:`MARKER`);
+    never the notebooks' folder or a folder above it, the current folder or one above it, the home
+    folder or one above it.
+    """
+    target, notebooks = Path(out).resolve(), Path(notebooks_dir).resolve()
+    if _is_within(notebooks, target):
+        raise BookError(
+            f"--out {out} contains the notebooks ({notebooks_dir}): building the book there would "
+            "replace them; pick a folder of its own, e.g. build/book"
+        )
+    for what, folder in (("the current folder", Path.cwd()), ("your home folder", Path.home())):
+        if _is_within(folder.resolve(), target):
+            raise BookError(
+                f"--out {out} is {what} or a folder above it: the book replaces its --out folder; "
+                "pick a folder of its own, e.g. build/book"
+            )
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise BookError(f"--out {out} exists and is not a folder")
+        if any(target.iterdir()) and not (target / MARKER).is_file():
+            raise BookError(
+                f"--out {out} is not empty and is not a book built by this command (it has no {MARKER} "
+                "file), so it is left alone: remove it yourself or pick another folder"
+            )
+
+
+def _swap_in(built: Path, out: Path, staging: Path) -> None:
+    """Replace ``out`` (missing, empty or an earlier book) by the finished ``built`` folder; the earlier
+    book moves into ``staging`` (beside ``out``, on the same file system), which the caller removes."""
+    if not out.exists():
+        built.rename(out)
+        return
+    previous = staging / "previous"
+    out.rename(previous)
+    try:
+        built.rename(out)
+    except OSError:
+        previous.rename(out)  # put the earlier book back
+        raise
 
 
 def _title(notebook: Path) -> str:
@@ -73,32 +130,48 @@ checked on the model the notebook ran on.
 def build_book(notebooks_dir: Path, out: Path, quiet: bool = True) -> Path:
     """Build the HTML book of the executed notebooks ``notebooks_dir/NN_*.ipynb`` into ``out``.
 
+    The book is built into a temporary folder beside ``out`` and swapped in when it is complete, so a
+    failed build keeps the previous book. ``out`` must be missing, empty or an earlier book of this
+    command (:func:`check_out_folder`; every book carries the marker file :data:`MARKER`).
+
     Returns:
         the path of ``index.html``.
     Raises:
-        BookError: no executed notebooks (run ``make figures`` first), or Sphinx failed.
+        BookError: no executed notebooks (run ``make figures`` first), an ``out`` that is not ours to
+            replace, or Sphinx failed.
     """
-    from sphinx.cmd.build import build_main
+    from sphinx.cmd import build as sphinx_build
 
     notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise BookError(f"no executed notebooks NN_*.ipynb in {notebooks_dir}: run `make figures` first")
-    out = Path(out)
-    with tempfile.TemporaryDirectory(prefix="surgery-book-") as tmp:
-        src = Path(tmp)
-        for notebook in notebooks:
-            shutil.copy(notebook, src / notebook.name)
-        (src / "index.md").write_text(_index(notebooks), encoding="utf-8")
-        (src / "conf.py").write_text(_CONF, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        args = ["-b", "html", "-q" if quiet else "-v", str(src), str(out)]
-        if build_main(args) != 0:
-            raise BookError(f"sphinx-build failed for {notebooks_dir} (run without --quiet to see why)")
-    index = out / "index.html"
-    if not index.is_file():  # pragma: no cover - sphinx reported success
-        raise BookError(f"sphinx-build wrote no {index}")
-    return index
+    given = Path(out)
+    check_out_folder(notebooks_dir, given)
+    out = given.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    built = staging / "html"  # MyST-NB writes its jupyter_execute/ beside the output: in staging too
+    try:
+        with tempfile.TemporaryDirectory(prefix="surgery-book-") as tmp:
+            src = Path(tmp)
+            for notebook in notebooks:
+                shutil.copy(notebook, src / notebook.name)
+            (src / "index.md").write_text(_index(notebooks), encoding="utf-8")
+            (src / "conf.py").write_text(_CONF, encoding="utf-8")
+            args = ["-b", "html", "-q" if quiet else "-v", str(src), str(built)]
+            if sphinx_build.build_main(args) != 0:
+                raise BookError(f"sphinx-build failed for {notebooks_dir} (run with --verbose to see why)")
+        if not (built / "index.html").is_file():  # pragma: no cover - sphinx reported success
+            raise BookError(f"sphinx-build wrote no index.html for {notebooks_dir}")
+        (built / MARKER).write_text(
+            "built by python -m surgery_lib.ui.book: this folder is replaced by the next build\n",
+            encoding="utf-8",
+        )
+        check_out_folder(notebooks_dir, out)  # still ours to replace after the build
+        _swap_in(built, out, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return given / "index.html"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from surgery_lib.ui.book import BookError, build_book, main
+from surgery_lib.ui.book import MARKER, BookError, build_book, main
 from surgery_lib.ui.notebooks import run_notebook
 
 pytestmark = pytest.mark.slow
@@ -60,3 +60,19 @@ def test_a_book_without_executed_notebooks_says_what_to_run(tmp_path: Path, caps
         build_book(tmp_path, tmp_path / "book")
     assert main(["--notebooks", str(tmp_path), "--out", str(tmp_path / "book")]) == 2
     assert "make figures" in capsys.readouterr().err
+
+
+def test_a_rebuild_replaces_the_previous_book_and_nothing_else(executed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "build" / "book"
+    (tmp_path / "build" / "eval").mkdir(parents=True)
+    (tmp_path / "build" / "eval" / "results.json").write_text("{}")
+    build_book(executed, out)
+    assert (out / MARKER).is_file()
+    (out / "stale.html").write_text("a page of an earlier build")
+    index = build_book(executed, out)
+    assert index.is_file() and (out / MARKER).is_file() and not (out / "stale.html").exists()
+    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == ["book", "eval"]  # no temporary folder
+    assert (tmp_path / "build" / "eval" / "results.json").read_text() == "{}"
+    with pytest.raises(BookError, match="not a book built by this command"):
+        build_book(executed, tmp_path / "build" / "eval")
+    assert (tmp_path / "build" / "eval" / "results.json").is_file()
