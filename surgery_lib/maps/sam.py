@@ -5,7 +5,8 @@
   explained as a single text as the reference demo does), with an optional presence gate: a label
   whose image-level probability is below ``min_probability`` gets no points at all.
 * :class:`SamSegmenter`: ``segment_anything``'s ``SamPredictor`` on a local checkpoint
-  (``vit_h`` / ``vit_l`` / ``vit_b``), returning the best of its multimask outputs.
+  (``vit_h`` / ``vit_l`` / ``vit_b``), returning the best of its multimask outputs. The checkpoint is
+  read here with ``weights_only=True`` (:func:`read_sam_state_dict`), never by ``segment_anything``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.maps.explain import Explanation
 from surgery_lib.maps.features import similarity_map, similarity_to_points
+from surgery_lib.model.loading import read_state_dict
 
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 
@@ -157,6 +159,19 @@ def _unique_rows(points: torch.Tensor) -> torch.Tensor:
     return points[torch.tensor(keep, dtype=torch.bool)] if len(points) else points
 
 
+def read_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A SAM checkpoint's state dict, read as any weights file of this library is
+    (:func:`~surgery_lib.model.loading.read_state_dict`): ``torch.load(..., weights_only=True)`` or
+    safetensors, by the file's bytes, so no pickled code runs, also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    is set (``segment_anything``'s own loader calls ``torch.load`` without ``weights_only``).
+
+    Raises:
+        ValueError: naming the file, for a file that is not a plain state dict of tensors.
+        FileNotFoundError: no such file.
+    """
+    return read_state_dict(path)
+
+
 class SamSegmenter:
     """SAM's predictor on one image at a time; the best of the multimask outputs is returned.
 
@@ -187,7 +202,17 @@ class SamSegmenter:
                     f"no SAM checkpoint at {checkpoint!r}: download one (e.g. sam_vit_b_01ec64.pth for "
                     "vit_b) on a machine with internet and pass its path; the point prompts work without SAM"
                 )
-            sam = sam_model_registry[model_type](checkpoint=str(checkpoint))
+            state_dict = read_sam_state_dict(checkpoint)  # before building: a refused file costs nothing
+            sam = sam_model_registry[model_type](checkpoint=None)  # segment_anything never opens the file
+            try:
+                sam.load_state_dict(state_dict, strict=True)
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[:2]
+                raise ValueError(
+                    f"{checkpoint} is not a SAM {model_type} checkpoint (its parameters do not fit: "
+                    f"{' '.join(line.strip() for line in first)[:300]}…); pass the model_type it was "
+                    f"saved for ({', '.join(SAM_MODEL_TYPES)})"
+                ) from err
         self.predictor = SamPredictor(sam.to(device).eval())
 
     @torch.no_grad()
