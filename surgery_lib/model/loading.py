@@ -14,13 +14,16 @@ Set ``HF_HUB_OFFLINE=1`` to forbid network access; otherwise a failed download i
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import os
 import pickle
+import shutil
 import socket
+import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +133,51 @@ def _unreachable_hosts(cfg: dict, timeout: float = 3.0) -> list[str]:
     return bad if len(bad) == len(urls) else []
 
 
+def _torchscript_error(path: object) -> ValueError:
+    return ValueError(
+        f"{path} is a TorchScript archive (OpenAI's original .pt format), which cannot be loaded "
+        "without running its code. Convert it once, where you trust the file:\n"
+        "  python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu')"
+        ".state_dict(), 'OUT.pt')\"\nand pass OUT.pt."
+    )
+
+
+def _check_checkpoint_bytes(path: str) -> None:
+    """Refuse (``ValueError`` naming ``path``) an empty file, a TorchScript archive or a file in no
+    checkpoint format, before open_clip reads it; a missing file is left to open_clip."""
+    if not os.path.isfile(path):
+        return
+    fmt = checkpoint_format(path)
+    if fmt == "empty":
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint")
+    if fmt == "unknown" and not path.endswith(".safetensors"):
+        raise _not_a_checkpoint(path)
+    if fmt == "zip" and _is_torchscript(path):
+        raise _torchscript_error(path)
+
+
+@contextlib.contextmanager
+def _named_by_format(path: str) -> Iterator[str]:
+    """``path``, or a link to it whose suffix says its format: open_clip reads a file as safetensors or
+    with ``torch.load`` by its name, so a safetensors file named ``.bin`` (or a ``torch.save`` file named
+    ``.safetensors``) is handed over under a name that matches its bytes."""
+    fmt = checkpoint_format(path) if os.path.isfile(path) else "unknown"
+    if fmt in ("unknown", "empty") or (fmt == "safetensors") == path.endswith(".safetensors"):
+        yield path
+        return
+    suffix = ".safetensors" if fmt == "safetensors" else ".pt"
+    with tempfile.TemporaryDirectory(prefix="surgery-checkpoint-") as tmp:
+        link = os.path.join(tmp, "checkpoint" + suffix)
+        try:
+            os.symlink(os.path.abspath(path), link)
+        except OSError:  # no symbolic links here (e.g. Windows without the privilege)
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+        yield link
+
+
 def _is_torchscript(path: str) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -137,17 +185,75 @@ def _is_torchscript(path: str) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """What a weights file is, read from its first bytes (never from its name):
+
+    * ``"safetensors"``: an 8-byte little-endian header length (below safetensors' 100 MB limit),
+      then ``{`` (a truncated file still counts: reading it names the damage);
+    * ``"zip"``: ``PK\\x03\\x04``, a ``torch.save`` archive (or a TorchScript one);
+    * ``"pickle"``: ``\\x80`` and a pickle protocol (2-5), the legacy ``torch.save`` format;
+    * ``"empty"`` (0 bytes) or ``"unknown"`` (anything else).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < _MAX_HEADER:
+        return "safetensors"
+    return "unknown"
+
+
+def _not_a_checkpoint(path: object) -> ValueError:
+    with open(path, "rb") as fh:  # type: ignore[arg-type]
+        head = fh.read(8)
+    return ValueError(
+        f"{path} is not a torch checkpoint nor a safetensors file: its first bytes {head!r} match "
+        "neither format (safetensors: an 8-byte header length then '{'; torch.save: a zip archive "
+        "'PK\\x03\\x04' or a pickle '\\x80'). Is it the weights file you meant?"
+    )
+
+
+def _reason(err: BaseException) -> str:
+    """``err``'s message, unless it is torch's advice to retry with ``weights_only=False`` (which would
+    run the file's code): then only what kind of error it was."""
+    text = str(err)
+    if "weights_only" in text:
+        return f"{type(err).__name__} while loading it with weights_only=True"
+    return f"{type(err).__name__}: {text}"
+
+
+def _pickled_objects(path: object, err: BaseException) -> ValueError:
+    """Our message for a torch file that ``weights_only=True`` refuses (without torch's advice to load it
+    with ``weights_only=False``, which would run the file's code)."""
+    return ValueError(
+        f"{path} holds pickled objects other than tensors; it is not loaded, since that would run "
+        f"code from the file ({err.__class__.__name__}). Save a plain state dict instead "
+        "(torch.save(model.state_dict(), path) or safetensors)."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict, loaded without running pickled code.
 
     Accepts safetensors files and ``torch.save`` files of a state dict (optionally under
-    ``"state_dict"``, optionally with ``module.`` prefixes). OpenAI's original TorchScript archives
+    ``"state_dict"``, optionally with ``module.`` prefixes), whatever their names: the format is read
+    from the file's first bytes (:func:`checkpoint_format`). OpenAI's original TorchScript archives
     are refused with instructions to convert them.
     """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
+    fmt = checkpoint_format(path)
+    if fmt == "unknown" and not path.endswith(".safetensors"):
+        raise _not_a_checkpoint(path)
+    if fmt == "safetensors" or (fmt == "unknown" and path.endswith(".safetensors")):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -161,25 +267,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path} holds no tensors: it is not a state dict")
         return data
     if _is_torchscript(path):
-        raise ValueError(
-            f"{path} is a TorchScript archive (OpenAI's original .pt format), which cannot be loaded "
-            "without running its code. Convert it once, where you trust the file:\n"
-            "  python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu')"
-            ".state_dict(), 'OUT.pt')\"\nand pass OUT.pt."
-        )
-    if os.path.getsize(path) == 0:
+        raise _torchscript_error(path)
+    if fmt == "empty":
         raise ValueError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load picks no format by the file's name
+            data = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "global" not in str(err).lower():  # not a disallowed class or function: not a pickle at all
-            raise ValueError(f"{path} is not a torch checkpoint (unreadable pickle: {err})") from err
-        raise ValueError(
-            f"{path} holds pickled objects other than tensors; it is not loaded, since that would run "
-            f"code from the file ({err.__class__.__name__}). Save a plain state dict instead."
-        ) from err
+        if "global" not in str(err).lower():  # not a disallowed class or function: a damaged pickle
+            raise ValueError(
+                f"{path} is not a readable torch checkpoint: its pickle is damaged or uses operations "
+                "a state dict never needs"
+            ) from err
+        raise _pickled_objects(path, err) from err
     except (EOFError, RuntimeError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or damaged?): {err}") from err
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint (truncated or damaged?): {_reason(err)}"
+        ) from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:
@@ -373,20 +477,32 @@ def load_clip(
             "interpolation": "image_interpolation",
             "resize_mode": "image_resize_mode",
         }
+        if checkpoint is not None:
+            _check_checkpoint_bytes(str(checkpoint))  # our message for files in no checkpoint format
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                shown_name,
-                pretrained=source if source is not None else pretrained,
-                device=device,
-                force_quick_gelu=force_qg,
-                cache_dir=cache_dir,
-                weights_only=True,
-                **{renamed[k]: v for k, v in kwargs.items()},
-            )
+            with contextlib.ExitStack() as stack:
+                if checkpoint is not None:
+                    source = stack.enter_context(_named_by_format(str(checkpoint)))
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    shown_name,
+                    pretrained=source if source is not None else pretrained,
+                    device=device,
+                    force_quick_gelu=force_qg,
+                    cache_dir=cache_dir,
+                    weights_only=True,
+                    **{renamed[k]: v for k, v in kwargs.items()},
+                )
         except Exception as err:
+            if checkpoint is not None and isinstance(err, pickle.UnpicklingError):
+                if "global" in str(err).lower():
+                    raise _pickled_objects(checkpoint, err) from err
+                raise ValueError(
+                    f"{checkpoint} is not a readable torch checkpoint: its pickle is damaged or uses "
+                    "operations a state dict never needs"
+                ) from err
             if checkpoint is not None:  # whatever open_clip stumbled on, it was in this file
                 raise ValueError(
-                    f"cannot load the checkpoint {checkpoint} as {shown_name}: {type(err).__name__}: {err}"
+                    f"cannot load the checkpoint {checkpoint} as {shown_name}: {_reason(err)}"
                 ) from err
             if not tag_cfg or not isinstance(err, (OSError, RuntimeError)):
                 raise
