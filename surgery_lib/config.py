@@ -72,6 +72,15 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = (
 """The :class:`SurgeryConfig` fields that change the image tower's forward pass (the others act on the
 features): image tokens computed under one config can be reused for another that agrees on these."""
 
+INT_LIMITS: Mapping[str, int] = MappingProxyType(
+    {"depth": 1000, "self_attn_iters": 100, "spatial_prior_sigma": 1000}
+)
+"""The largest value each int field of :class:`SurgeryConfig` accepts (``ValueError`` above it):
+``depth`` 1000 (no image tower has more blocks; the model's own count is checked when it runs),
+``self_attn_iters`` 100 (each GEM clustering iteration is one more attention per surgery block: GEM
+uses 1-3; an unbounded count would never finish), ``spatial_prior_sigma`` 1000 patches (far flatter
+than any grid: the prior is constant beyond the grid's size)."""
+
 
 @dataclass(frozen=True)
 class SurgeryConfig:
@@ -102,7 +111,7 @@ class SurgeryConfig:
         attn_temperature: multiplier of the attention logits (:data:`AttnTemperature`); ``"auto"``
             is GEM's adaptive temperature for ``attention="gem"`` and ``d_head^-0.5`` otherwise.
         self_attn_iters: GEM's clustering iterations ``u ← softmax(β ûûᵀ) û`` before the final
-            attention (``attention="gem"`` only; GEM's code default 1).
+            attention (``attention="gem"`` only; GEM's code default 1; at most 100, :data:`INT_LIMITS`).
         spatial_prior_sigma: NACLIP's neighbourhood prior: ``σ > 0`` adds
             ``Ω_ij = exp(-‖p_i − p_j‖² / 2σ²)`` (patch units, untruncated, 0 on the class token's row
             and column, the same for every head) to the scaled logits before the softmax; 0: off.
@@ -138,10 +147,12 @@ class SurgeryConfig:
                 object.__setattr__(self, name, bool(value))
             elif not isinstance(value, bool):
                 raise TypeError(f"SurgeryConfig.{name} must be a bool, got {value!r}")
-        for name in ("depth", "self_attn_iters", "spatial_prior_sigma"):
+        for name, limit in INT_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"SurgeryConfig.{name} must be an int >= 0, got {value!r}")
+            if value > limit:
+                raise ValueError(f"SurgeryConfig.{name} must be an int in [0, {limit}], got {value!r}")
             object.__setattr__(self, name, int(value))  # NumPy integers (a sweep's values) become ints
         if self.attn_temperature not in ATTN_TEMPERATURES:
             raise ValueError(

@@ -10,7 +10,9 @@ The model is left as it was: gradients are taken with :func:`torch.autograd.grad
 activations only (no ``.grad`` on any parameter), no hook is registered, ``requires_grad`` is never
 changed, and modules in training mode run in eval mode and are switched back afterwards, also when
 a forward raises. The functions run under :func:`torch.enable_grad`, also when the caller is in
-``torch.no_grad()``.
+``torch.no_grad()`` or ``torch.inference_mode()`` (inference mode is switched off inside them and
+input tensors made under it are copied); a model whose weights were themselves created under
+``torch.inference_mode()`` cannot be differentiated and is refused with a ``RuntimeError`` saying so.
 
 Relevance maps are returned on the token grid, before any upsampling or min-max normalisation.
 """
@@ -59,13 +61,34 @@ class _Forward:
     activation: torch.Tensor  # ViT: last block's ln_1 output (B, 1+N, C); RN: layer4 output (B, C, h, w)
 
 
+def _check_autograd(model: nn.Module) -> None:
+    """Refuse, naming the cause, a model whose weights autograd cannot use: parameters or buffers
+    created under ``torch.inference_mode()`` (inference tensors) can never be saved for backward."""
+    frozen = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_inference()]
+    if frozen:
+        raise RuntimeError(
+            f"gradient methods need autograd, but the model's weights ({frozen[0]}"
+            f"{f' and {len(frozen) - 1} more' if len(frozen) > 1 else ''}) were created under "
+            "torch.inference_mode(), whose tensors can never take part in a backward pass: load or build "
+            "the model outside torch.inference_mode() (torch.no_grad() is fine), or use a dense method"
+        )
+
+
+def _normal(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it when it is an inference tensor (made under ``torch.inference_mode()``),
+    which autograd cannot save for backward."""
+    return t.clone() if t.is_inference() else t
+
+
 @contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
-    """Eval mode and gradients on for the block; training flags restored afterwards, also on errors."""
+    """Eval mode and gradients on for the block (also inside ``torch.no_grad()`` or
+    ``torch.inference_mode()``); training flags restored afterwards, also on errors."""
+    _check_autograd(model)
     training = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         for module, flag in training.items():
@@ -79,7 +102,7 @@ def _as_leaf_if_needed(t: torch.Tensor) -> torch.Tensor:
 
 
 def _vit_forward(adapter: ViTAdapter, images: torch.Tensor, keep_probs_from: int) -> _Forward:
-    x, grid = adapter.embed(images)
+    x, grid = adapter.embed(_normal(images))
     x = _as_leaf_if_needed(x)
     probs: list[torch.Tensor] = []
     z = x
@@ -96,7 +119,7 @@ def _vit_forward(adapter: ViTAdapter, images: torch.Tensor, keep_probs_from: int
 
 
 def _resnet_forward(adapter: ResNetAdapter, images: torch.Tensor) -> _Forward:
-    feats = _as_leaf_if_needed(adapter.trunk(images))
+    feats = _as_leaf_if_needed(adapter.trunk(_normal(images)))
     tokens, grid = adapter.pool_tokens(feats)
     q, k, v = adapter.qkv(0, tokens)
     features = adapter.output(attend("qk", q[:, :, :1], k, v))[:, 0]
@@ -106,7 +129,7 @@ def _resnet_forward(adapter: ResNetAdapter, images: torch.Tensor) -> _Forward:
 def _logits(model: nn.Module, features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     scale = getattr(model, "logit_scale", None)
     scale = torch.ones(()) if scale is None else scale.detach().exp()
-    texts = F.normalize(text_features.to(features.device, features.dtype), dim=-1)
+    texts = F.normalize(_normal(text_features).to(features.device, features.dtype), dim=-1)
     return scale.to(features) * F.normalize(features, dim=-1) @ texts.t()
 
 
