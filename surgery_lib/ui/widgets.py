@@ -7,7 +7,8 @@ checkbox per bool, a bounded slider per int (``depth`` up to the model's blocks)
 :data:`~surgery_lib.config.METHODS` (or switches to a gradient explainer). Results are cached: image
 tokens per (image, :data:`~surgery_lib.config.ARCHITECTURE_FIELDS`), maps per (image, method, labels,
 vocabulary) and rendered figures per view, so toggling feature surgery recomputes no forward pass and
-toggling back to a seen state redraws from the cache.
+toggling back to a seen state redraws from the cache. Every cache is a bounded LRU (a long session, such
+as a kernel of the classroom app, does not grow without bound).
 
 Feature surgery subtracts the mean over the classes it is given: with exactly two classes the two maps
 are complements (``S₂ = −S₁``). The explorer therefore runs it over a *vocabulary* (the image source's
@@ -192,12 +193,18 @@ class MapCache:
     costs no forward pass. Gradient methods are computed by
     :func:`~surgery_lib.maps.explain.explain` (one forward and backward per lookup that misses).
     ``hits`` / ``misses`` count map lookups; ``forwards`` counts image-tower passes.
+
+    Both caches are bounded LRUs (``max_maps`` maps, ``max_tokens`` token sets; the least recently
+    used entry goes first), so a long session (a classroom app's kernel) does not grow without bound.
     """
 
-    def __init__(self, loaded: LoadedCLIP) -> None:
+    def __init__(self, loaded: LoadedCLIP, max_maps: int = 128, max_tokens: int = 64) -> None:
+        for name, value in (("max_maps", max_maps), ("max_tokens", max_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MapCache {name} must be an int >= 1, got {value!r}")
         self.loaded = loaded
-        self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
-        self._maps: dict[tuple, _Computed] = {}
+        self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = _LRU(max_tokens)
+        self._maps: dict[tuple, _Computed] = _LRU(max_maps)
         self.hits = self.misses = self.forwards = 0
 
     def _image_tokens(self, key: str, image: Image.Image, config: SurgeryConfig):
@@ -623,6 +630,9 @@ class Explorer(_View):
             Default: the images' class list (:attr:`AnnotatedImage.vocabulary`); with none, the labels.
         method: the starting method by name (any of :func:`~surgery_lib.config.method_names`), instead
             of ``config``.
+        max_exports: with a number, "export figure" refuses (in the status line) once ``figure_dir``
+            holds that many exported figures (JSON sidecars), whoever wrote them: a bound on what the
+            visitors of a shared server can write (the app sets it); None (default): no bound.
 
     The method dropdown sets the config controls to a preset; they stay editable, and the dropdown then
     names the preset the controls match, or shows ``custom``. A gradient method disables the config
@@ -653,8 +663,14 @@ class Explorer(_View):
         *,
         vocabulary: Sequence[str] | None = None,
         method: str | SurgeryConfig | GradientConfig | None = None,
+        max_exports: int | None = None,
     ) -> None:
         w = _widgets()
+        if max_exports is not None and (
+            isinstance(max_exports, bool) or not isinstance(max_exports, int) or max_exports < 1
+        ):
+            raise ValueError(f"max_exports must be None or an int >= 1, got {max_exports!r}")
+        self.max_exports = max_exports
         self.loaded = loaded
         self.cache = MapCache(loaded)
         self.images = {item.name: item for item in _as_annotated(images)}
@@ -732,7 +748,7 @@ class Explorer(_View):
         self.image_b.add_class("surgery-explorer-image-b")
         self.image_b.layout.display = "none"
         self._png: dict[tuple, bytes] = _LRU(256)
-        self._masks: dict[tuple[str, str], np.ndarray | None] = {}
+        self._masks: dict[tuple[str, str], np.ndarray | None] = _LRU(1024)
         self.render_seconds = 0.0
 
         for control in self.controls.values():
@@ -931,8 +947,16 @@ class Explorer(_View):
             self._masks[key] = mask
         return self._masks[key]
 
+    def _selected(self) -> list[str]:
+        """The names of the images shown; ``ValueError`` when none is selected."""
+        names = list(self.picker.value)
+        if not names:
+            raise ValueError("no image selected: pick one or more images in the list (Ctrl/⌘-click)")
+        return names
+
     def results(self, which: Literal["A", "B"] = "A") -> list[ViewRow]:
         """The selected images' maps, class-token probabilities and scores under A's method (or B's)."""
+        self._selected()
         method = self.method_config if which == "A" else self._b()[2]
         labels, names = self.labels, self.class_list
         rows = []
@@ -1058,9 +1082,22 @@ class Explorer(_View):
 
         Files are never overwritten: the name (``name``, or one made of the images, labels and method)
         gets ``-2``, ``-3``, … when taken. Returns the written paths (PNG, PDF, JSON per view).
+
+        Raises:
+            ValueError: no image selected, or the figure folder already holds ``max_exports`` exported
+                figures (JSON sidecars), when the explorer was given that bound.
         """
         folder = _figure_folder(self.figure_dir)
-        labels, names, images = self.labels, self.class_list, list(self.picker.value)
+        images = self._selected()
+        labels, names = self.labels, self.class_list
+        views_count = 2 if self.ab.value else 1
+        if self.max_exports is not None:
+            held = sum(1 for _ in folder.glob("*.json")) if folder.is_dir() else 0
+            if held + views_count > self.max_exports:
+                raise ValueError(
+                    f"export limit reached: {folder} holds {held} exported figures "
+                    f"(max_exports={self.max_exports}); remove some to export more"
+                )
         views = [("A", self.method.value, self.method_config)]
         if self.ab.value:
             _, b_name, b_method = self._b()
@@ -1110,11 +1147,16 @@ class Explorer(_View):
 
 
 class _LRU(dict):
-    """A dict that keeps its ``size`` most recently set entries."""
+    """A dict that keeps its ``size`` most recently used entries (set or read with ``d[key]``)."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
+
+    def __getitem__(self, key):
+        value = super().pop(key)  # KeyError when missing, as a dict
+        super().__setitem__(key, value)  # now the newest
+        return value
 
     def __setitem__(self, key, value) -> None:
         self.pop(key, None)
@@ -1369,7 +1411,7 @@ class CaptionExplorer(_PickedImageView):
         items = _one_or_many(image)
         self.images = {item.name: item for item in items}
         start_name, _, self._custom = _dense_or_named(method, config, gradients=False)
-        self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
+        self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = _LRU(64)
         self._empty = empty_prompt_features(loaded.model, loaded.tokenizer)
         self.picker = _picker(w, list(self.images))
         self.method = w.Dropdown(
