@@ -66,8 +66,13 @@ explorer
 # %% [markdown]
 # ## How much attention stays in the query's own region (this project's measure)
 # For each image: query patches from each object and from the background; "own mass" is the attention
-# on patches of the query's region (class token excluded). The dashed line is the chance level (the
-# region's share of the patches).
+# on the *other* patches of the query's region (class token and the query's own patch left out, the
+# rest renormalised). The query's own patch is left out because self-self attention (v-v, q-q, k-k)
+# peaks on the diagonal: counting it would make those kinds look local by construction — identity
+# attention would score 1.0; with it left out, identity attention scores exactly the chance level.
+# The dashed line is that chance level (the region's share of the patches left), the null this
+# measure is compared with. `attention_locality(..., exclude="3x3")` also leaves out the query's
+# neighbours; `"none"` gives the earlier, self-including measure.
 
 # %%
 frame = pd.DataFrame(attention_locality(loaded, items, blocks))

@@ -3,7 +3,8 @@
 Each function returns records (lists of dicts, one per measured item) that a notebook turns into a
 table or a plot; nothing here draws. Masks come from :class:`~surgery_lib.data.records.AnnotatedImage`.
 
-* :func:`map_records` — per (image, class, method): IoU, score contrast, pointing hit (notebook 01, 03).
+* :func:`map_records` — per (image, class, method): IoU, score contrast, pointing hit (notebook 01, 03);
+  :func:`null_records` — the same for a map with no information (random, centre prior): the null row.
 * :func:`attention_locality` — per (block, kind, query region): attention mass kept in the query's own
   region (object or background) (notebook 02).
 * :func:`contribution_records` — per block and part (attention / FFN): its share of the
@@ -40,6 +41,7 @@ from surgery_lib.eval.metrics import (
     map_scores,
     mean_average_precision,
 )
+from surgery_lib.eval.nulls import null_scores
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, similarity
 from surgery_lib.maps.features import cosine_similarity, similarity_map
 from surgery_lib.maps.images import reference_transform
@@ -149,6 +151,41 @@ def map_records(
     return records
 
 
+def null_records(
+    items: Sequence[AnnotatedImage],
+    classes: Sequence[str],
+    kind: str = "random",
+    samples: int = 50,
+    grid: tuple[int, int] | None = (14, 14),
+    seed: int = 0,
+) -> list[dict]:
+    """The records :func:`map_records` would give for a map with no information (this project's null,
+    see :mod:`surgery_lib.eval.nulls`): method ``"null:random"`` (``samples`` draws per pair of noise on
+    the token ``grid``, upsampled as CLIP's maps are) or ``"null:centre"`` (a centred Gaussian). Added to
+    a method's records, :func:`summarise` gives the null row of its table, intervals included.
+    """
+    records = []
+    position = 0
+    for item in items:
+        for label, mask in item.masks.items():
+            if label not in classes or not _scorable(mask):
+                continue
+            for s in null_scores(mask, kind, samples, grid, seed + position):
+                records.append(
+                    {
+                        "image": item.name,
+                        "class": label,
+                        "method": f"null:{kind}",
+                        "iou": 100.0 * s.iou,
+                        "score_contrast": s.score_contrast,
+                        "pointing_hit": s.pointing_hit,
+                        "opposite": s.score_contrast < 0,
+                    }
+                )
+            position += 1
+    return records
+
+
 def _pairs_meter(records: Sequence[dict]) -> ExplainabilityMeter:
     """The scores of map records (IoU in %, as :func:`map_records` gives it) in one meter."""
     meter = ExplainabilityMeter()
@@ -220,6 +257,9 @@ def _cell_regions(item: AnnotatedImage, grid: tuple[int, int]) -> tuple[torch.Te
     return cover.argmax(0).flatten(), ["background", *names]
 
 
+LOCALITY_EXCLUDE = ("self", "3x3", "none")
+
+
 @torch.no_grad()
 def attention_locality(
     loaded: LoadedCLIP,
@@ -227,37 +267,61 @@ def attention_locality(
     blocks: Sequence[int],
     kinds: Sequence[str] = ("qk", "qq", "kk", "vv"),
     queries_per_region: int = 8,
+    exclude: str = "self",
 ) -> list[dict]:
     """How much attention stays in the query token's own region, per block and attention kind.
 
     For each image, up to ``queries_per_region`` query patches are taken evenly from each region
     (each object class, and the background; a patch belongs to the region covering most of it). The
-    measure is the attention mass (heads averaged, class token excluded and the rest renormalised)
-    on patches of the same region, and the same region's share of all patches (the chance level).
+    measure is the attention mass (heads averaged, class token excluded) on patches of the same region,
+    over the patches left after ``exclude``, renormalised; ``chance`` is the same region's share of the
+    patches left (what attention spread evenly would score).
+
+    ``exclude``: ``"self"`` (default) leaves the query's own patch out — self-self attention (v-v, q-q,
+    k-k) peaks on the diagonal, so counting the query itself makes any such kind look local by
+    construction (identity attention would score 1); ``"3x3"`` leaves its 3 × 3 neighbourhood out too
+    (neighbours share the query's content); ``"none"`` counts every patch (the earlier measure).
+    Attention with (almost) nothing left after the exclusion (identity) scores chance; a query with
+    nothing of its region left (an object of one patch, or inside the 3 × 3) is skipped.
 
     Returns:
-        records ``{"image", "block", "kind", "region" ("object"/"background"), "own_mass", "chance"}``.
+        records ``{"image", "block", "kind", "region" ("object"/"background"), "own_mass", "chance",
+        "self_mass"}``; ``self_mass`` is the share of the query's patch attention on itself.
     """
+    if exclude not in LOCALITY_EXCLUDE:
+        raise ValueError(f"exclude must be one of {LOCALITY_EXCLUDE}, got {exclude!r}")
+    radius = {"self": 0, "3x3": 1, "none": -1}[exclude]
     records = []
     for item in items:
         batch = _batch(loaded, item)
         for block in blocks:
             weights, grid = attention_maps(loaded.model, batch, block, None, kinds)
             region_of, _ = _cell_regions(item, grid)
+            rows = torch.arange(grid[0]).repeat_interleave(grid[1])
+            cols = torch.arange(grid[1]).repeat(grid[0])
             for label, cells in _query_cells(region_of, queries_per_region):
                 for cell in cells:
-                    own = region_of == region_of[cell]
+                    near = ((rows - rows[cell]).abs() <= radius) & ((cols - cols[cell]).abs() <= radius)
+                    kept = ~near
+                    own = (region_of == region_of[cell]) & kept
+                    if not own.any():
+                        continue  # nothing of its region is left (a one-patch object): undefined
+                    chance = float(own.sum()) / float(kept.sum())
                     for kind, a in weights.items():
                         patch = a[0, :, 1 + cell, 1:].mean(dim=0)
                         patch = patch / patch.sum()
+                        left = patch * kept
+                        total = float(left.sum())
+                        own_mass = float(left[own].sum()) / total if total > 1e-6 else chance
                         records.append(
                             {
                                 "image": item.name,
                                 "block": block,
                                 "kind": kind,
                                 "region": label,
-                                "own_mass": float(patch[own].sum()),
-                                "chance": float(own.float().mean()),
+                                "own_mass": own_mass,
+                                "chance": chance,
+                                "self_mass": float(patch[cell]),
                             }
                         )
     return records

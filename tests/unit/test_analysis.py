@@ -84,13 +84,30 @@ def test_map_records_score_every_present_class_for_every_method(loaded, data):
         assert r["opposite"] == (r["score_contrast"] < 0)
 
 
-def test_identity_attention_keeps_all_mass_on_the_query(loaded, data):
+def test_identity_attention_is_at_chance_once_the_query_is_left_out(loaded, data):
+    """Counting the query's own patch made self-self attention local by construction (identity: 1.0)."""
     _, items = data
-    records = analysis.attention_locality(loaded, items[:2], blocks=[0, 5], kinds=("identity", "qk"))
-    identity = [r for r in records if r["kind"] == "identity"]
+    kinds = ("identity", "qk", "vv")
+    counted = analysis.attention_locality(loaded, items[:2], blocks=[0, 5], kinds=kinds, exclude="none")
+    identity = [r for r in counted if r["kind"] == "identity"]
     assert identity and all(r["own_mass"] == pytest.approx(1.0) for r in identity)
-    assert {r["region"] for r in records} == {"object", "background"}
-    assert all(0.0 <= r["own_mass"] <= 1.0 + 1e-6 and 0.0 < r["chance"] < 1.0 for r in records)
+    assert all(r["self_mass"] == pytest.approx(1.0) for r in identity)
+    for exclude in ("self", "3x3"):
+        records = analysis.attention_locality(loaded, items[:2], blocks=[0, 5], kinds=kinds, exclude=exclude)
+        identity = [r for r in records if r["kind"] == "identity"]
+        assert identity and all(r["own_mass"] == pytest.approx(r["chance"]) for r in identity)
+        assert {r["region"] for r in records} == {"object", "background"}
+        assert all(0.0 <= r["own_mass"] <= 1.0 + 1e-6 and 0.0 < r["chance"] < 1.0 for r in records)
+    # leaving the query out lowers v-v's locality (its diagonal counted for it) ...
+    vv = lambda rs: np.mean([r["own_mass"] for r in rs if r["kind"] == "vv"])  # noqa: E731
+    selfless = analysis.attention_locality(loaded, items[:2], blocks=[5], kinds=kinds)
+    assert vv(selfless) < vv([r for r in counted if r["block"] == 5])
+    # ... and the chance level is over the patches left: a 3x3 exclusion changes it
+    wide = analysis.attention_locality(loaded, items[:1], blocks=[5], kinds=("qk",), exclude="3x3")
+    narrow = analysis.attention_locality(loaded, items[:1], blocks=[5], kinds=("qk",))
+    assert [r["chance"] for r in wide] != [r["chance"] for r in narrow]
+    with pytest.raises(ValueError, match="exclude must be one of"):
+        analysis.attention_locality(loaded, items[:1], blocks=[5], exclude="diagonal")
 
 
 @pytest.mark.parametrize("config", [SurgeryConfig.off(), SurgeryConfig.paper()], ids=["raw", "surgery"])
@@ -257,3 +274,17 @@ def test_summarise_intervals_resample_images_and_hold_the_mean():
     assert single["mIoU_low"] == pytest.approx(single["mIoU_high"])
     with pytest.raises(KeyError, match="'image' name"):
         analysis.summarise([{k: v for k, v in r.items() if k != "image"} for r in records], intervals=True)
+
+
+def test_null_records_give_a_null_row_beside_the_methods(loaded, data):
+    """A map with no information: opposite about half the time, SC about 0 — the row a method beats."""
+    classes, items = data
+    nulls = analysis.null_records(items, classes, "random", samples=40, grid=(14, 14))
+    pairs = sum(1 for it in items for c, m in it.masks.items() if c in classes and 0 < m.sum() < m.size)
+    assert len(nulls) == 40 * pairs and {r["method"] for r in nulls} == {"null:random"}
+    centre = analysis.null_records(items, classes, "centre")
+    rows = {r["method"]: r for r in analysis.summarise(nulls + centre)}
+    assert 30 < rows["null:random"]["opposite_rate"] < 70 and abs(rows["null:random"]["mSC"]) < 5
+    assert rows["null:centre"]["pairs"] == pairs
+    again = analysis.null_records(items, classes, "random", samples=40, grid=(14, 14))
+    assert again == nulls  # deterministic for a seed
