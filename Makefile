@@ -5,7 +5,7 @@
 # make app     - the explorers as a classroom web app (Voila) on http://127.0.0.1:8866/
 # make setup   - create .venv and install everything (idempotent, quiet when already done)
 # make test    - setup, lint, then the whole test suite (what CI runs)
-# make test-fast - the unit tests only (tests/unit, not marked slow): the inner loop, < 90 s
+# make test-fast - the unit tests only (tests/unit, not marked slow): the inner loop, ~1 min
 # make test-threads - the numeric tests (marker numeric) as other machines run them: 1, 2 and 4 threads,
 #                and the default and AVX2 CPU kernels (ATEN_CPU_CAPABILITY); CI runs it
 # make bench   - the speed / memory benchmark (CPU)

@@ -153,6 +153,7 @@ def test_cli_unknown_method_lists_the_known_ones(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_cli_vocabulary_reaches_feature_surgery(tmp_path, monkeypatch):
     """Two labels alone: feature surgery over two classes makes the maps complements; a vocabulary of
     more classes breaks that, and the overlays are exactly explain(..., vocabulary=...)'s."""

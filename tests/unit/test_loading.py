@@ -152,6 +152,7 @@ def test_missing_checkpoint_file(tmp_path):
         read_state_dict(tmp_path / "nope.pt")
 
 
+@pytest.mark.slow  # > 1 s: make test runs it, make test-fast does not
 def test_random_weights_when_asked():
     clip = load_clip("RN50", pretrained=None)
     assert clip.image_size == 224 and clip.name == "RN50"

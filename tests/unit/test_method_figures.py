@@ -46,6 +46,7 @@ def test_every_method_has_a_display_name():
     assert viz.method_title("my-method") == "my-method"
 
 
+@pytest.mark.slow  # > 1 s: make test runs it, make test-fast does not
 def test_method_grid_has_a_row_per_image_and_a_column_per_method(images):
     maps = {"raw": _maps(2), "surgery": _maps(2, seed=1), "gradcam": list(_maps(2, seed=2).numpy())}
     fig = viz.method_grid(images, maps, "dog", LABELS, row_titles=["a", "b"])

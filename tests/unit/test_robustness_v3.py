@@ -300,6 +300,7 @@ def _decoded_inputs(size: tuple[int, int]) -> int:
     )
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_inputs_are_decoded_one_at_a_time(tmp_path, monkeypatch):
     size = (52, 44)
     paths = [str(_png(tmp_path / f"in{i}.png", size=size, seed=i)) for i in range(5)]

@@ -340,6 +340,7 @@ def items(composites3):
     return composites3[1]
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_an_empty_image_selection_says_so(loaded, items, tmp_path):
     from surgery_lib.ui.widgets import Explorer
 
@@ -402,6 +403,7 @@ def test_the_map_cache_is_a_bounded_lru(loaded, items):
         MapCache(loaded, max_maps=0)
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_the_app_bounds_its_exports_in_a_folder_of_its_own(tmp_path):
     from surgery_lib.ui.app import MAX_EXPORTS, write_app_notebook
 

@@ -220,6 +220,7 @@ def test_contours_and_thresholded_view(image):
         viz.map_grid([image], [heat], ["cat"], threshold=2.0)
 
 
+@pytest.mark.slow  # > 1 s: make test runs it, make test-fast does not
 def test_dual_path_diagram_draws_one_column_per_surgery_block(tmp_path):
     fig = viz.dual_path_diagram(n_blocks=8, depth=6)
     texts = [t.get_text() for t in fig.axes[0].texts]
@@ -413,6 +414,7 @@ def test_map_figures_fill_a_named_width(image, width, inches):
         viz.map_grid([image], [maps], ["a", "b", "c"], width="wide")
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_default_width_map_figures_stay_within_the_page_once_saved(image, tmp_path):
     """Without a width, the saved file (tight box: row labels, colorbar label, padding) is at most
     7.2 in wide, even with many columns (the method zoo's 9 methods + the image)."""

@@ -114,6 +114,7 @@ def test_cached_maps_equal_explain(loaded, items):
     assert cache.hits == 1
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_toggling_a_flag_redraws_and_uses_the_cache(loaded, items, tmp_path):
     before = snapshot(loaded.model)
     explorer = Explorer(loaded, items, ["dog", "horse"], figure_dir=tmp_path)
@@ -221,6 +222,7 @@ def test_the_cache_keys_on_every_architecture_field(loaded, items):
     }
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_the_method_dropdown_sets_the_controls_which_stay_editable(loaded, items, tmp_path):
     explorer = Explorer(
         loaded, items, ["pepper", "tank"], selected=[items[2].name], vocabulary=["bird", "nut"]
@@ -243,6 +245,7 @@ def test_the_method_dropdown_sets_the_controls_which_stay_editable(loaded, items
     assert explorer.method.value == "surgery-no-fs"
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_gradient_methods_disable_the_config_controls(loaded, items):
     item = items[2]
     explorer = Explorer(loaded, [item], ["pepper", "tank"], vocabulary=["bird", "nut"])
@@ -261,6 +264,7 @@ def test_gradient_methods_disable_the_config_controls(loaded, items):
     assert gradient.method.value == "chefer" and gradient.controls["depth"].disabled
 
 
+@pytest.mark.slow  # > 1 s: make test runs it, make test-fast does not
 def test_a_refused_config_is_reported_and_keeps_the_last_image(loaded, items):
     explorer = Explorer(loaded, [items[2]], ["pepper", "tank"], method="gem", vocabulary=["bird"])
     shown = _png(explorer.image)
@@ -273,6 +277,7 @@ def test_a_refused_config_is_reported_and_keeps_the_last_image(loaded, items):
     assert explorer.controls["self_attn_iters"].disabled  # 0 and not GEM: it does nothing
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_controls_that_do_nothing_are_disabled(loaded, items, toy_rn):
     explorer = Explorer(loaded, [items[2]], ["pepper"], vocabulary=["bird"])
     assert not explorer.controls["attention"].disabled and explorer.controls["pos_embed_interp"].disabled
@@ -300,6 +305,7 @@ def test_controls_that_do_nothing_are_disabled(loaded, items, toy_rn):
 # ---- the vocabulary, the class-token probabilities, the ground truth --------------------------------
 
 
+@pytest.mark.slow  # > 1 s: make test runs it, make test-fast does not
 def test_a_vocabulary_ends_the_two_label_complement(loaded, items, source):
     classes, item = source[0], items[2]
     explorer = Explorer(loaded, [item], ["pepper", "tank"])
@@ -327,6 +333,7 @@ def test_a_vocabulary_ends_the_two_label_complement(loaded, items, source):
     assert "two classes" not in explorer.status.value
 
 
+@pytest.mark.slow  # > 1 s: make test runs it, make test-fast does not
 def test_probabilities_and_scores_are_drawn_beside_the_maps(loaded, items, source):
     classes, item = source[0], items[2]
     labels = ["pepper", "tank", "car"]  # car: no mask in this image, no scores
@@ -352,6 +359,7 @@ def test_probabilities_and_scores_are_drawn_beside_the_maps(loaded, items, sourc
 # ---- A/B and exports ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_ab_mode_shows_a_second_method_beside(loaded, items, tmp_path):
     explorer = Explorer(
         loaded, [items[2]], ["pepper", "tank"], vocabulary=["bird", "nut"], figure_dir=tmp_path
@@ -381,6 +389,7 @@ def test_ab_mode_shows_a_second_method_beside(loaded, items, tmp_path):
     assert explorer.image_b.layout.display == "none"
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_every_export_is_a_new_file_with_a_sidecar(loaded, items, tmp_path, monkeypatch):
     from surgery_lib.model.shipped import weights_path
 
@@ -412,6 +421,7 @@ def test_every_export_is_a_new_file_with_a_sidecar(loaded, items, tmp_path, monk
 # ---- the attention, caption and SAM explorers -----------------------------------------------------------
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_attention_explorer_heads_class_token_images_and_kinds(loaded, items):
     explorer = AttentionExplorer(loaded, items, kinds=("qk", "identity", "gem"), block=-1, query=(1, 2))
     assert list(explorer.picker.options) == [item.name for item in items]
@@ -447,6 +457,7 @@ def test_attention_explorer_heads_class_token_images_and_kinds(loaded, items):
     assert cls_start.cls_query.value and cls_start.picker.layout.display == "none"
 
 
+@pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_caption_explorer_switches_method_and_image(loaded, items):
     explorer = CaptionExplorer(loaded, items, method="raw")
     assert explorer.caption_box.value == items[0].describe() and explorer.method.value == "raw"
