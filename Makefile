@@ -10,6 +10,10 @@
 #                and the default and AVX2 CPU kernels (ATEN_CPU_CAPABILITY); CI runs it
 # make bench   - the speed / memory benchmark (CPU)
 PYTHON ?= python3
+# OpenMP threads wait passively: beside another busy job, spinning threads made torch 4-25x slower
+# (README, "The two commands"); OMP_WAIT_POLICY=ACTIVE make ... keeps the spinning (faster when idle).
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -141,6 +141,11 @@ def run_notebook(
         "SURGERY_FIGURES_DIR": str(figures_dir.resolve()),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "SURGERY_NOTEBOOK": f"notebooks/{path.name}",  # recorded in every figure's sidecar
+        # OpenMP threads that spin while they wait make torch 4-25x slower when another job holds a
+        # core (measured: notebook 03 took 557 s instead of 22 s beside one busy process; 33 s with
+        # PASSIVE); passive waiting costs up to ~1.5x on an idle machine. OMP_WAIT_POLICY=ACTIVE in the
+        # caller's environment keeps the spinning.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
     changes.update(env or {})
     code_cells = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -115,3 +116,18 @@ def test_the_progress_line_prints_long_cells_on_a_pipe(tmp_path, capsys):
 def test_a_missing_notebook_is_named(tmp_path, capsys):
     assert main([str(tmp_path / "99_none.py"), "--out", str(tmp_path / "out")]) == 2
     assert "no such notebook" in capsys.readouterr().err
+
+
+def test_kernels_wait_passively_unless_told_otherwise(tmp_path, monkeypatch):
+    """Spinning OpenMP threads made notebooks 4-25x slower beside another busy job."""
+    path = tmp_path / "06_env.py"
+    path.write_text("# %%\nimport os\nprint('policy=' + os.environ.get('OMP_WAIT_POLICY', 'unset'))\n")
+
+    def policy() -> str:
+        out = run_notebook(path, tmp_path / "out", tmp_path / "figs")
+        return "".join(json.loads(out.read_text())["cells"][0]["outputs"][0]["text"]).strip()
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert policy() == "policy=PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert policy() == "policy=ACTIVE"
