@@ -211,3 +211,37 @@ def assert_unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) ->
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks, f"hook left on {type(m).__name__}"
         assert "forward" not in m.__dict__, f"forward override left on {type(m).__name__}"
+
+
+def photo(size: tuple[int, int] = (40, 30), seed: int = 0):
+    """A random RGB ``PIL.Image`` of ``size`` (W, H)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def photo_png(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    """:func:`photo` saved as a PNG at ``path`` (folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    photo(size, seed).save(path)
+    return path
+
+
+def explain_cli(*args: str) -> int:
+    """``surgery explain ARGS --model toy-vit`` in-process; its exit status."""
+    from surgery_lib.cli import main
+
+    return main(["explain", *args, "--model", "toy-vit"])
+
+
+def one_line_error(capsys: pytest.CaptureFixture, *names: str) -> str:
+    """The command's stderr is one ``surgery explain: error: ...`` line naming each of ``names``."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("surgery explain: error: ") and "Traceback" not in err
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import explain_cli, one_line_error, photo_png
 from PIL import Image
-
-from surgery_lib.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -18,34 +16,13 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def _png(path: Path, size=(40, 30), seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def _explain(*args: str) -> int:
-    return main(["explain", *args, "--model", "toy-vit"])
-
-
-def _one_line_error(capsys, *names: str) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("surgery explain: error: ") and "Traceback" not in err
-    for name in names:
-        assert name in lines[0]
-    return lines[0]
-
-
 # ---- what it writes when names collide ---------------------------------------------------------
 
 
 def test_same_file_names_in_different_folders(tmp_path):
-    a, b = _png(tmp_path / "a" / "photo.png"), _png(tmp_path / "b" / "photo.png", seed=1)
+    a, b = photo_png(tmp_path / "a" / "photo.png"), photo_png(tmp_path / "b" / "photo.png", seed=1)
     out = tmp_path / "out"
-    assert _explain(str(a), str(b), "--labels", "cat", "--method", "surgery", "--out", str(out)) == 0
+    assert explain_cli(str(a), str(b), "--labels", "cat", "--method", "surgery", "--out", str(out)) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["photo-2_cat_surgery.png", "photo_cat_surgery.png"]
     summary = json.loads((out / "summary.json").read_text())
     assert [entry["path"] for entry in summary["images"]] == [str(a), str(b)]
@@ -63,8 +40,8 @@ def test_same_file_names_in_different_folders(tmp_path):
     ],
 )
 def test_labels_that_clean_to_the_same_name_get_distinct_files(tmp_path, labels, names):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    assert _explain(str(image), "--labels", *labels, "--method", "raw", "--out", str(out)) == 0
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", *labels, "--method", "raw", "--out", str(out)) == 0
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"im_{n}_raw.png" for n in names)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labels"] == labels
@@ -75,19 +52,19 @@ def test_labels_that_clean_to_the_same_name_get_distinct_files(tmp_path, labels,
 
 
 def test_repeated_labels_are_refused(tmp_path, capsys):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    assert _explain(str(image), "--labels", "cat", "dog", "cat", "--out", str(out)) == 2
-    _one_line_error(capsys, "labels repeated", "'cat'")
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", "cat", "dog", "cat", "--out", str(out)) == 2
+    one_line_error(capsys, "labels repeated", "'cat'")
     assert not out.exists()
 
 
 def test_depth_beyond_the_blocks_fails_before_writing(tmp_path, capsys):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    code = _explain(
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    code = explain_cli(
         str(image), "--labels", "cat", "--depth", "99", "--method", "raw,surgery", "--out", str(out)
     )
     assert code == 2
-    _one_line_error(capsys, "--depth 99", "at most")
+    one_line_error(capsys, "--depth 99", "at most")
     assert not out.exists()
 
 
@@ -101,28 +78,28 @@ def test_bad_images_name_the_input(tmp_path, capsys, case):
     elif case == "sixteen-bit":
         Image.fromarray(np.full((20, 24), 40000, dtype=np.uint16)).save(path)
     elif case == "truncated":
-        _png(tmp_path / "whole.png", size=(64, 64))
+        photo_png(tmp_path / "whole.png", size=(64, 64))
         path.write_bytes((tmp_path / "whole.png").read_bytes()[:300])
     out = tmp_path / "out"
-    assert _explain(str(path), "--labels", "cat", "--out", str(out)) == 2
-    _one_line_error(capsys, str(path))
+    assert explain_cli(str(path), "--labels", "cat", "--out", str(out)) == 2
+    one_line_error(capsys, str(path))
     assert not out.exists()
 
 
 @pytest.mark.parametrize(("labels", "shown"), [(["cat", ""], "label 1 ('')"), (["  "], "label 0 ('  ')")])
 def test_empty_label_is_named(tmp_path, capsys, labels, shown):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    assert _explain(str(image), "--labels", *labels, "--out", str(out)) == 2
-    _one_line_error(capsys, shown, "empty")
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", *labels, "--out", str(out)) == 2
+    one_line_error(capsys, shown, "empty")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("where", ["below-a-file", "is-a-file"])
 def test_unwritable_out_is_named(tmp_path, capsys, where):
-    image = _png(tmp_path / "im.png")
+    image = photo_png(tmp_path / "im.png")
     blocker = tmp_path / "blocker.txt"
     blocker.write_text("x")
     out = blocker / "out" if where == "below-a-file" else blocker
-    assert _explain(str(image), "--labels", "cat", "--out", str(out)) == 2
-    _one_line_error(capsys, "cannot write to --out", str(out))
+    assert explain_cli(str(image), "--labels", "cat", "--out", str(out)) == 2
+    one_line_error(capsys, "cannot write to --out", str(out))
     assert blocker.read_text() == "x"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_vit, random_images
+from conftest import explain_cli, make_vit, one_line_error, photo, photo_png, random_images
 from PIL import Image
 
 import surgery_lib.cli as cli_module
@@ -39,32 +39,7 @@ def toy(toy_vit):
 
 @pytest.fixture(scope="module")
 def batch(toy):
-    return preprocess_images([_photo()], size=toy.image_size)
-
-
-def _photo(size=(40, 30), seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _png(path: Path, size=(40, 30), seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _photo(size, seed).save(path)
-    return path
-
-
-def _explain_cli(*args: str) -> int:
-    return main(["explain", *args, "--model", "toy-vit"])
-
-
-def _one_line_error(capsys, *names: str) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("surgery explain: error: ") and "Traceback" not in err
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
+    return preprocess_images([photo()], size=toy.image_size)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
@@ -95,9 +70,9 @@ def test_explain_refuses_a_label_given_twice(toy, batch):
 
 
 def test_cli_refuses_labels_that_tokenize_the_same(tmp_path, capsys):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    assert _explain_cli(str(image), "--labels", "cat", "Cat", "--out", str(out)) == 2
-    _one_line_error(capsys, "'cat'", "'Cat'")
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", "cat", "Cat", "--out", str(out)) == 2
+    one_line_error(capsys, "'cat'", "'Cat'")
     assert not out.exists()
 
 
@@ -127,9 +102,9 @@ def test_labels_that_clean_to_nothing_are_refused(toy, batch, label):
 
 @pytest.mark.parametrize("label", CLEANED_AWAY)
 def test_cli_refuses_labels_that_clean_to_nothing(tmp_path, capsys, label):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    assert _explain_cli(str(image), "--labels", "cat", label, "--out", str(out)) == 2
-    _one_line_error(capsys, repr(label), "no text")
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", "cat", label, "--out", str(out)) == 2
+    one_line_error(capsys, repr(label), "no text")
     assert not out.exists()
 
 
@@ -137,8 +112,8 @@ def test_cli_refuses_labels_that_clean_to_nothing(tmp_path, capsys, label):
 
 
 def test_repeated_labels_option_extends_the_list(tmp_path):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    code = _explain_cli(
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    code = explain_cli(
         str(image), "--labels", "cat", "dog", "--labels", "tree", "--method", "raw", "--out", str(out)
     )
     assert code == 0
@@ -156,9 +131,9 @@ def test_cli_refuses_oversized_headers_in_one_line(tmp_path, capsys, width, heig
     out = tmp_path / "out"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert _explain_cli(str(bomb), "--labels", "cat", "--out", str(out)) == 2
+        assert explain_cli(str(bomb), "--labels", "cat", "--out", str(out)) == 2
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
-    line = _one_line_error(capsys, str(bomb), f"{width * height / 1e6:.0f} MP", "more than 64 MP")
+    line = one_line_error(capsys, str(bomb), f"{width * height / 1e6:.0f} MP", "more than 64 MP")
     assert "DecompressionBomb" not in line and "decompression bomb DOS" not in line
     assert not out.exists()
 
@@ -175,11 +150,11 @@ def test_open_image_refuses_oversized_headers(tmp_path, width, height):
 
 
 def test_open_image_reads_the_header_only_and_read_image_decodes(tmp_path):
-    path = _png(tmp_path / "im.png", size=(40, 30))
+    path = photo_png(tmp_path / "im.png", size=(40, 30))
     with images_module.open_image(path) as opened:
         assert opened.size == (40, 30)
     rgb = images_module.read_image(path)
-    assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb), np.asarray(_photo()))
+    assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb), np.asarray(photo()))
 
 
 def _rotated_jpeg(path: Path) -> Path:
@@ -208,11 +183,11 @@ def test_exif_rotated_size_is_checked_before_decoding(tmp_path, monkeypatch):
 
 
 def test_long_input_names_give_output_names_that_fit(tmp_path):
-    first = _png(tmp_path / "im.png")
-    long_name = _png(tmp_path / ("a" * 246 + ".png"), seed=1)  # a legal 250-byte name
-    other = _png(tmp_path / ("a" * 240 + "b.png"), seed=2)  # the same first characters
+    first = photo_png(tmp_path / "im.png")
+    long_name = photo_png(tmp_path / ("a" * 246 + ".png"), seed=1)  # a legal 250-byte name
+    other = photo_png(tmp_path / ("a" * 240 + "b.png"), seed=2)  # the same first characters
     out = tmp_path / "out"
-    assert _explain_cli(str(first), str(long_name), str(other), "--labels", "cat", "--out", str(out)) == 0
+    assert explain_cli(str(first), str(long_name), str(other), "--labels", "cat", "--out", str(out)) == 0
     names = sorted(p.name for p in out.glob("*.png"))
     assert len(names) == 6 and all(len(n.encode()) <= 255 for n in names)
     summary = json.loads((out / "summary.json").read_text())
@@ -241,9 +216,9 @@ def test_explain_refuses_a_model_on_the_meta_device(tokenizer):
 
 
 def test_cli_refuses_the_meta_device(tmp_path, capsys):
-    image, out = _png(tmp_path / "im.png"), tmp_path / "out"
-    assert _explain_cli(str(image), "--labels", "cat", "--device", "meta", "--out", str(out)) == 2
-    _one_line_error(capsys, "meta")
+    image, out = photo_png(tmp_path / "im.png"), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", "cat", "--device", "meta", "--out", str(out)) == 2
+    one_line_error(capsys, "meta")
     assert not out.exists()
 
 
@@ -252,15 +227,15 @@ def test_cli_refuses_the_meta_device(tmp_path, capsys):
 
 def test_overlays_are_drawn_at_a_bounded_size_with_points_in_image_pixels(tmp_path, monkeypatch, toy):
     monkeypatch.setattr(cli_module, "MAX_OVERLAY_SIDE", 32)
-    image, out = _png(tmp_path / "im.png", size=(80, 60)), tmp_path / "out"
-    assert _explain_cli(str(image), "--labels", "cat", "dog", "--method", "surgery", "--out", str(out)) == 0
+    image, out = photo_png(tmp_path / "im.png", size=(80, 60)), tmp_path / "out"
+    assert explain_cli(str(image), "--labels", "cat", "dog", "--method", "surgery", "--out", str(out)) == 0
     for label in ("cat", "dog"):
         with Image.open(out / f"im_{label}_surgery.png") as written:
             assert written.size == (32, 24)
     summary = json.loads((out / "summary.json").read_text())
     (entry,) = summary["images"]
     assert entry["size"] == [60, 80] and entry["overlay_size"] == [24, 32]
-    batch = preprocess_images([_photo((80, 60))], size=toy.image_size)
+    batch = preprocess_images([photo((80, 60))], size=toy.image_size)
     full = explain(toy.model, toy.tokenizer, batch, ["cat", "dog"], "surgery", (60, 80))
     for j, label in enumerate(("cat", "dog")):
         xy, labels = full.points(label)
@@ -270,7 +245,7 @@ def test_overlays_are_drawn_at_a_bounded_size_with_points_in_image_pixels(tmp_pa
 def test_overlay_memory_is_a_few_float32s_per_pixel():
     from surgery_lib.ui.render import overlay
 
-    image, heat = _photo((400, 300)), np.linspace(0.0, 1.0, 300 * 400).reshape(300, 400)
+    image, heat = photo((400, 300)), np.linspace(0.0, 1.0, 300 * 400).reshape(300, 400)
     tracemalloc.start()
     try:
         overlay(image, heat)
@@ -288,7 +263,7 @@ def test_an_unknown_model_is_named_before_the_images_are_read(tmp_path, capsys):
     bad.write_text("not an image")
     out = tmp_path / "out"
     assert main(["explain", str(bad), "--labels", "cat", "--model", "no-such-model", "--out", str(out)]) == 2
-    _one_line_error(capsys, "no-such-model")
+    one_line_error(capsys, "no-such-model")
 
 
 def _decoded_inputs(size: tuple[int, int]) -> int:
@@ -303,7 +278,7 @@ def _decoded_inputs(size: tuple[int, int]) -> int:
 @pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_inputs_are_decoded_one_at_a_time(tmp_path, monkeypatch):
     size = (52, 44)
-    paths = [str(_png(tmp_path / f"in{i}.png", size=size, seed=i)) for i in range(5)]
+    paths = [str(photo_png(tmp_path / f"in{i}.png", size=size, seed=i)) for i in range(5)]
     alive = []
     real = cli_module.explain
 
@@ -313,7 +288,7 @@ def test_inputs_are_decoded_one_at_a_time(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cli_module, "explain", counting)
-    assert _explain_cli(*paths, "--labels", "cat", "--method", "raw", "--out", str(tmp_path / "out")) == 0
+    assert explain_cli(*paths, "--labels", "cat", "--method", "raw", "--out", str(tmp_path / "out")) == 0
     assert len(alive) == 5 and max(alive) <= 2, alive
 
 
@@ -323,12 +298,12 @@ def test_inputs_are_decoded_one_at_a_time(tmp_path, monkeypatch):
 @pytest.mark.parametrize("size", [96.5, 0, -3, (96, 0), (96.0, 96), True, "96", (1, 2, 3)])
 def test_preprocess_images_refuses_bad_sizes_by_name(size):
     with pytest.raises(ValueError, match=r"size must be .*got"):
-        preprocess_images([_photo()], size=size)
+        preprocess_images([photo()], size=size)
 
 
 def test_preprocess_images_takes_numpy_integer_sizes():
-    assert preprocess_images([_photo()], size=np.int64(24)).shape == (1, 3, 24, 24)
-    assert preprocess_images([_photo()], size=(np.int32(20), 28)).shape == (1, 3, 20, 28)
+    assert preprocess_images([photo()], size=np.int64(24)).shape == (1, 3, 24, 24)
+    assert preprocess_images([photo()], size=(np.int32(20), 28)).shape == (1, 3, 20, 28)
 
 
 def test_points_of_an_image_off_the_batch_names_the_range(toy, batch):
