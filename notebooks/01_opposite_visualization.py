@@ -71,7 +71,7 @@ save_figure(fig, "01_opposite_examples")
 # ## Measured on every image with masks, for every backbone
 # Maps over the source's whole class list; each class present in an image is scored against its mask.
 # This is this project's protocol: the paper does not publish its own (threshold, class list per image;
-# see notebook 06). mIoU, mSC and pointing game are averaged per class, then over classes; "opposite %"
+# see notebook 07). mIoU, mSC and pointing game are averaged per class, then over classes; "opposite %"
 # is the share of (image, class) pairs with SC < 0.
 
 # %%

@@ -17,14 +17,14 @@
 # The paper's answer: in CLIP's q-k self-attention a token attends to tokens of *other* regions
 # (inconsistent semantic regions), while v-v (and q-q, k-k) attention keeps it within its own region.
 # The paper names a second, separate problem, the *noisy* activations, and another cause for it:
-# redundant features shared by all classes (notebook 04). This notebook is about the first.
+# redundant features shared by all classes (notebook 05). This notebook is about the first.
 #
 # **Reproduces.** The paper's figure of one query token's attention under q-k and under v-v
 # self-attention (here with q-q and k-k as well), and a measure behind it: the attention mass a query
 # keeps inside its own region (object or background, from masks), per block and attention kind.
 # That *own-region attention mass* is this project's measure, not the paper's: the paper shows the
 # attention maps, and its numbers (mIoU, mSC) score the similarity maps an attention kind produces
-# (notebooks 01, 05, 06).
+# (notebooks 01, 06, 07).
 #
 # **Model.** `toy-vit-v2`: the analysis reads a ViT's self-attention blocks (`toy-rn`'s only
 # attention is its attention pool).
@@ -104,7 +104,7 @@ means.round(3)
 #   the paper's "inconsistent semantic regions" — while v-v, q-q and k-k keep clearly more. This is the
 #   paper's explanation of the *opposite* raw maps, and why the surgery uses v-v attention. It does not
 #   explain the *noise*: that comes from redundant features every class shares, which feature surgery
-#   removes (notebook 04).
+#   removes (notebook 05).
 # - Background queries keep most of their attention in the background for every kind (the background
 #   covers most patches, so chance is high too).
 # - The toy ViT has 8 blocks and a 14 × 14 grid (ViT-B/16: 12 blocks, 14 × 14); its curves are noisier.

@@ -1,23 +1,23 @@
-"""The paper's analyses as plain functions over a model and annotated images (notebooks 01–05).
+"""The paper's analyses as plain functions over a model and annotated images (notebooks 01–06).
 
 Each function returns records (lists of dicts, one per measured item) that a notebook turns into a
 table or a plot; nothing here draws. Masks come from :class:`~surgery_lib.data.records.AnnotatedImage`.
 
-* :func:`map_records` — per (image, class, method): IoU, score contrast, pointing hit (notebook 01, 03);
+* :func:`map_records` — per (image, class, method): IoU, score contrast, pointing hit (notebook 01, 04);
   :func:`null_records` — the same for a map with no information (random, centre prior): the null row.
 * :func:`attention_locality` — per (block, kind, query region): attention mass kept in the query's own
   region (object or background) (notebook 02).
 * :func:`contribution_records` — per block and part (attention / FFN): its share of the
-  foreground-minus-background similarity (notebook 03).
+  foreground-minus-background similarity (notebook 04).
 * :func:`redundancy_records` — per (image, token): how much of the image-text feature products all
   classes share, and how close the empty prompt's product is to that shared part, next to controls
-  (notebook 04).
+  (notebook 05).
 * :func:`redundancy_subtraction_records`, :func:`redundancy_controls` — map scores after subtracting
-  the empty prompt's features or a control direction from every class (notebook 04).
-* :func:`vocabulary_sweep_records` — feature surgery's effect as the class list grows (notebook 04).
-* :func:`config_summary` — map scores next to zero-shot top-1 per config (ablations, notebook 05).
+  the empty prompt's features or a control direction from every class (notebook 05).
+* :func:`vocabulary_sweep_records` — feature surgery's effect as the class list grows (notebook 05).
+* :func:`config_summary` — map scores next to zero-shot top-1 per config (ablations, notebook 06).
 * :func:`dual_path_decomposition` — the new path as a sum of v-v outputs, checked numerically (05).
-* :func:`multilabel_variants` — multi-label mAP for each scoring rule × normalisation (notebook 08).
+* :func:`multilabel_variants` — multi-label mAP for each scoring rule × normalisation (notebook 09).
 
 Measures that are this project's own, not the paper's: the pointing game, the share of "opposite"
 maps (SC < 0), the own-region attention mass, each part's contrast; the paper's are mIoU and mSC.

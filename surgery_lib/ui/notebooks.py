@@ -142,7 +142,7 @@ def run_notebook(
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "SURGERY_NOTEBOOK": f"notebooks/{path.name}",  # recorded in every figure's sidecar
         # OpenMP threads that spin while they wait make torch 4-25x slower when another job holds a
-        # core (measured: notebook 03 took 557 s instead of 22 s beside one busy process; 33 s with
+        # core (measured: notebook 04 took 557 s instead of 22 s beside one busy process; 33 s with
         # PASSIVE); passive waiting costs up to ~1.5x on an idle machine. OMP_WAIT_POLICY=ACTIVE in the
         # caller's environment keeps the spinning.
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),

@@ -1,4 +1,4 @@
-"""The Python face of the evaluation (what notebooks 06-08 use) and the precision-recall curve."""
+"""The Python face of the evaluation (what notebooks 07-09 use) and the precision-recall curve."""
 
 from __future__ import annotations
 

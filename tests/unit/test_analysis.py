@@ -158,7 +158,7 @@ def test_redundancy_of_a_single_class_is_fully_shared(loaded, data):
 
 def test_check_claims_marks_each_claim():
     text = check_claims({"a holds": True, "b fails": np.False_})
-    assert text.splitlines() == ["✓ a holds", "✗ b fails", "1 of 2 hold on this model"]
+    assert text.splitlines() == ["✓ a holds", "✗ b fails", "1 of 2 claims hold on this model"]
     with pytest.raises(ValueError, match="no claims"):
         check_claims({})
 

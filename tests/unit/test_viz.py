@@ -226,7 +226,7 @@ def test_dual_path_diagram_draws_one_column_per_surgery_block(tmp_path):
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert sum(t.startswith("block ") for t in texts) == 6 and "blocks 0–1\nq-k attn + FFN" in texts
     assert sum("v-v attn" in t for t in texts) == 6
-    (path,) = viz.save_figure(fig, "05_dual_path", tmp_path, formats=("png",))
+    (path,) = viz.save_figure(fig, "06_dual_path", tmp_path, formats=("png",))
     viz.close(fig)
     assert path.is_file()
     full = viz.dual_path_diagram(n_blocks=4, depth=4)  # every block is a surgery block

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 04 · Redundant features: what every class shares
+# # 05 · Redundant features: what every class shares
 #
 # **Question.** Why are raw maps *noisy*? (Their being *opposite* — pointing at the background — is the
 # q-k attention's doing: notebook 02.) The paper finds that the image-text similarity contains
@@ -88,7 +88,7 @@ shown = {
     for name, c in towers.items()
 }
 fig = method_comparison(item.image, shown, [*labels, '"" (empty prompt)'])
-save_figure(fig, "04_empty_prompt_map")
+save_figure(fig, "05_empty_prompt_map")
 flat = {name: m.flatten(0, 1).T.numpy() for name, m in shown.items()}  # (labels + 1, pixels)
 empty_r = {name: np.corrcoef(f)[-1, :-1] for name, f in flat.items()}  # empty map vs each class map
 pd.DataFrame(empty_r, index=labels).T.round(2)
@@ -138,7 +138,7 @@ with figure_style():
     axes[0].set_xlabel("shared fraction of the products")
     axes[1].set_xlabel("cosine(shared part, empty-prompt product)")
     fig.tight_layout()
-save_figure(fig, "04_redundant_feature_distributions")
+save_figure(fig, "05_redundant_feature_distributions")
 cosines = ["shared_fraction", "empty_cosine", "heldout_cosine", "random_cosine", "shared_similarity"]
 frame.groupby("region")[cosines].mean().round(3)
 
@@ -177,7 +177,7 @@ fig = method_comparison(
     {k: maps_for(loaded, item, labels, c, vocabulary=classes) for k, c in variants.items()},
     labels,
 )
-save_figure(fig, "04_feature_surgery_maps")
+save_figure(fig, "05_feature_surgery_maps")
 
 # %% [markdown]
 # ## Measured: noisy activations before and after feature surgery
@@ -206,7 +206,7 @@ with figure_style():
     grid.refline(y=0.0, color="black", linewidth=0.8)
     grid.set_axis_labels("", "score contrast SC (×100)")
     grid.set_xticklabels(rotation=20, ha="right")
-save_figure(grid.figure, "04_feature_surgery_contrast")
+save_figure(grid.figure, "05_feature_surgery_contrast")
 
 # %% [markdown]
 # ## The class list matters: a vocabulary-size sweep
@@ -227,7 +227,7 @@ fig = line_chart(
     "score",
     f"{loaded.name}: feature surgery vs the size of the class list",
 )
-save_figure(fig, "04_vocabulary_sweep")
+save_figure(fig, "05_vocabulary_sweep")
 two = explain(loaded.model, loaded.tokenizer, loaded.reference_preprocess(item.image)[None], labels[:2])
 complement_gap = float((two.similarity[..., 0] + two.similarity[..., 1]).abs().max())
 print(f"two labels {labels[:2]} alone: max |S₁ + S₂| = {complement_gap:.1e} (exact complements)")

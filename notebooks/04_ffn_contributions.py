@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 03 · FFN contributions: what each block adds to the similarity map
+# # 04 · FFN contributions: what each block adds to the similarity map
 #
 # **Question.** Which parts of the network make the map point at the object, and which at the
 # background? The paper finds the FFNs of the last blocks add noise to the dense features, so the
@@ -19,7 +19,7 @@
 #
 # **Reproduces.** The paper's analysis of what the FFNs contribute to the dense features, and an
 # ablation of the architecture surgery's depth and FFN skipping (the idea of the paper's ablation
-# tables; notebook 05 adds the dual path and zero-shot accuracy to it).
+# tables; notebook 06 adds the dual path and zero-shot accuracy to it).
 #
 # The output tokens split *exactly* into per-block attention and FFN parts (ln_post linearised with the
 # final stream's own statistics; `surgery_lib.model.introspection.residual_contributions`). A part's
@@ -67,7 +67,7 @@ fig = line_chart(
     "contrast (object − background share)",
     "raw CLIP",
 )
-save_figure(fig, "03_contrast_per_block")
+save_figure(fig, "04_contrast_per_block")
 per_block.unstack("part").round(4)
 
 # %%
@@ -78,7 +78,7 @@ fig = line_chart(
     "mean |similarity share|",
     "size of each part",
 )
-save_figure(fig, "03_magnitude_per_block")
+save_figure(fig, "04_magnitude_per_block")
 # %% [markdown]
 # ## The same split under CLIP Surgery's new path (v-v attention, FFN skipped in the last blocks)
 # Mean over (image, class) pairs of each part's contrast, summed over the blocks.
@@ -102,7 +102,7 @@ labels = item.labels[:3]
 fig = method_comparison(
     item.image, {k: maps_for(loaded, item, labels, c) for k, c in variants.items()}, labels
 )
-save_figure(fig, "03_skip_ffn_maps")
+save_figure(fig, "04_skip_ffn_maps")
 # %% [markdown]
 # ## Ablation: depth × skip-FFN (architecture surgery only, no feature surgery)
 

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 08 · Multi-label recognition
+# # 09 · Multi-label recognition
 #
 # **Question.** Does feature surgery also help image-level recognition when an image holds several
 # classes?
@@ -68,7 +68,7 @@ pd.DataFrame(with_intervals(rows, ["mAP"]))[
 # %%
 values, errors = metric_bars(rows, "mAP")
 fig = bar_chart(values, "mAP (%)", "multi-label mAP: raw CLIP vs CLIP Surgery (95 % CI)", errors=errors)
-save_figure(fig, "08_map")
+save_figure(fig, "09_map")
 
 # %% [markdown]
 # ## Per-class AP (first backbone, first dataset)
@@ -78,7 +78,7 @@ first = table[(table.backbone == BACKBONES[0]) & (table.dataset == next(iter(dat
 ap = pd.concat([pd.read_csv(f"{r.out}/results.csv").assign(method=r.method) for r in first.itertuples()])
 ap = ap.pivot(index="class", columns="method", values="ap")
 fig = bar_chart(ap.to_dict(orient="index"), "AP (%)", f"{BACKBONES[0]} on {next(iter(datasets))}")
-save_figure(fig, "08_per_class_ap")
+save_figure(fig, "09_per_class_ap")
 
 # %% [markdown]
 # ## Precision-recall curves of the classes with the most positives
@@ -95,7 +95,7 @@ class_names = load_dataset(*next(iter(datasets.values()))).class_names
 for k in top:
     curves = {m: precision_recall_curve(s[:, k], targets[:, k]) for m, s in scores.items()}
     title = f"{class_names[k]} ({int((targets[:, k] > 0).sum())} positives)"
-    save_figure(pr_curves(curves, title), f"08_pr_{class_names[k]}")
+    save_figure(pr_curves(curves, title), f"09_pr_{class_names[k]}")
 
 # %% [markdown]
 # ## Score vs normalisation: which part of the mAP change is which

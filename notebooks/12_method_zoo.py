@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 11 · Method zoo: CLIP Surgery beside MaskCLIP, SCLIP, GEM, ClearCLIP, NACLIP and gradient explainers
+# # 12 · Method zoo: CLIP Surgery beside MaskCLIP, SCLIP, GEM, ClearCLIP, NACLIP and gradient explainers
 #
 # **Question.** CLIP Surgery is one of several training-free ways to get dense maps out of CLIP. What
 # does each method change in CLIP's forward pass, how do their maps look side by side, how do they score
@@ -22,7 +22,7 @@
 # the same methods, as their official code runs them (`surgery_lib.config.METHODS`), and the gradient
 # explainers they are often compared with (Grad-CAM, attention Grad-CAM, Chefer et al.'s relevancy).
 # The papers' numbers are open-vocabulary *segmentation* mIoU on real benchmarks; here the measure is the
-# explainability protocol of notebook 06 (per-class maps thresholded at 0.5, score contrast, pointing
+# explainability protocol of notebook 07 (per-class maps thresholded at 0.5, score contrast, pointing
 # game) on the shipped composites, offline, on the two toy models. With real weights:
 # `SURGERY_BACKBONES=ViT-B-16,RN50 SURGERY_PRETRAINED=openai SURGERY_IMAGES=real`.
 #
@@ -139,7 +139,7 @@ for backbone, loaded in models.items():
     names, outlines = [it.name[-5:] for it in shown], [it.masks[c] for it, c in zip(shown, own, strict=True)]
     fig = method_grid([it.image for it in shown], maps[backbone], own, classes, names, outlines=outlines)
     fig.suptitle(f"{backbone}: each image's largest object (outlined)", fontsize=9)
-    save_figure(fig, f"11_method_maps_{backbone}")
+    save_figure(fig, f"12_method_maps_{backbone}")
 
 # %% [markdown]
 # ## One image, every method × its labels
@@ -163,13 +163,13 @@ for backbone, loaded in models.items():
         scene.image, scene_maps, [*scene.labels, *absent], classes, titles=titles, outlines=scene.masks
     )
     fig.suptitle(f"{backbone}: {scene.name}, each object outlined", fontsize=9)
-    save_figure(fig, f"11_method_labels_{backbone}")
+    save_figure(fig, f"12_method_labels_{backbone}")
 
 # %% [markdown]
 # ## Explainability, measured on every image with masks
 # The dense methods (every preset of `METHODS`, including CLIP Surgery's two ablations) on the first
 # `LIMIT` images of the source: maps over the whole class list, each class present in an image scored
-# against its mask (the protocol of notebooks 01 and 06). mIoU: the map thresholded at 0.5; mSC: mean
+# against its mask (the protocol of notebooks 01 and 07). mIoU: the map thresholded at 0.5; mSC: mean
 # inside − mean outside (×100); pointing game: the map's maximum falls on the object (%); opposite %:
 # the share of (image, class) pairs with SC < 0. The gradient explainers are not scored here.
 
@@ -199,7 +199,7 @@ for metric, unit in (("mIoU", "mIoU (%)"), ("mSC", "mSC (×100)")):
         f"explainability {metric} per method, 95 % CI over images (no bar: no variant for that backbone)",
         errors=errors,
     )
-    save_figure(fig, f"11_method_zoo_{metric}")
+    save_figure(fig, f"12_method_zoo_{metric}")
 
 # %% [markdown]
 # ## Where one query token attends, under each method's attention
@@ -238,7 +238,7 @@ for backbone, loaded in models.items():
     }
     fig = attention_figure(scene.image, panels, grid, (row, col))
     fig.axes[0].set_title(f"{backbone}, last attention layer: query (+)", fontsize=8)
-    save_figure(fig, f"11_attention_{backbone}")
+    save_figure(fig, f"12_attention_{backbone}")
 
 # %% [markdown]
 # ## Time per image

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 10 · Text → SAM: point prompts from similarity maps
+# # 11 · Text → SAM: point prompts from similarity maps
 #
 # **Question.** Can a similarity map turn a word into point prompts for the Segment Anything Model
 # (SAM), and do CLIP Surgery's maps give better points than raw CLIP's? When should a word that is not
@@ -96,7 +96,7 @@ with figure_style():
             points, labels = text_points(ex, target)
             heat = target_map(ex, target)
             points_figure(item.image, heat, points, labels, title=f"{method}: {target}", ax=axes[row, col])
-save_figure(fig, "10_text_points")
+save_figure(fig, "11_text_points")
 
 # %% [markdown]
 # ## A combined target: the reference rule vs the plain mean
@@ -116,7 +116,7 @@ if pair is not None:
             points, labels = text_points(ex, target, combine=combine)
             heat = target_map(ex, target, combine=combine)
             points_figure(pair.image, heat, points, labels, title=f"{target}: {combine}", ax=ax)
-    save_figure(fig, "10_combined_target")
+    save_figure(fig, "11_combined_target")
 combined = pd.DataFrame(
     combined_point_records(loaded.model, loaded.tokenizer, classes, items, loaded.image_size),
     columns=["image", "target", "combine", "precision", "positives", "negatives_inside"],
@@ -182,7 +182,7 @@ fig = line_chart(
     "presence gate",
     xscale="log",
 )
-save_figure(fig, "10_presence_gate")
+save_figure(fig, "11_presence_gate")
 print(f"recommended min_probability: {recommended:g}")
 gate.round(1)
 
@@ -212,7 +212,7 @@ if segmenter is not None:
             iou = mask_iou(mask, item.target_mask(target))
             heat = target_map(ex, target)
             points_figure(item.image, heat, points, labels, mask, title=f"{target}: IoU {iou:.2f}", ax=ax)
-    save_figure(fig, "10_sam_masks")
+    save_figure(fig, "11_sam_masks")
 
 # %% [markdown]
 # ## Try a word

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 07 · Open-vocabulary semantic segmentation
+# # 08 · Open-vocabulary semantic segmentation
 #
 # **Question.** Used as a training-free segmenter (each pixel takes the class it is most similar to),
 # how much better is CLIP Surgery than raw CLIP?
@@ -92,7 +92,7 @@ pd.DataFrame(with_intervals(rows, ["mIoU", "pixel_accuracy"]))[
 # %%
 values, errors = metric_bars(rows, "mIoU")
 fig = bar_chart(values, "mIoU (%)", "segmentation mIoU: raw CLIP vs CLIP Surgery (95 % CI)", errors=errors)
-save_figure(fig, "07_miou")
+save_figure(fig, "08_miou")
 
 # %% [markdown]
 # ## Per-class IoU (first backbone, first dataset)
@@ -106,7 +106,7 @@ per_class = per_class.pivot(index="class", columns="method", values="iou").filln
 fig = bar_chart(
     per_class.to_dict(orient="index"), "IoU (%)", f"{BACKBONES[0]} on {next(iter(datasets))}: per-class IoU"
 )
-save_figure(fig, "07_per_class_iou")
+save_figure(fig, "08_per_class_iou")
 
 # %% [markdown]
 # ## Predicted masks
@@ -124,7 +124,7 @@ for i, sample in enumerate(samples):
     fig = segmentation_figure(
         sample.image, sample.label, {m: p[i] for m, p in predicted.items()}, dataset.class_names
     )
-    save_figure(fig, f"07_masks_{i}")
+    save_figure(fig, f"08_masks_{i}")
 
 # %% [markdown]
 # ## What you should see

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 09 · Multimodal visualization: which words of a caption CLIP relies on, and where each lands
+# # 10 · Multimodal visualization: which words of a caption CLIP relies on, and where each lands
 #
 # **Question.** Given an image and a whole caption, which tokens does CLIP match to the image, and
 # where in the image does each land? The paper treats every text token like a class: its feature is
@@ -92,15 +92,15 @@ def word_maps(method: str, redundancy: str):
 
 surgery_sim = word_similarity(tokens["CLIP Surgery"][0], cap, "empty_prompt", empty)
 fig = caption_figure(cap.words, word_importance(surgery_sim)[0], title="token importance (class token)")
-save_figure(fig, "09_word_importance")
+save_figure(fig, "10_word_importance")
 
 # %%
 fig = word_maps_figure(item.image, cap.words, word_maps("CLIP Surgery", "empty_prompt"))
-save_figure(fig, "09_word_maps_surgery")
+save_figure(fig, "10_word_maps_surgery")
 
 # %%
 fig = word_maps_figure(item.image, cap.words, word_maps("raw CLIP", "none"))
-save_figure(fig, "09_word_maps_raw")
+save_figure(fig, "10_word_maps_raw")
 
 # %% [markdown]
 # ## Try your own caption
@@ -128,7 +128,7 @@ fig = map_grid(
     row_titles=options,
     panel_size=1.3,
 )
-save_figure(fig, "09_redundancy_options")
+save_figure(fig, "10_redundancy_options")
 
 # %% [markdown]
 # ## Measured: is the most important word a class in the image?

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Surgery explorer: every modification, on a grid of images × labels
+# # 06 · Surgery explorer: every modification, on a grid of images × labels
 #
 # **Question.** What does each modification of CLIP Surgery do, alone and together?
 #
@@ -74,13 +74,13 @@ explorer
 
 # %%
 steps = {
-    "05_step0_vanilla": SurgeryConfig.off(),
-    "05_step1_feature_surgery_only": SurgeryConfig.off().replace(feature_surgery=True),
-    "05_step2_vv_single_path": SurgeryConfig.paper().replace(
+    "06_step0_vanilla": SurgeryConfig.off(),
+    "06_step1_feature_surgery_only": SurgeryConfig.off().replace(feature_surgery=True),
+    "06_step2_vv_single_path": SurgeryConfig.paper().replace(
         dual_path=False, skip_ffn=False, feature_surgery=False
     ),
-    "05_step3_vv_dual_path_skip_ffn": SurgeryConfig.paper().replace(feature_surgery=False),
-    "05_step4_clip_surgery": SurgeryConfig.paper(),
+    "06_step3_vv_dual_path_skip_ffn": SurgeryConfig.paper().replace(feature_surgery=False),
+    "06_step4_clip_surgery": SurgeryConfig.paper(),
 }
 for name, config in steps.items():
     explorer.set_config(config)
@@ -103,7 +103,7 @@ is_vit = isinstance(adapter_for(loaded.model), ViTAdapter)
 n_blocks = max_depth(loaded.model)
 paper = SurgeryConfig.paper()
 fig = dual_path_diagram(n_blocks if is_vit else 12, min(paper.depth, n_blocks) if is_vit else paper.depth)
-save_figure(fig, "05_dual_path_diagram")
+save_figure(fig, "06_dual_path_diagram")
 
 # %% [markdown]
 # The same statement checked on this model's forward (its named hook points `blocks.{i}.input`,
@@ -175,7 +175,7 @@ for metric, label in (("mSC", "mSC (×100)"), ("zero_shot_top1", "zero-shot top-
         label,
         f"{loaded.name}, {int(ablation.images.iloc[0])} images: architecture surgery",
     )
-    save_figure(fig, f"05_ablation_{metric}")
+    save_figure(fig, f"06_ablation_{metric}")
 
 # %% [markdown]
 # ## What you should see

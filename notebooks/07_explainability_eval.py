@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · Explainability evaluation: methods × backbones × datasets
+# # 07 · Explainability evaluation: methods × backbones × datasets
 #
 # **Question.** By how much does CLIP Surgery improve the explainability of CLIP, measured against
 # ground-truth masks?
@@ -74,7 +74,7 @@ for metric in ("mIoU", "mSC"):
     fig = bar_chart(
         values, metric, f"explainability {metric}: raw CLIP vs CLIP Surgery (95 % CI)", errors=errors
     )
-    save_figure(fig, f"06_explain_{metric}")
+    save_figure(fig, f"07_explain_{metric}")
 
 # %%
 table[["backbone", "dataset", "method", "s_per_image"]].round(4)
