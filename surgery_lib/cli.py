@@ -11,7 +11,7 @@ two labels would clean to the same file name; an image's or a label's part longe
 is cut and ends in a hash, so every name fits 255 bytes), drawn at most ``MAX_OVERLAY_SIDE`` (2048)
 pixels on the long side, and ``summary.json`` with the image-level probabilities and the SAM point
 prompts of each map (in the image's pixels). Images are decoded one at a time. ``--method`` takes
-any name of :func:`surgery_lib.config.method_names` (the dense methods and the gradient explainers);
+any name of :func:`surgery_lib.methods.method_names` (the dense methods and the gradient explainers);
 feature surgery runs over ``--vocabulary`` (default: the labels; with exactly two classes the two maps
 are complements, so pass the whole class list there and draw a few ``--labels``). A user error
 (missing or unreadable image, bad label, unknown model, unwritable ``--out``) prints one line naming
@@ -33,16 +33,11 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from surgery_lib.config import (
-    RAW_VS_SURGERY,
-    GradientConfig,
-    SurgeryConfig,
-    method_names,
-    resolve_method,
-)
+from surgery_lib.config import GradientConfig, SurgeryConfig
 from surgery_lib.maps.explain import explain
 from surgery_lib.maps.images import open_image, preprocess_images, read_image
 from surgery_lib.maps.text import check_label_tokens, distinct_by_tokens, text_features, validate_labels
+from surgery_lib.methods import RAW_VS_SURGERY, method_names, resolve_method
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import WeightsNotAvailableError, load_clip
 from surgery_lib.model.shipped import DEFAULT_MODEL
@@ -161,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _methods(spec: str) -> dict[str, SurgeryConfig | GradientConfig]:
-    """The configs of the ``--method`` names (any of :func:`~surgery_lib.config.method_names`)."""
+    """The configs of the ``--method`` names (any of :func:`~surgery_lib.methods.method_names`)."""
     names = list(RAW_VS_SURGERY) if spec == "both" else [m.strip() for m in spec.split(",") if m.strip()]
     if not names:
         raise UsageError("--method names no method")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from surgery_lib.config import GradientConfig, SurgeryConfig, resolve_method
+from surgery_lib.config import GradientConfig, SurgeryConfig
 from surgery_lib.maps.features import cosine_similarity, feature_surgery, similarity_map, similarity_to_points
 from surgery_lib.maps.images import check_image_batch
 from surgery_lib.maps.text import (
@@ -23,6 +23,7 @@ from surgery_lib.maps.text import (
     text_features,
     validate_labels,
 )
+from surgery_lib.methods import resolve_method
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
 from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.surgery import dense_forward

@@ -2,12 +2,13 @@
 
 Target, per image and text ``t``: ``y_t = logit_scale.exp() · cos(class feature, text_t)`` (CLIP's
 ``logits_per_image``), one backward pass per text (the images of a batch are independent, so one
-pass serves the whole batch). The ViT forward is recomputed from open_clip's own modules with the
-attention written out (``softmax(s·q kᵀ)`` per head), because ``nn.MultiheadAttention`` does not put
-the probabilities it returns on the path to its output.
+pass serves the whole batch). The forward is the engine's (:func:`~surgery_lib.model.engine.dense_forward`
+under ``SurgeryConfig.off()``): its hook points give the activations, and the blocks asked for build
+their attention probabilities explicitly (``softmax(s·q kᵀ)`` per head) and compute their output from
+them, so the gradient with respect to the reported probabilities is the attention's gradient.
 
 The model is left as it was: gradients are taken with :func:`torch.autograd.grad` with respect to
-activations only (no ``.grad`` on any parameter), no hook is registered, ``requires_grad`` is never
+activations only (no ``.grad`` on any parameter), no module hook is registered, ``requires_grad`` is never
 changed, and modules in training mode run in eval mode and are switched back afterwards, also when
 a forward raises. The functions run under :func:`torch.enable_grad`, also when the caller is in
 ``torch.no_grad()`` or ``torch.inference_mode()`` (inference mode is switched off inside them and
@@ -27,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgery_lib.config import GRADIENT_METHODS, GradientConfig
-from surgery_lib.model.adapters import ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
-from surgery_lib.model.attention import attend, attention_weights
+from surgery_lib.config import GradientConfig, SurgeryConfig
+from surgery_lib.model.adapters import UnsupportedModelError, ViTAdapter, adapter_for
+from surgery_lib.model.engine import dense_forward
 from surgery_lib.model.preprocess import check_image_batch
 
 
@@ -101,29 +102,29 @@ def _as_leaf_if_needed(t: torch.Tensor) -> torch.Tensor:
     return t if t.requires_grad else t.detach().requires_grad_(True)
 
 
-def _vit_forward(adapter: ViTAdapter, images: torch.Tensor, keep_probs_from: int) -> _Forward:
-    x, grid = adapter.embed(_normal(images))
-    x = _as_leaf_if_needed(x)
+def _forward(model: nn.Module, images: torch.Tensor, probs_from: int | None = None) -> _Forward:
+    """Vanilla CLIP's forward on the engine, keeping the graph: the class feature, the attention
+    probabilities of blocks ``probs_from ..`` (ViT; ``None``: none) and Grad-CAM's activation (a ViT's
+    last ``ln_1`` output, a ModifiedResNet's ``layer4`` output)."""
+    adapter = adapter_for(model)
+    last = adapter.num_blocks - 1
+    activation_point = f"blocks.{last}.attn_input" if isinstance(adapter, ViTAdapter) else "trunk"
+    kept: dict[str, torch.Tensor] = {}
     probs: list[torch.Tensor] = []
-    z = x
-    for i in range(adapter.num_blocks):
-        z = adapter.ln_1(i, x)
-        q, k, v = adapter.qkv(i, z)
-        a = attention_weights("qk", q, k, v)
-        if i >= keep_probs_from:
-            probs.append(a)
-        x = x + adapter.attention_residual(i, a @ v)
-        x = x + adapter.ffn_residual(i, x)
-    features = adapter.project(x[:, :1])[:, 0]
-    return _Forward(features, grid, probs, z)
 
+    def hook(name: str, value: torch.Tensor) -> torch.Tensor | None:
+        if name in ("embed", "trunk"):  # the start of the graph when the weights are frozen
+            value = _as_leaf_if_needed(value)
+        if name == activation_point:
+            kept["activation"] = value
+        elif name.endswith(".attn_probs"):
+            probs.append(value)
+        return value
 
-def _resnet_forward(adapter: ResNetAdapter, images: torch.Tensor) -> _Forward:
-    feats = _as_leaf_if_needed(adapter.trunk(_normal(images)))
-    tokens, grid = adapter.pool_tokens(feats)
-    q, k, v = adapter.qkv(0, tokens)
-    features = adapter.output(attend("qk", q[:, :, :1], k, v))[:, 0]
-    return _Forward(features, grid, [], feats)
+    blocks = range(probs_from, last + 1) if probs_from is not None else ()
+    vanilla = SurgeryConfig.off()
+    tokens, grid = dense_forward(model, _normal(images), vanilla, hook=hook, attention_probs=blocks)
+    return _Forward(tokens[:, 0], grid, probs, kept["activation"])
 
 
 def _logits(model: nn.Module, features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -170,10 +171,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, text_features: torch.Tensor)
     adapter = adapter_for(model)
     with _untouched(model):
         images = images.to(_device(model))
-        if isinstance(adapter, ViTAdapter):
-            run = _vit_forward(adapter, images, keep_probs_from=adapter.num_blocks)
-        else:
-            run = _resnet_forward(adapter, images)
+        run = _forward(model, images)
         logits = _logits(model, run.features, text_features)
         h, w = run.grid
         act = run.activation.detach()
@@ -222,7 +220,7 @@ def attention_gradcam(model: nn.Module, images: torch.Tensor, text_features: tor
     _check(images, text_features)
     adapter = _vit_only(model, "attn_gradcam")
     with _untouched(model):
-        run = _vit_forward(adapter, images.to(_device(model)), keep_probs_from=adapter.num_blocks - 1)
+        run = _forward(model, images.to(_device(model)), probs_from=adapter.num_blocks - 1)
         logits = _logits(model, run.features, text_features)
         h, w = run.grid
         probs = run.probs[-1].detach()
@@ -256,7 +254,7 @@ def chefer_relevancy(
         raise ValueError(f"start_layer must be an int in [{-n}, {n}) for {n} blocks, got {start_layer!r}")
     start = start_layer % n
     with _untouched(model):
-        run = _vit_forward(adapter, images.to(_device(model)), keep_probs_from=start)
+        run = _forward(model, images.to(_device(model)), probs_from=start)
         logits = _logits(model, run.features, text_features)
         h, w = run.grid
         probs = [p.detach() for p in run.probs]
@@ -276,20 +274,19 @@ def gradient_maps(
     model: nn.Module,
     images: torch.Tensor,
     text_features: torch.Tensor,
-    method: str | GradientConfig,
+    method: GradientConfig,
 ) -> GradientMaps:
-    """Run the gradient explainer ``method`` (a name of :data:`~surgery_lib.config.GRADIENT_METHODS`
-    or a :class:`~surgery_lib.config.GradientConfig`).
+    """Run the gradient explainer ``method`` (a :class:`~surgery_lib.config.GradientConfig`; the
+    registry's named ones are :data:`surgery_lib.methods.GRADIENT_METHODS`).
 
     Raises:
-        ValueError: an unknown name (the message lists the known ones).
+        TypeError: ``method`` is not a :class:`~surgery_lib.config.GradientConfig`.
     """
-    if isinstance(method, str):
-        if method not in GRADIENT_METHODS:
-            raise ValueError(
-                f"unknown gradient method {method!r}; known gradient methods: {', '.join(GRADIENT_METHODS)}"
-            )
-        method = GRADIENT_METHODS[method]
+    if not isinstance(method, GradientConfig):
+        raise TypeError(
+            f"expected a GradientConfig, got {method!r} "
+            "(the named ones: surgery_lib.methods.GRADIENT_METHODS)"
+        )
     if method.explainer == "gradcam":
         return gradcam(model, images, text_features)
     if method.explainer == "attn_gradcam":

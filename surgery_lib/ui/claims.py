@@ -37,7 +37,8 @@ class Claim:
 
 def _line(text: str, value: Claim | bool) -> str:
     if isinstance(value, Claim):
-        return f"{'✓' if value.holds else '✗'} {text}\n    measured {value.measured}; compared with {value.compared_with}"
+        mark = "✓" if value.holds else "✗"
+        return f"{mark} {text}\n    measured {value.measured}; compared with {value.compared_with}"
     return f"{'✓' if bool(value) else '✗'} {text}"
 
 

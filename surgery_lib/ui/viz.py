@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from surgery_lib.data.shipped import voc_palette
+from surgery_lib.methods import METHOD_COLORS, METHOD_TITLES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -651,23 +652,6 @@ PAGE_WIDTHS: dict[str, float] = {"single": 3.5, "double": 7.2}
 _OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 """The Okabe-Ito palette: distinguishable by colour-blind readers and in greyscale print."""
 
-METHOD_COLORS: dict[str, str] = {
-    "raw": "#7F7F7F",
-    "surgery": "#0072B2",
-    "surgery-no-fs": "#56B4E9",
-    "feature-surgery-only": "#A6CEE3",
-    "maskclip": "#E69F00",
-    "sclip": "#CC79A7",
-    "gem": "#F0E442",
-    "clearclip": "#009E73",
-    "naclip": "#D55E00",
-    "gradcam": "#000000",
-    "attn_gradcam": "#444444",
-    "chefer": "#8C564B",
-    "chefer-all-layers": "#C49C94",
-}
-"""One colour per method, shared by every chart (raw CLIP grey, CLIP Surgery blue)."""
-
 
 def page_width(width: str | float) -> float:
     """A width in inches from a name of :data:`PAGE_WIDTHS` or a positive number."""
@@ -1076,25 +1060,6 @@ def pr_curves(
         ax.legend(frameon=False, fontsize=6)
         fig.tight_layout()
     return fig
-
-
-METHOD_TITLES: dict[str, str] = {
-    "raw": "raw CLIP",
-    "surgery": "CLIP Surgery",
-    "surgery-no-fs": "CLIP Surgery, no FS",
-    "feature-surgery-only": "feature surgery only",
-    "maskclip": "MaskCLIP",
-    "sclip": "SCLIP",
-    "gem": "GEM",
-    "clearclip": "ClearCLIP",
-    "naclip": "NACLIP",
-    "gradcam": "Grad-CAM",
-    "attn_gradcam": "attention Grad-CAM",
-    "chefer": "Chefer relevancy",
-    "chefer-all-layers": "Chefer, all layers",
-}
-"""Display names of the methods of :func:`surgery_lib.config.method_names`, for figure titles
-(:func:`method_title`)."""
 
 
 _MAP_LABEL = "map (min-max per map)"

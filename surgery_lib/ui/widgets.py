@@ -4,7 +4,7 @@ caption explorer and the text -> SAM explorer.
 The explorer's controls are generated from :class:`~surgery_lib.config.SurgeryConfig`'s fields — a
 checkbox per bool, a bounded slider per int (``depth`` up to the model's blocks), a dropdown per
 ``Literal`` — so a new flag gets its control for free; a method dropdown sets them all to a preset of
-:data:`~surgery_lib.config.METHODS` (or switches to a gradient explainer). Results are cached: image
+:data:`~surgery_lib.methods.METHODS` (or switches to a gradient explainer). Results are cached: image
 tokens per (image, :data:`~surgery_lib.config.ARCHITECTURE_FIELDS`), maps per (image, method, labels,
 vocabulary) and rendered figures per view, so toggling feature surgery recomputes no forward pass and
 toggling back to a seen state redraws from the cache. Every cache is a bounded LRU (a long session, such
@@ -42,23 +42,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from surgery_lib.config import (
-    ARCHITECTURE_FIELDS,
-    ATTENTION_KINDS,
-    GRADIENT_METHODS,
-    METHODS,
-    GradientConfig,
-    SurgeryConfig,
-    method_names,
-    resolve_method,
-)
+from surgery_lib.config import ARCHITECTURE_FIELDS, ATTENTION_KINDS, GradientConfig, SurgeryConfig
 from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.eval.metrics import MapScores, map_scores
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, explain
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import ImageLike, to_rgb
 from surgery_lib.maps.text import empty_prompt_features, text_features, validate_labels
+from surgery_lib.methods import GRADIENT_METHODS, INT_BOUNDS, METHODS, method_names, resolve_method
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
+from surgery_lib.model.engine import VIT_ONLY_DEFAULTS
 from surgery_lib.model.introspection import attention_maps
 from surgery_lib.model.loading import LoadedCLIP
 from surgery_lib.model.surgery import max_depth
@@ -88,23 +81,13 @@ __all__ = [
 DISPLAY_SIDE = 224
 """Longest side, in pixels, at which the explorer draws maps and images."""
 
-INT_BOUNDS: Mapping[str, tuple[int, int]] = {"self_attn_iters": (0, 5), "spatial_prior_sigma": (0, 10)}
-"""Slider bounds of the int fields of :class:`SurgeryConfig` other than ``depth`` (whose slider runs
-from 0 to the model's blocks)."""
-
 CUSTOM = "custom"
 """What the method dropdowns show for a config that is no preset of :data:`METHODS`."""
 
 PINNED = "pinned A"
 """B's method when "pin A as B" copied A's current method."""
 
-_VIT_ONLY = (
-    "keep_residual",
-    "attn_temperature",
-    "self_attn_iters",
-    "spatial_prior_sigma",
-    "pos_embed_interp",
-)
+_VIT_ONLY = tuple(VIT_ONLY_DEFAULTS)
 """Config fields a ModifiedResNet ignores or refuses (its only attention is the attention pool)."""
 
 _DEFAULTS = SurgeryConfig()
@@ -628,7 +611,7 @@ class Explorer(_View):
         figure_dir: where "export figure" writes (``$SURGERY_FIGURES_DIR`` or ``figures/`` by default).
         vocabulary: the classes feature surgery runs over (with the labels); editable in a text box.
             Default: the images' class list (:attr:`AnnotatedImage.vocabulary`); with none, the labels.
-        method: the starting method by name (any of :func:`~surgery_lib.config.method_names`), instead
+        method: the starting method by name (any of :func:`~surgery_lib.methods.method_names`), instead
             of ``config``.
         max_exports: with a number, "export figure" refuses (in the status line) once ``figure_dir``
             holds that many exported figures (JSON sidecars), whoever wrote them: a bound on what the
@@ -865,7 +848,7 @@ class Explorer(_View):
         self.redraw()
 
     def set_method(self, name: str) -> None:
-        """Show method ``name`` (any of :func:`~surgery_lib.config.method_names`; one redraw)."""
+        """Show method ``name`` (any of :func:`~surgery_lib.methods.method_names`; one redraw)."""
         if name != CUSTOM:
             resolve_method(name)  # an unknown name raises ValueError listing the known ones
         if self.method.value == name:
@@ -1387,7 +1370,7 @@ class CaptionExplorer(_PickedImageView):
             image's :meth:`~surgery_lib.data.records.AnnotatedImage.describe`.
         redundancy: the starting option of :func:`~surgery_lib.maps.multimodal.word_similarity`.
         config: the image tokens' config (paper by default); the method dropdown offers every dense
-            method of :data:`~surgery_lib.config.METHODS` (``raw`` vs ``surgery``, …).
+            method of :data:`~surgery_lib.methods.METHODS` (``raw`` vs ``surgery``, …).
 
     ``caption_image`` shows the caption figure, ``image`` the strip of per-word maps; errors (an empty
     or too long caption) go to ``status`` and the last figures stay. Image tokens are computed once per
@@ -1512,7 +1495,7 @@ class SamExplorer(_PickedImageView):
         labels: the labels a target may name (the class list; feature surgery uses all of them).
         segmenter: optional SAM; without it only the points are shown.
         config: the starting method's config (paper by default); the method dropdown offers every name
-            of :func:`~surgery_lib.config.method_names` (``raw`` vs ``surgery``, the other dense methods,
+            of :func:`~surgery_lib.methods.method_names` (``raw`` vs ``surgery``, the other dense methods,
             the gradient explainers).
 
     Sliders: ``threshold`` (the reference rule's 0.8), ``quantile`` (0 = use the threshold; else the

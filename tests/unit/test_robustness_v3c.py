@@ -17,6 +17,7 @@ from conftest import make_rn, make_vit, random_images
 from safetensors.torch import save_file
 
 from surgery_lib.config import SurgeryConfig
+from surgery_lib.methods import GRADIENT_METHODS
 from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.loading import load_clip, read_state_dict
 from surgery_lib.model.shipped import weights_path
@@ -199,22 +200,24 @@ def test_gradient_methods_work_inside_inference_mode(method):
     model = make_vit()
     images = random_images(model)
     texts = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
-    want = gradient_maps(model, images, texts, method)
+    want = gradient_maps(model, images, texts, GRADIENT_METHODS[method])
     with torch.inference_mode():
         images_i, texts_i = images.clone(), texts.clone()  # inference tensors
-        got = gradient_maps(model, images_i, texts_i, method)
+        got = gradient_maps(model, images_i, texts_i, GRADIENT_METHODS[method])
     torch.testing.assert_close(got.relevance, want.relevance)
     torch.testing.assert_close(got.logits, want.logits)
     with torch.no_grad():
-        torch.testing.assert_close(gradient_maps(model, images, texts, method).relevance, want.relevance)
+        torch.testing.assert_close(
+            gradient_maps(model, images, texts, GRADIENT_METHODS[method]).relevance, want.relevance
+        )
 
 
 def test_gradcam_on_a_resnet_inside_inference_mode():
     model = make_rn()
     images, texts = random_images(model), torch.randn(2, 32)
-    want = gradient_maps(model, images, texts, "gradcam")
+    want = gradient_maps(model, images, texts, GRADIENT_METHODS["gradcam"])
     with torch.inference_mode():
-        got = gradient_maps(model, images, texts, "gradcam")
+        got = gradient_maps(model, images, texts, GRADIENT_METHODS["gradcam"])
     torch.testing.assert_close(got.relevance, want.relevance)
 
 
@@ -223,7 +226,7 @@ def test_a_model_built_in_inference_mode_gets_a_clear_error():
         model = make_vit()
     images, texts = random_images(model), torch.randn(2, 32)
     with pytest.raises(RuntimeError, match=r"(?s)created under torch\.inference_mode\(\).*outside"):
-        gradient_maps(model, images, texts, "gradcam")
+        gradient_maps(model, images, texts, GRADIENT_METHODS["gradcam"])
 
 
 def test_explain_with_a_gradient_method_inside_inference_mode(tokenizer):

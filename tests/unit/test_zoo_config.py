@@ -279,7 +279,7 @@ def test_gradcam_on_a_resnet_and_attention_methods_refused(rn):
     assert gradcam(rn, images, texts).relevance.shape == (2, 2, 2, 2)
     for name in ("attn_gradcam", "chefer"):
         with pytest.raises(UnsupportedModelError) as error:
-            gradient_maps(rn, images, texts, name)
+            gradient_maps(rn, images, texts, GRADIENT_METHODS[name])
         assert repr(name) in str(error.value) and "ModifiedResNet" in str(error.value)
     assert all(p.grad is None for p in rn.parameters())
     assert_unchanged(rn, before)

@@ -1,0 +1,36 @@
+"""NACLIP (Hajimiri et al., WACV 2025, ``arch='reduced'``): the last block with k-k attention plus a
+Gaussian neighbourhood prior (σ = 5 patches), no residual, no FFN; without PAMR (the paper's main row;
+its README protocol adds PAMR: sliding windows as SCLIP's, logit scale 40, PAMR 10 steps)."""
+
+from surgery_lib.config import SurgeryConfig
+from surgery_lib.methods.base import Method
+
+METHODS = (
+    Method(
+        name="naclip",
+        title="NACLIP",
+        color="#D55E00",
+        config=SurgeryConfig(
+            attention="kk",
+            dual_path=False,
+            depth=1,
+            keep_residual=False,
+            spatial_prior_sigma=5,
+            feature_surgery=False,
+            pos_embed_interp="bicubic-dino",
+        ),
+        reference="Hajimiri et al., WACV 2025 (NACLIP); github.com/sinahmr/NACLIP",
+        position=60,
+        towers=("vit",),
+        protocol={
+            "protocol": "sliding",
+            "window": 224,
+            "stride": 112,
+            "templates": "openai80",
+            "logit_scale": 40.0,
+            "bg_threshold": 0.1,
+            "pamr_steps": 10,
+        },
+        knobs={"spatial_prior_sigma": (0, 10)},
+    ),
+)
