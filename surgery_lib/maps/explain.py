@@ -24,16 +24,13 @@ from surgery_lib.maps.text import (
     validate_labels,
 )
 from surgery_lib.methods import resolve_method
-from surgery_lib.model.adapters import ViTAdapter, adapter_for
+from surgery_lib.model.adapters import tower_info
 from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.surgery import dense_forward
 
 
 def _min_input_hw(model: nn.Module) -> tuple[int, int]:
-    adapter = adapter_for(model)
-    if isinstance(adapter, ViTAdapter):
-        return adapter.patch_size
-    return (32, 32)
+    return tower_info(model).stride
 
 
 @torch.no_grad()

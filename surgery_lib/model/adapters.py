@@ -8,6 +8,8 @@ tensors, and every call reads the current parameters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,50 @@ from torch import nn
 
 class UnsupportedModelError(TypeError):
     """The model is not a CLIP, or its image tower is one the surgery cannot handle."""
+
+
+@dataclass(frozen=True)
+class TowerInfo:
+    """What an image tower is, as capability flags: the only thing code outside ``surgery_lib.model``
+    asks about a tower (never its adapter's type).
+
+    Attributes:
+        kind: ``"vit"`` or ``"rn"`` (the kinds a :class:`~surgery_lib.methods.base.Method` lists).
+        name: the tower's class, ``module.qualname``.
+        num_blocks: attention blocks (a ModifiedResNet: 1, its attention pool).
+        residual_stream: the blocks have a residual stream (dual path, skip-FFN, traces, residual
+            contributions and per-block patching apply).
+        class_token: how the image embedding's token is made: ``"learned"`` (a class token) or
+            ``"mean"`` (the attention pool's mean token). Either way it is token 0 of the engine's output.
+        fused_qkv: q, k and v come from one fused projection.
+        rotary: rotary position embedding on q and k.
+        layer_scale: the blocks scale their residual updates (LayerScale).
+        stride: pixels per token ``(h, w)``; also the smallest input.
+        pos_grid: the native token grid ``(h, w)`` of the positional embedding.
+        dense_readout: how each token becomes an image-text embedding, in words.
+    """
+
+    kind: str
+    name: str
+    num_blocks: int
+    residual_stream: bool
+    class_token: str
+    fused_qkv: bool
+    rotary: bool
+    layer_scale: bool
+    stride: tuple[int, int]
+    pos_grid: tuple[int, int]
+    dense_readout: str
+
+
+def class_token(tokens: torch.Tensor) -> torch.Tensor:
+    """The image-embedding token of the engine's output ``(B, 1 + N, ...)`` -> ``(B, ...)``."""
+    return tokens[:, 0]
+
+
+def patch_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """The patch tokens of the engine's output ``(B, 1 + N, ...)`` -> ``(B, N, ...)`` (row-major grid)."""
+    return tokens[:, 1:]
 
 
 def _type_name(obj: object) -> str:
@@ -149,6 +195,47 @@ class ViTAdapter:
         return len(self.blocks)
 
     @property
+    def info(self) -> TowerInfo:
+        """The tower's capabilities (:class:`TowerInfo`)."""
+        return TowerInfo(
+            kind=self.kind,
+            name=_type_name(self.visual),
+            num_blocks=self.num_blocks,
+            residual_stream=True,
+            class_token="learned",
+            fused_qkv=True,
+            rotary=False,
+            layer_scale=any(not isinstance(b.ls_1, nn.Identity) for b in self.blocks),
+            stride=self.patch_size,
+            pos_grid=self.pos_grid,
+            dense_readout="ln_post, then the projection, on every token",
+        )
+
+    def linearised_readout(self, final: torch.Tensor) -> tuple[object, torch.Tensor]:
+        """``ln_post`` linearised at the stream ``final`` ``(B, 1+N, C)`` (its own mean and standard
+        deviation), then the projection: returns ``(part, bias)`` where ``part(t)`` maps any additive
+        part ``t`` of the stream to its share of the projected tokens and ``bias`` ``(D,)`` is
+        ``ln_post``'s bias projected, so the parts plus ``bias`` add up to :meth:`project` ``(final)``.
+
+        Raises:
+            UnsupportedModelError: ``ln_post`` is not a LayerNorm.
+        """
+        ln = self.visual.ln_post
+        if not isinstance(ln, nn.LayerNorm):
+            raise UnsupportedModelError(f"cannot linearise ln_post of type {type(ln).__name__}")
+        final = final.float()
+        sigma = (final.var(dim=-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+        weight = ln.weight.float() if ln.weight is not None else torch.ones(final.shape[-1])
+        proj = self.visual.proj.float()
+
+        def part(t: torch.Tensor) -> torch.Tensor:
+            t = t.float()
+            return ((t - t.mean(dim=-1, keepdim=True)) / sigma * weight) @ proj
+
+        bias = (ln.bias.float() @ proj) if ln.bias is not None else torch.zeros(proj.shape[1])
+        return part, bias
+
+    @property
     def width(self) -> int:
         return int(self.visual.conv1.out_channels)
 
@@ -249,6 +336,23 @@ class ResNetAdapter:
         side = _square_side(self.pool.positional_embedding.shape[0] - 1, "attnpool.positional_embedding")
         self.pos_grid = (side, side)
 
+    @property
+    def info(self) -> TowerInfo:
+        """The tower's capabilities (:class:`TowerInfo`)."""
+        return TowerInfo(
+            kind=self.kind,
+            name=_type_name(self.visual),
+            num_blocks=1,
+            residual_stream=False,
+            class_token="mean",
+            fused_qkv=False,
+            rotary=False,
+            layer_scale=False,
+            stride=(32, 32),
+            pos_grid=self.pos_grid,
+            dense_readout="the attention pool's value and output projections, with every token as a query",
+        )
+
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
@@ -313,6 +417,12 @@ def adapter_for(model: nn.Module) -> Adapter:
         hint = f" (timm trunk {_type_name(trunk)})" if trunk is not None else ""
         hint += "; timm image towers are not supported: use an open_clip ViT or ModifiedResNet tower"
     raise UnsupportedModelError(f"unsupported image tower {_type_name(visual)}{hint}")
+
+
+def tower_info(model: nn.Module) -> TowerInfo:
+    """The capabilities of ``model``'s image tower (:class:`TowerInfo`), or an error naming what is
+    unsupported."""
+    return adapter_for(model).info
 
 
 def text_token_features(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
-from surgery_lib.model.adapters import ResNetAdapter, ViTAdapter, adapter_for
+from surgery_lib.model.adapters import ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
 from surgery_lib.model.attention import adaptive_temperature, attention_weights
 from surgery_lib.model.preprocess import check_image_batch
 from surgery_lib.model.surgery import SurgeryError, Trace, dense_forward
@@ -148,19 +148,10 @@ def residual_contributions(
             "replace the stream by their attention output"
         )
     trace = trace_forward(model, images, config)
-    ln = adapter.visual.ln_post
-    if not isinstance(ln, nn.LayerNorm):
-        raise SurgeryError(f"cannot linearise ln_post of type {type(ln).__name__}")
-    final = trace.final.float()
-    sigma = (final.var(dim=-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
-    weight = ln.weight.float() if ln.weight is not None else torch.ones(final.shape[-1])
-    proj = adapter.visual.proj.float()
-
-    def part(t: torch.Tensor) -> torch.Tensor:
-        t = t.float()
-        return ((t - t.mean(dim=-1, keepdim=True)) / sigma * weight) @ proj
-
-    bias = (ln.bias.float() @ proj) if ln.bias is not None else torch.zeros(proj.shape[1])
+    try:
+        part, bias = adapter.linearised_readout(trace.final)
+    except UnsupportedModelError as error:
+        raise SurgeryError(str(error)) from None
     return ResidualContributions(
         embedding=part(trace.embedding),
         attention=torch.stack([part(a) for a in trace.attention]),

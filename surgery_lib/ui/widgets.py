@@ -50,7 +50,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import ImageLike, to_rgb
 from surgery_lib.maps.text import empty_prompt_features, text_features, validate_labels
 from surgery_lib.methods import GRADIENT_METHODS, INT_BOUNDS, METHODS, method_names, resolve_method
-from surgery_lib.model.adapters import ViTAdapter, adapter_for
+from surgery_lib.model.adapters import tower_info
 from surgery_lib.model.engine import VIT_ONLY_DEFAULTS
 from surgery_lib.model.introspection import attention_maps
 from surgery_lib.model.loading import LoadedCLIP
@@ -662,7 +662,7 @@ class Explorer(_View):
             raise ValueError("pass the method as config= or as method=, not both")
         start = resolve_method(method if method is not None else config)
         self.depth_max = max_depth(loaded.model)
-        self.is_vit = isinstance(adapter_for(loaded.model), ViTAdapter)
+        self.is_vit = tower_info(loaded.model).residual_stream
         dense = start if isinstance(start, SurgeryConfig) else SurgeryConfig.paper()
         if dense.depth > self.depth_max and self.is_vit:
             raise ValueError(
