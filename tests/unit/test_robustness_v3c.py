@@ -360,13 +360,13 @@ def test_an_empty_image_selection_says_so(loaded, items, tmp_path):
 
 
 def test_exports_are_bounded(loaded, items, tmp_path, monkeypatch):
-    from surgery_lib.ui import widgets
+    from surgery_lib.ui import map_explorer, widgets
     from surgery_lib.ui.widgets import Explorer
 
     def sidecar_only(fig, folder, stem, metadata):  # no PNG / PDF rendering: the bound is what counts
         return [folder / f"{widgets.unique_stem(folder, stem)}.json"]
 
-    monkeypatch.setattr(widgets, "_export", sidecar_only)
+    monkeypatch.setattr(map_explorer, "_export", sidecar_only)
     one = [items[0].name]
     explorer = Explorer(loaded, items, ["dog"], selected=one, figure_dir=tmp_path, max_exports=2)
     explorer.export("a")

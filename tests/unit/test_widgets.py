@@ -26,7 +26,7 @@ from surgery_lib.config import (
 from surgery_lib.eval.metrics import map_scores
 from surgery_lib.maps.explain import explain
 from surgery_lib.model.introspection import attention_maps
-from surgery_lib.ui import widgets
+from surgery_lib.ui import viz, widgets
 from surgery_lib.ui.widgets import (
     CUSTOM,
     AttentionExplorer,
@@ -350,7 +350,7 @@ def test_probabilities_and_scores_are_drawn_beside_the_maps(loaded, items, sourc
     assert "image" in titles and any(t.startswith("class token p") for t in titles)
     assert any("IoU" in ax.get_xlabel() for ax in fig.axes)  # the live metrics under the maps
     assert sum(len(ax.collections) for ax in fig.axes) >= 2  # the ground-truth outlines
-    widgets.viz.close(fig)
+    viz.close(fig)
     explorer.controls["dual_path"].value = False  # the class token leaves vanilla CLIP: p moves
     (single,) = explorer.results()
     assert not torch.allclose(single.probabilities, row.probabilities)
@@ -392,8 +392,9 @@ def test_ab_mode_shows_a_second_method_beside(loaded, items, tmp_path):
 @pytest.mark.slow  # > 1.4 s: make test runs it, make test-fast does not
 def test_every_export_is_a_new_file_with_a_sidecar(loaded, items, tmp_path, monkeypatch):
     from surgery_lib.model.shipped import weights_path
+    from surgery_lib.ui import export
 
-    monkeypatch.setattr(widgets, "_library_version", lambda: "9.9.9")
+    monkeypatch.setattr(export, "_library_version", lambda: "9.9.9")
     explorer = Explorer(loaded, [items[2]], ["pepper", "tank"], vocabulary=["bird"], figure_dir=tmp_path)
     first, second = explorer.export(), explorer.export()
     assert [p.name for p in first] == [
@@ -413,9 +414,9 @@ def test_every_export_is_a_new_file_with_a_sidecar(loaded, items, tmp_path, monk
     explorer.controls["depth"].value = 3
     custom = explorer.export()[0].name
     assert custom.startswith("seen_instances_00002_pepper-tank_custom-") and custom.endswith(".png")
-    assert widgets._library_version() == "9.9.9"
+    assert export._library_version() == "9.9.9"
     monkeypatch.undo()
-    assert widgets._library_version() != ""  # the installed version, or "unknown"
+    assert export._library_version() != ""  # the installed version, or "unknown"
 
 
 # ---- the attention, caption and SAM explorers -----------------------------------------------------------
