@@ -9,6 +9,7 @@ tensors, and every call reads the current parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -398,7 +399,31 @@ class ResNetAdapter:
         return self.pool.c_proj(_merge_heads(o))
 
 
+@runtime_checkable
+class Tower(Protocol):
+    """What every tower adapter offers (the engine's forward for the tower uses the rest of its
+    adapter): its kind and capabilities, its blocks, and per-block attention projections."""
+
+    kind: str
+    pos_grid: tuple[int, int]
+
+    @property
+    def info(self) -> TowerInfo: ...
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    def dtype(self) -> torch.dtype: ...
+
+    def grid(self, image_hw: tuple[int, int]) -> tuple[int, int]: ...
+
+    def heads(self, i: int) -> int: ...
+
+    def qkv(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
 Adapter = ViTAdapter | ResNetAdapter
+"""The towers the engine runs (each a :class:`Tower`)."""
 
 
 def adapter_for(model: nn.Module) -> Adapter:

@@ -8,6 +8,7 @@ from conftest import make_rn, make_vit, random_images
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.model.adapters import (
+    Tower,
     UnsupportedModelError,
     adapter_for,
     class_token,
@@ -32,6 +33,7 @@ def test_a_vit_and_a_resnet_describe_themselves():
         (32, 32),
     )
     assert "ModifiedResNet" in rn.name and "VisionTransformer" in vit.name
+    assert all(isinstance(adapter_for(m), Tower) for m in (make_vit(), make_rn()))
     with pytest.raises(UnsupportedModelError, match="not a CLIP model"):
         tower_info(torch.nn.Linear(2, 2))
 
