@@ -1,9 +1,9 @@
-"""The paper's analyses as plain functions over a model and annotated images (notebooks 01–06).
+"""The paper's analyses as plain functions over a model and annotated images (notebooks 00–09).
 
 Each function returns records (lists of dicts, one per measured item) that a notebook turns into a
 table or a plot; nothing here draws. Masks come from :class:`~surgery_lib.data.records.AnnotatedImage`.
 
-* :func:`map_records` — per (image, class, method): IoU, score contrast, pointing hit (notebook 01, 04);
+* :func:`map_records` — per (image, class, method): IoU, score contrast, pointing hit (notebooks 00, 01, 05);
   :func:`null_records` — the same for a map with no information (random, centre prior): the null row.
 * :func:`attention_locality` — per (block, kind, query region): attention mass kept in the query's own
   region (object or background) (notebook 02).
@@ -16,7 +16,15 @@ table or a plot; nothing here draws. Masks come from :class:`~surgery_lib.data.r
   the empty prompt's features or a control direction from every class (notebook 05).
 * :func:`vocabulary_sweep_records` — feature surgery's effect as the class list grows (notebook 05).
 * :func:`config_summary` — map scores next to zero-shot top-1 per config (ablations, notebook 06).
-* :func:`dual_path_decomposition` — the new path as a sum of v-v outputs, checked numerically (05).
+* :func:`dual_path_decomposition` — the new path as a sum of v-v outputs, checked numerically (06).
+* :func:`token_grid`, :func:`paired_difference`, :func:`pointing_chance`, :func:`compare_interval` — the
+  grid a random-map null is drawn on, method A vs B paired per image (bootstrap interval and sign-flip
+  test), the pointing game's chance level, and words for an interval against a reference (00, 01, 05).
+* :func:`shared_fraction`, :func:`random_text_shared_fraction`, :func:`unrelated_text_controls` — the
+  shared fraction of the products and its chance over random words; texts that name nothing, the
+  decisive control for subtracting the empty prompt (05).
+* :func:`token_norms_and_empty_map` — token norms per position beside the empty prompt's map (the CAM
+  bridge and the register-token question, 05).
 * :func:`multilabel_variants` — multi-label mAP for each scoring rule × normalisation (notebook 09).
 
 Measures that are this project's own, not the paper's: the pointing game, the share of "opposite"
@@ -752,3 +760,242 @@ def multilabel_variants(loaded: LoadedCLIP, dataset: Dataset, limit: int | None 
             }
         )
     return out
+
+
+# --- nulls and paired comparisons for the notebooks' claims (issue 23) --------------------------------
+
+
+@torch.no_grad()
+def token_grid(loaded: LoadedCLIP, image_size: int | None = None) -> tuple[int, int]:
+    """The ``(h, w)`` token grid of ``loaded``'s image tower at ``image_size`` (native by default):
+    the grid a random-map null is drawn on (:func:`null_records` ``grid``)."""
+    side = image_size or loaded.image_size
+    _, grid = dense_forward(loaded.model, torch.zeros(1, 3, side, side), SurgeryConfig.off())
+    return tuple(int(g) for g in grid)
+
+
+def per_unit_means(
+    records: Sequence[dict], method: str, metric: str = "score_contrast", unit: str = "image"
+) -> dict[str, float]:
+    """``{unit: mean of metric}`` over the records of ``method`` (e.g. one method's mean SC per image)."""
+    sums: dict[str, list[float]] = {}
+    for r in records:
+        if r["method"] == method:
+            sums.setdefault(r[unit], []).append(float(r[metric]))
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def paired_difference(
+    records: Sequence[dict],
+    a: str,
+    b: str,
+    metric: str = "score_contrast",
+    unit: str = "image",
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Method ``a`` against method ``b`` on the same units (images): per unit the mean of ``metric``
+    over its records (pairs) for each method, then the mean difference ``a − b`` with a percentile
+    bootstrap interval over units and a paired sign-flip test (this project's test; the paper reports
+    means only). Units scored by one method only are left out.
+
+    Returns:
+        ``{"a", "b"`` (means over units), ``"difference", "low", "high", "p", "units"}``.
+    Raises:
+        ValueError: no unit scored by both methods.
+    """
+    from surgery_lib.eval.metrics import bootstrap_ci
+    from surgery_lib.eval.nulls import sign_flip_test
+
+    mean_a, mean_b = per_unit_means(records, a, metric, unit), per_unit_means(records, b, metric, unit)
+    units = [u for u in mean_a if u in mean_b]
+    if not units:
+        raise ValueError(f"no {unit} was scored by both {a!r} and {b!r}")
+    x, y = np.array([mean_a[u] for u in units]), np.array([mean_b[u] for u in units])
+    difference, low, high = bootstrap_ci(x - y, level, resamples, seed)
+    _, p = sign_flip_test(x, y, resamples=resamples, seed=seed)
+    return {
+        "a": float(x.mean()),
+        "b": float(y.mean()),
+        "difference": difference,
+        "low": low,
+        "high": high,
+        "p": p,
+        "units": float(len(units)),
+    }
+
+
+def pointing_chance(
+    items: Sequence[AnnotatedImage], classes: Sequence[str], grid: tuple[int, int] | None = None
+) -> float:
+    """The pointing game's chance level (%) on the pairs :func:`map_records` scores, averaged per class
+    then over classes as the pointing game is: per pair the object's share of the image
+    (:func:`~surgery_lib.eval.nulls.area_chance`), or with ``grid`` the share of token-cell centres in
+    the mask (:func:`~surgery_lib.eval.nulls.cell_centre_chance`, a token-grid map's chance).
+
+    Raises:
+        ValueError: no scorable (class, mask) pair.
+    """
+    from surgery_lib.eval.nulls import area_chance, cell_centre_chance
+
+    per_class: dict[str, list[float]] = {}
+    for item in items:
+        for label, mask in item.masks.items():
+            if label in classes and _scorable(mask):
+                chance = area_chance(mask) if grid is None else cell_centre_chance(mask, grid)
+                per_class.setdefault(label, []).append(chance)
+    if not per_class:
+        raise ValueError("pointing_chance got no scorable (class, mask) pair")
+    return 100.0 * float(np.mean([np.mean(v) for v in per_class.values()]))
+
+
+def shared_fraction(tokens: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """The share of the feature products all texts have in common, per token:
+    ``‖mean_j p_j‖² / mean_j ‖p_j‖²`` with ``p_j = f ⊙ t_j`` (as in :func:`redundancy_records`).
+
+    Args:
+        tokens: ``(N, D)`` image tokens; texts: ``(T, D)`` text features.
+    Returns:
+        ``(N,)`` in ``[0, 1]``: 1 when every text has the same product, ``1/T`` when the products are
+        mutually orthogonal with equal norms (e.g. texts along different axes), larger when the texts
+        lie in a narrow cone.
+    Raises:
+        ValueError: bad shapes.
+    """
+    if tokens.ndim != 2 or texts.ndim != 2 or tokens.shape[1] != texts.shape[1] or len(texts) == 0:
+        raise ValueError(
+            f"tokens (N, D) and texts (T, D) must share D, got {tuple(tokens.shape)}, {tuple(texts.shape)}"
+        )
+    products = tokens.float()[:, None, :] * texts.float()[None]  # (N, T, D)
+    return products.mean(dim=1).pow(2).sum(-1) / products.pow(2).sum(-1).mean(-1).clamp_min(1e-30)
+
+
+UNRELATED_WORDS: tuple[str, ...] = (
+    "chair", "window", "bottle", "cloud", "road", "table", "shoe", "door", "book", "lamp",
+    "river", "bridge", "clock", "pencil", "cup", "mountain", "shirt", "bed", "phone", "spoon",
+    "wall", "rope", "kite", "ladder", "bench", "paper", "hat", "boat", "key", "fence",
+)  # fmt: skip
+"""Everyday nouns that name none of the shipped sources' classes: the texts of the random-word null
+(:func:`random_text_shared_fraction`) and the unrelated-text control (:func:`unrelated_text_controls`)."""
+
+
+@torch.no_grad()
+def random_text_shared_fraction(
+    loaded: LoadedCLIP,
+    items: Sequence[AnnotatedImage],
+    classes: Sequence[str],
+    words: Sequence[str] = UNRELATED_WORDS,
+    draws: int = 10,
+    config: SurgeryConfig | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """The shared fraction of the class texts' products next to its null: the same fraction over
+    ``T = len(classes)`` texts drawn from ``words`` (words that name no class; drawn with
+    replacement when there are fewer than T), ``draws`` seeded draws. "1/T" would be the chance only if
+    the products were orthogonal; CLIP's text features lie in a narrow cone, so any T texts share a
+    large part — this null measures how large, on this model. Patch tokens only (the class token left
+    out), from ``config``'s tower (architecture surgery without feature surgery by default).
+
+    Returns:
+        per image: one record ``{"image", "texts": "classes", "draw": -1, "shared_fraction"}`` (mean over
+        the patch tokens) and one per draw with ``"texts": "random words"``.
+    """
+    config = config or SurgeryConfig.paper().replace(feature_surgery=False)
+    words = [w for w in dict.fromkeys(words) if w not in set(classes)]
+    if not words:
+        raise ValueError("random_text_shared_fraction needs words that are not class names")
+    if not (isinstance(draws, int) and draws >= 1):
+        raise ValueError(f"draws must be a positive int, got {draws!r}")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    t = len(classes)
+    rng = np.random.default_rng(seed)
+    drawn = [[words[i] for i in rng.choice(len(words), size=t, replace=t > len(words))] for _ in range(draws)]
+    class_texts = text_features(model, tokenizer, classes).float()
+    word_texts = {w: text_features(model, tokenizer, [w]).float()[0] for w in words}
+    records = []
+    for item in items:
+        tokens, _ = encode_image_tokens(model, _batch(loaded, item), config)
+        patches = tokens[0, 1:]
+        records.append(
+            {
+                "image": item.name,
+                "texts": "classes",
+                "draw": -1,
+                "shared_fraction": float(shared_fraction(patches, class_texts).mean()),
+            }
+        )
+        for d, names in enumerate(drawn):
+            texts = torch.stack([word_texts[w] for w in names])
+            records.append(
+                {
+                    "image": item.name,
+                    "texts": "random words",
+                    "draw": d,
+                    "shared_fraction": float(shared_fraction(patches, texts).mean()),
+                }
+            )
+    return records
+
+
+@torch.no_grad()
+def unrelated_text_controls(
+    loaded: LoadedCLIP, classes: Sequence[str], words: Sequence[str] = UNRELATED_WORDS, count: int = 5
+) -> dict[str, torch.Tensor]:
+    """The decisive control for subtracting the empty prompt: texts that name nothing in the images,
+    each ``(1, D)`` (its prompt ensemble), keyed ``"unrelated text: <word>"``, for
+    :func:`redundancy_subtraction_records`. Like the empty prompt they are CLIP text features (in
+    the same narrow cone), unlike it they name something: if subtracting any text helps as much, the
+    gain is the cone's common component, not the empty prompt's. The first ``count`` words of ``words``
+    that are not class names."""
+    chosen = [w for w in dict.fromkeys(words) if w not in set(classes)][:count]
+    if not chosen:
+        raise ValueError("unrelated_text_controls needs words that are not class names")
+    texts = text_features(loaded.model, loaded.tokenizer, chosen).float()
+    return {f"unrelated text: {w}": texts[i : i + 1] for i, w in enumerate(chosen)}
+
+
+@torch.no_grad()
+def token_norms_and_empty_map(
+    loaded: LoadedCLIP, items: Sequence[AnnotatedImage], config: SurgeryConfig | None = None
+) -> dict[str, torch.Tensor | tuple[int, int]]:
+    """Per image and token position: the norm of the image tower's output token (before the
+    normalisation the similarity applies) and the empty prompt's similarity with that token (its map at
+    token resolution), under ``config``'s tower (raw CLIP by default). High-norm "artifact" tokens
+    (Darcet et al., *Vision Transformers Need Registers*, ICLR 2024) would show as large norms; if the
+    empty prompt's map — the fixed-position noise the paper shows — sits on them, the two correlate
+    across positions (test: :func:`~surgery_lib.eval.nulls.position_permutation_test`).
+
+    Returns:
+        ``{"norms": (n, N), "empty": (n, N), "grid": (h, w)}`` for n images and N = h·w patch tokens
+        (class token left out), float32.
+    Raises:
+        ValueError: no items, or images giving different grids.
+    """
+    if not items:
+        raise ValueError("token_norms_and_empty_map needs at least one image")
+    config = config or SurgeryConfig.off()
+    model = loaded.model
+    empty = empty_prompt_features(model, loaded.tokenizer).float().reshape(-1)
+    norms, sims, grids = [], [], set()
+    for item in items:
+        tokens, grid = dense_forward(model, _batch(loaded, item), config)
+        patches = tokens[0, 1:].float()
+        norms.append(patches.norm(dim=-1))
+        sims.append(F.normalize(patches, dim=-1) @ empty.to(patches))
+        grids.add(tuple(int(g) for g in grid))
+    if len(grids) != 1:
+        raise ValueError(f"the images gave different token grids {sorted(grids)}")
+    return {"norms": torch.stack(norms), "empty": torch.stack(sims), "grid": grids.pop()}
+
+
+def compare_interval(low: float, high: float, reference: float) -> str:
+    """Words for an interval ``[low, high]`` against a reference value (a null, chance, a baseline):
+    ``"above"``, ``"below"`` or ``"not distinguishable from"``, for prose printed from the numbers."""
+    if not low <= high:
+        raise ValueError(f"low must not exceed high, got [{low}, {high}]")
+    if low > reference:
+        return "above"
+    if high < reference:
+        return "below"
+    return "not distinguishable from"

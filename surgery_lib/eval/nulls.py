@@ -17,7 +17,11 @@ finding. These are this project's baselines (the paper reports none):
   scores on the same (class, mask) pairs a method was scored on, so its ``summary()`` is the null row of
   a table (mIoU, mSC, pointing game, opposite rate);
 * :func:`sign_flip_test` — a paired permutation test (random sign flips of per-image differences) for
-  "method A scores higher than method B on the same images".
+  "method A scores higher than method B on the same images";
+* :func:`cell_centre_chance` — the pointing game's chance for a map drawn on a token grid: the share of
+  cell centres in the mask;
+* :func:`position_permutation_test` — a permutation test (positions shuffled within each image) of the
+  correlation between two per-position quantities, e.g. token norms and the empty prompt's map.
 """
 
 from __future__ import annotations
@@ -153,3 +157,56 @@ def _shape(shape: tuple[int, int]) -> tuple[int, int]:
     if height < 1 or width < 1 or (height, width) != tuple(shape):
         raise ValueError(f"shape must be two positive integers (H, W), got {shape!r}")
     return height, width
+
+
+def cell_centre_chance(mask: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> float:
+    """The pointing game's chance for a map drawn on a token ``grid`` (``(h, w)``) and upsampled: the
+    share of the grid's cell centres that lie in ``mask`` (``(H, W)`` bool). A token-grid map peaks at
+    (about) one cell's centre, each cell equally likely under noise, so this, not the object's pixel
+    share (:func:`area_chance`), is its chance level; the two agree for a mask made of whole cells.
+    """
+    mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).bool()
+    if mask.ndim != 2 or mask.numel() == 0:
+        raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
+    h, w = _shape(grid)
+    height, width = mask.shape
+    rows = ((torch.arange(h, dtype=torch.float64) + 0.5) * height / h).long().clamp(max=height - 1)
+    cols = ((torch.arange(w, dtype=torch.float64) + 0.5) * width / w).long().clamp(max=width - 1)
+    return float(mask[rows][:, cols].float().mean())
+
+
+def position_permutation_test(
+    x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Do two per-position quantities go together? ``x`` and ``y`` are ``(n, N)``: n images (rows), N
+    token positions. The statistic is the mean over rows of the Pearson correlation across positions;
+    under the null the positions of ``x`` are shuffled independently in each row (``resamples``
+    random permutations). Returns ``(mean r, two-sided p)``; p counts the observed statistic, so it is
+    never 0. One row (e.g. position-wise means over images) is a plain permutation test of one r.
+
+    Raises:
+        ValueError: shapes differ, fewer than 3 positions, NaN/inf, or a constant row (r undefined).
+    """
+    a = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 3:
+        raise ValueError(f"x and y must be the same (n, N) with N >= 3, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("position_permutation_test got NaN or infinite values")
+    if not (isinstance(resamples, int) and resamples >= 1):
+        raise ValueError(f"resamples must be a positive int, got {resamples!r}")
+    za, zb = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    na, nb = np.linalg.norm(za, axis=1), np.linalg.norm(zb, axis=1)
+    if (na == 0).any() or (nb == 0).any():
+        raise ValueError("a row of x or y is constant: its correlation is undefined")
+    za, zb = za / na[:, None], zb / nb[:, None]
+    observed = float((za * zb).sum(1).mean())
+    rng = np.random.default_rng(seed)
+    rows = np.arange(a.shape[0])[:, None]
+    null = np.empty(resamples)
+    for i in range(resamples):
+        order = np.argsort(rng.random(a.shape), axis=1)
+        null[i] = (za[rows, order] * zb).sum(1).mean()
+    tolerance = 1e-12
+    extreme = int((np.abs(null) >= abs(observed) - tolerance).sum())
+    return observed, (extreme + 1) / (resamples + 1)

@@ -288,3 +288,57 @@ def test_null_records_give_a_null_row_beside_the_methods(loaded, data):
     assert rows["null:centre"]["pairs"] == pairs
     again = analysis.null_records(items, classes, "random", samples=40, grid=(14, 14))
     assert again == nulls  # deterministic for a seed
+
+
+def _records(method: str, values: dict[str, list[float]]) -> list[dict]:
+    return [
+        {"image": image, "class": "c", "method": method, "score_contrast": v}
+        for image, vs in values.items()
+        for v in vs
+    ]
+
+
+def test_paired_difference_pairs_images_and_tests_the_mean_difference():
+    a = _records("a", {"i1": [2.0, 4.0], "i2": [5.0], "i3": [7.0], "only-a": [100.0]})
+    b = _records("b", {"i1": [1.0], "i2": [3.0], "i3": [4.0]})
+    out = analysis.paired_difference(a + b, "a", "b")
+    assert out["units"] == 3 and out["a"] == pytest.approx(5.0) and out["b"] == pytest.approx(8 / 3)
+    assert out["difference"] == pytest.approx(7 / 3)  # per image 2, 2, 3: "only-a" is left out
+    assert out["low"] == pytest.approx(2.0) and out["high"] == pytest.approx(3.0)
+    assert out["p"] == pytest.approx(0.25)  # 2 of the 8 sign patterns are as extreme
+    same = analysis.paired_difference(b + _records("c", {"i1": [1.0], "i2": [3.0], "i3": [4.0]}), "b", "c")
+    assert same["difference"] == 0.0 and same["p"] == 1.0
+    with pytest.raises(ValueError, match="both"):
+        analysis.paired_difference(a, "a", "b")
+
+
+def test_pointing_chance_is_the_object_share_or_the_cell_centre_share():
+    mask = np.zeros((40, 40), bool)
+    mask[:20, :20] = True  # a quarter of the image, exactly one cell of a 2 × 2 grid
+    thin = np.zeros((40, 40), bool)
+    thin[:, 12:16] = True  # 10 % of the pixels, no centre of a 4 × 4 grid (centres at 5, 15, ...)
+    thin[:, 15] = False
+    items = [
+        AnnotatedImage("x", Image.new("RGB", (40, 40)), {"cat": mask}),
+        AnnotatedImage("y", Image.new("RGB", (40, 40)), {"dog": thin, "cow": mask}),
+    ]
+    assert analysis.pointing_chance(items, ["cat", "dog"]) == pytest.approx(100 * (0.25 + 0.075) / 2)
+    assert analysis.pointing_chance(items, ["cat", "dog"], (2, 2)) == pytest.approx(100 * (0.25 + 0.0) / 2)
+    with pytest.raises(ValueError, match="no scorable"):
+        analysis.pointing_chance(items, ["horse"])
+
+
+def test_token_grid_is_the_towers_grid(loaded):
+    side = loaded.image_size
+    _, grid = encode_image_tokens(loaded.model, torch.zeros(1, 3, side, side), SurgeryConfig.off())
+    assert analysis.token_grid(loaded) == tuple(grid) and analysis.token_grid(loaded, 2 * side) == tuple(
+        2 * g for g in grid
+    )
+
+
+def test_compare_interval_words_follow_the_numbers():
+    assert analysis.compare_interval(51.0, 60.0, 50.0) == "above"
+    assert analysis.compare_interval(10.0, 20.0, 50.0) == "below"
+    assert analysis.compare_interval(45.0, 55.0, 50.0) == "not distinguishable from"
+    with pytest.raises(ValueError, match="exceed"):
+        analysis.compare_interval(3.0, 2.0, 0.0)

@@ -99,3 +99,46 @@ def test_sign_flip_test_exact_and_sampled():
         sign_flip_test([1, 2], [1])
     with pytest.raises(ValueError, match="NaN"):
         sign_flip_test([1, float("nan")], [1, 2])
+
+
+def test_cell_centre_chance_counts_the_token_cells_whose_centre_is_in_the_mask():
+    from surgery_lib.eval.nulls import cell_centre_chance
+
+    left = torch.zeros(64, 64, dtype=torch.bool)
+    left[:, :32] = True  # whole cells: the same as the object's pixel share
+    assert cell_centre_chance(left, (4, 4)) == pytest.approx(0.5) == pytest.approx(area_chance(left))
+    strip = torch.zeros(64, 64, dtype=torch.bool)
+    strip[:, 14:18] = True  # 6 % of the pixels, between the centres (8, 24) of a 4-wide grid: no centre
+    assert area_chance(strip) > 0.05 and cell_centre_chance(strip, (4, 4)) == 0.0
+    strip[:, 24] = True  # now one column of centres
+    assert cell_centre_chance(strip, (4, 4)) == pytest.approx(0.25)
+    # the random-map null on that grid points into the mask at the cell-centre rate, not the area rate
+    square = _square(64, 16, 0, 0)  # exactly the top-left cell of a 4 × 4 grid
+    summary = null_meter([("a", square)], "random", samples=400, grid=(4, 4), seed=1).summary()
+    assert abs(summary["pointing_game"] - 100 * cell_centre_chance(square, (4, 4))) < 8
+    with pytest.raises(ValueError, match="mask"):
+        cell_centre_chance(torch.ones(2, 3, 4, dtype=torch.bool), (2, 2))
+    with pytest.raises(ValueError, match="shape"):
+        cell_centre_chance(square, (0, 4))
+
+
+def test_position_permutation_test_finds_a_shared_pattern_and_not_noise():
+    from surgery_lib.eval.nulls import position_permutation_test
+
+    rng = np.random.default_rng(0)
+    pattern = rng.normal(size=49)
+    x = pattern + 0.5 * rng.normal(size=(6, 49))  # 6 images, one fixed-position pattern plus noise
+    y = pattern + 0.5 * rng.normal(size=(6, 49))
+    r, p = position_permutation_test(x, y, resamples=500)
+    assert r > 0.6 and p < 0.01
+    r, p = position_permutation_test(rng.normal(size=(6, 49)), rng.normal(size=(6, 49)), resamples=500)
+    assert abs(r) < 0.2 and p > 0.05  # independent: at chance
+    r, p = position_permutation_test(pattern, -pattern, resamples=200)
+    assert r == pytest.approx(-1.0) and p < 0.01  # two-sided; one row is a plain permutation test
+    assert position_permutation_test(x, y, resamples=100, seed=3) == position_permutation_test(
+        x, y, resamples=100, seed=3
+    )
+    with pytest.raises(ValueError, match="same"):
+        position_permutation_test(x, y[:, :10])
+    with pytest.raises(ValueError, match="constant"):
+        position_permutation_test(np.ones((2, 5)), np.arange(10.0).reshape(2, 5))
