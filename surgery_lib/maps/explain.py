@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from surgery_lib.config import GradientConfig, SurgeryConfig
-from surgery_lib.maps.features import cosine_similarity, feature_surgery, similarity_map, similarity_to_points
+from surgery_lib.maps.features import (
+    cosine_similarity,
+    feature_surgery,
+    similarity_map,
+    similarity_to_points,
+    zero_shot_probabilities,
+)
 from surgery_lib.maps.images import check_image_batch
 from surgery_lib.maps.text import (
     Tokenizer,
@@ -24,7 +30,7 @@ from surgery_lib.maps.text import (
     validate_labels,
 )
 from surgery_lib.methods import resolve_method
-from surgery_lib.model.adapters import tower_info
+from surgery_lib.model.adapters import class_token, patch_tokens, tower_info
 from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.surgery import dense_forward
 
@@ -224,18 +230,15 @@ def explain(
         cls_sim = result.image_features @ texts.to(result.image_features).t()  # (B, T)
         relevance = result.relevance.flatten(2).transpose(1, 2)  # (B, N, T)
         sim = torch.cat([cls_sim[:, None], relevance], dim=1)
-        scores = torch.softmax(
-            100.0 * result.image_features @ every_text.to(result.image_features).t(), dim=-1
-        )
-        scores = scores[:, : len(labels)]
+        scores = zero_shot_probabilities(result.image_features, every_text)[:, : len(labels)]
         maps = similarity_map(relevance, out, result.grid)
         return Explanation(list(labels), sim, maps, result.grid, scores, resolved)
     tokens, grid = encode_image_tokens(model, images, resolved)
     sim = configured_similarity(model, tokenizer, tokens, every_text, resolved)[..., : len(labels)]
-    scores = torch.softmax(100.0 * tokens[:, 0] @ every_text.t(), dim=-1)[:, : len(labels)]
+    scores = zero_shot_probabilities(class_token(tokens), every_text)[:, : len(labels)]
     cosine = cosine_similarity(tokens, texts)
     empty = cosine_similarity(tokens, empty_prompt_features(model, tokenizer))[..., 0]
-    maps = similarity_map(sim[:, 1:], out, grid)
+    maps = similarity_map(patch_tokens(sim), out, grid)
     return Explanation(list(labels), sim, maps, grid, scores, resolved, cosine, empty)
 
 

@@ -33,6 +33,34 @@ def cosine_similarity(image_tokens: torch.Tensor, text_features: torch.Tensor) -
     return image_tokens @ text_features.to(image_tokens.dtype).t()
 
 
+ZERO_SHOT_SCALE = 100.0
+"""The logit scale of CLIP's zero-shot probabilities everywhere in the toolkit: OpenAI CLIP's learned
+``logit_scale.exp()`` (100, the clamp open_clip trains to). The gradient explainers' targets use the
+model's own ``logit_scale.exp()`` instead (they explain CLIP's ``logits_per_image``)."""
+
+
+def zero_shot_probabilities(class_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """CLIP's zero-shot probabilities ``softmax(100 · f_cls · textᵀ)`` over the texts.
+
+    Args:
+        class_features: ``(B, D)`` unit-norm image embeddings (the class token of the engine's output).
+        text_features: ``(T, D)`` unit-norm text features.
+    Returns:
+        ``(B, T)``, rows summing to 1.
+    """
+    if (
+        class_features.ndim != 2
+        or text_features.ndim != 2
+        or class_features.shape[1] != text_features.shape[1]
+    ):
+        raise ValueError(
+            f"expected (B, D) image and (T, D) text features, got {tuple(class_features.shape)} and "
+            f"{tuple(text_features.shape)}"
+        )
+    logits = ZERO_SHOT_SCALE * class_features @ text_features.to(class_features).t()
+    return torch.softmax(logits, dim=-1)
+
+
 def class_weights(
     image_tokens: torch.Tensor, text_features: torch.Tensor, temperature: float = 2.0
 ) -> torch.Tensor:

@@ -21,10 +21,10 @@ from surgery_lib.config import ARCHITECTURE_FIELDS, GradientConfig, SurgeryConfi
 from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.eval.metrics import MapScores, map_scores
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, explain
-from surgery_lib.maps.features import similarity_map
+from surgery_lib.maps.features import similarity_map, zero_shot_probabilities
 from surgery_lib.maps.text import text_features, validate_labels
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names, resolve_method
-from surgery_lib.model.adapters import tower_info
+from surgery_lib.model.adapters import class_token, patch_tokens, tower_info
 from surgery_lib.model.loading import LoadedCLIP
 from surgery_lib.model.surgery import max_depth
 from surgery_lib.ui import viz
@@ -122,8 +122,8 @@ class MapCache:
             tokens, grid = self._image_tokens(key, image, method)
             texts = text_features(model, tokenizer, names)
             sim = configured_similarity(model, tokenizer, tokens, texts, method)[..., : len(labels)]
-            probabilities = torch.softmax(100.0 * tokens[:, 0] @ texts.t(), dim=-1)[0, : len(labels)]
-            computed = _Computed(similarity_map(sim[:, 1:], size, grid)[0], probabilities)
+            probabilities = zero_shot_probabilities(class_token(tokens), texts)[0, : len(labels)]
+            computed = _Computed(similarity_map(patch_tokens(sim), size, grid)[0], probabilities)
         self.misses += 1
         self._maps[entry] = computed
         return computed

@@ -54,3 +54,15 @@ def test_the_linearised_readout_adds_up_to_the_projected_tokens():
     part, bias = adapter.linearised_readout(trace.final)
     pieces = part(trace.embedding) + sum(part(a) for a in trace.attention) + sum(part(f) for f in trace.ffn)
     torch.testing.assert_close(pieces + bias, adapter.project(trace.final).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_zero_shot_probabilities_are_clips_softmax_at_scale_100():
+    from surgery_lib.maps.features import ZERO_SHOT_SCALE, zero_shot_probabilities
+
+    images = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    probs = zero_shot_probabilities(images, texts)
+    torch.testing.assert_close(probs, torch.softmax(100.0 * images @ texts.t(), dim=-1))
+    assert ZERO_SHOT_SCALE == 100.0
+    with pytest.raises(ValueError, match=r"expected \(B, D\) image and \(T, D\) text features"):
+        zero_shot_probabilities(images, texts[:, :4])
