@@ -18,16 +18,30 @@
 #
 # **Reproduces.** The paper's multi-label table (NUS-Wide, RN50: CLIP 35.58 → CLIP Surgery 39.99 mAP,
 # as the official repository's README shows it, labelled Table 8 there).
-# Raw CLIP scores a class by the softmax over classes of 100 × the class token's cosine similarity;
-# CLIP Surgery by the class token's feature-surgery similarity (the redundant part shared by all
-# classes removed), not normalised. The two rules differ in the score *and* in the normalisation: the
-# section "score vs normalisation" separates the two. mAP over classes with at least one positive
+# The scoring rule is **this project's reading of the paper** (the paper names neither the score nor its
+# normalisation): raw CLIP scores a class by the softmax over classes of 100 × the class token's cosine
+# similarity; CLIP Surgery by the class token's feature-surgery similarity (the redundant part shared by
+# all classes removed), not normalised. The two rules differ in the score *and* in the normalisation:
+# the section "score vs normalisation" separates the two. mAP over classes with at least one positive
 # image. Offline it runs on the
 # composites (1–3 objects each) and the real photos; with data and weights:
 # `SURGERY_BACKBONES=RN50 SURGERY_PRETRAINED=openai SURGERY_DATASETS=nus_wide=/data/nus_wide`.
 #
+# **What feature surgery can change here.** On the class token, with weights from the class token itself,
+# feature surgery turns each cosine `s_j` into `w_j s_j − mean(w s)` with `w_j ∝ exp(2 s_j)`: an
+# increasing function of `s_j` (for `s_j > −½`, where CLIP's cosines lie). So within one image it
+# **cannot reorder the classes**; what it changes is how one class's scores compare *across images*
+# (each image gets its own shift and scale) — and that is what mAP, a ranking of each class over
+# images, measures (`tests/unit/test_downstream_evidence.py` shows both on synthetic features).
+#
+# **What the toy models can and cannot show.** They know 31 classes, trained at 112–128 px; the
+# composites hold 1–3 objects. They can show, with intervals, whether the across-image recalibration
+# of feature surgery helps or hurts mAP on a model of this kind, and that it leaves each image's order
+# of classes alone on a ViT; they cannot reproduce the NUS-Wide numbers (81 tags, real photos, RN50).
+#
 # **Model.** Both shipped models, `toy-vit-v2` and `toy-rn` (the class token is pooled differently in
-# each, which matters for multi-label scores).
+# each, which matters for multi-label scores: on a ModifiedResNet the surgery's v-v pooling changes
+# the class token itself, so both the order within an image and the calibration can change).
 
 # %% tags=["parameters"]
 import os
@@ -41,17 +55,18 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "300"))
 EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")
 
 # %%
+import numpy as np
 import pandas as pd
 import torch
 
 from surgery_lib.data.datasets import load_dataset
 from surgery_lib.eval.analysis import multilabel_variants
-from surgery_lib.eval.metrics import mean_average_precision, precision_recall_curve
+from surgery_lib.eval.metrics import bootstrap_statistic, mean_average_precision, precision_recall_curve
 from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
 from surgery_lib.eval.tables import metric_bars, with_intervals
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.shipped import pretrained_for
-from surgery_lib.ui.claims import check_claims
+from surgery_lib.ui.claims import Claim, check_claims, exercise
 from surgery_lib.ui.viz import bar_chart, pr_curves, save_figure
 
 datasets = dataset_specs(DATASETS)
@@ -134,42 +149,123 @@ shown_variants
 # the two token rows for what the tower's class token changes.
 
 # %% [markdown]
-# ## What you should see
-# - With real weights, CLIP Surgery's mAP is a few points above raw CLIP's (the paper: +4.4 on NUS-Wide
-#   with RN50): removing the redundant features helps rank the secondary classes of an image.
-# - On the toy ViT the two stay within a few points (its class token is vanilla CLIP's under the dual
-#   path; feature surgery only re-ranks 31 classes). On the toy ResNet CLIP Surgery is far below raw
-#   CLIP: on a ModifiedResNet the surgery changes the class token too (v-v attention pooling for every
-#   token, as the reference code does; there is no dual path), and this small ResNet's class token
-#   loses much of its recognition under v-v. The paper reports a gain for RN50 with OpenAI weights.
-# - The real photos are scored over each photo's own short class list, so their mAP is high and says
-#   little.
-# - Score vs normalisation: the softmax alone moves the mAP by several points (up or down), so the raw
-#   vs surgery comparison above mixes two effects. Compare rows at equal normalisation to see what
-#   feature surgery does to the ranking; on a ModifiedResNet compare the token rows to see what the v-v
-#   pooling of the class token costs.
+# ## Within one image: does feature surgery reorder the classes?
+# For every image of every set, whether the runner's two rules rank the image's candidate classes in the
+# same order (ties broken the same way). On a ViT's dual path the class token is the same for both
+# rules and the order is the same by construction (a check, below); on a ModifiedResNet the surgery's
+# v-v pooling changes the class token, so the order can change there.
 
 # %%
-wide = table.pivot_table(index=["backbone", "dataset"], columns="method", values="mAP")
-claims = {
-    f"{b} on {d}: CLIP Surgery's mAP ≥ raw CLIP's ({r.surgery:.1f} vs {r.raw:.1f})": r.surgery >= r.raw
-    for (b, d), r in wide.iterrows()
-}
+same_order = []
+for r in table[table.method == "surgery"].itertuples():
+    pair = table[(table.backbone == r.backbone) & (table.dataset == r.dataset)].set_index("method").out
+    for a, b in zip(image_records(pair["raw"])[:LIMIT], image_records(r.out)[:LIMIT], strict=True):
+        x = np.array([np.nan if v is None else v for v in a["scores"]])
+        y = np.array([np.nan if v is None else v for v in b["scores"]])
+        keep = ~np.isnan(x)
+        # every pair of classes that raw CLIP orders strictly keeps its order (softmax ties are skipped)
+        above = x[keep][:, None] > x[keep][None, :]
+        same = bool((y[keep][:, None] > y[keep][None, :])[above].all())
+        same_order.append({"backbone": r.backbone, "dataset": r.dataset, "same": same})
+same_order = pd.DataFrame(same_order)
+shares = 100 * same_order.groupby(["backbone", "dataset"]).same.mean()
+shares.round(1).rename("% of images, same class order")
+
+# %% [markdown]
+# ## What you should see
+# - With real weights, CLIP Surgery's mAP is a few points above raw CLIP's (the paper: +4.4 on NUS-Wide
+#   with RN50). By the argument above, on the class token feature surgery does not reorder an image's
+#   classes: the gain comes from scores that compare better across images (calibration), plus, on a
+#   ResNet, from the v-v pooled class token.
+# - On the toy ViT the per-image order of classes is identical for both rules (a check): any mAP
+#   difference is calibration across images. On the toy ResNet the class token changes (no dual path),
+#   and the printed numbers say whether that costs or gains mAP on this small model.
+# - The real photos are scored over each photo's own short class list, so their mAP is high and says
+#   little; they carry no claim.
+# - Score vs normalisation: the softmax alone moves the mAP by several points (up or down), so the raw
+#   vs surgery comparison mixes two effects; compare rows at equal normalisation.
+# - The claims compare the runner's two rules by the paired bootstrap interval of the mAP difference
+#   (the same images resampled for both); a claim holds when the whole interval is above 0.
+
+# %%
+claims, checks = {}, {}
+for (b, d), g in table.groupby(["backbone", "dataset"], sort=False):
+    if not d.startswith("composites"):
+        continue
+    outs = g.set_index("method").out
+    recs = {m: image_records(outs[m])[:LIMIT] for m in ("raw", "surgery")}
+    t = torch.tensor([r["targets"] for r in recs["raw"]])
+    sc = {
+        m: torch.tensor([[0.0 if v is None else v for v in r["scores"]] for r in rs], dtype=torch.float64)
+        for m, rs in recs.items()
+    }
+
+    def paired_map(idx, sc=sc, t=t):
+        i = torch.from_numpy(idx)
+        values = {m: mean_average_precision(s[i], t[i])[0] for m, s in sc.items()}
+        return {**values, "diff": values["surgery"] - values["raw"]}
+
+    point = paired_map(np.arange(len(t)))
+    ci = bootstrap_statistic(len(t), paired_map)
+    claims[f"{b} on {d}: CLIP Surgery's rule gives a higher mAP than raw CLIP's (the paper's finding)"] = (
+        Claim(
+            ci["diff"][0] > 0,
+            f"surgery {point['surgery']:.1f} [{ci['surgery'][0]:.1f}, {ci['surgery'][1]:.1f}], Δ "
+            f"{point['diff']:+.1f} [{ci['diff'][0]:+.1f}, {ci['diff'][1]:+.1f}] (paired, {len(t)} images)",
+            f"raw CLIP {point['raw']:.1f} [{ci['raw'][0]:.1f}, {ci['raw'][1]:.1f}]",
+        )
+    )
+    if b.startswith("toy-vit") or "ViT" in b:
+        so = same_order[(same_order.backbone == b) & (same_order.dataset == d)]
+        checks[
+            f"{b} on {d}: dual-path ViT, both rules order each image's classes alike ({so.same.mean():.0%})"
+        ] = so.same.all()
 if len(variants):
     mine = variants[(variants.backbone == BACKBONES[0]) & (variants.dataset == next(iter(datasets)))]
     for method in ("raw", "surgery") if len(mine) else ():
         reproduced = float(mine[mine.runner == method].mAP.iloc[0])
         runner_map = mean_average_precision(scores[method][:n_variants], targets[:n_variants])[0]
-        claims[
+        checks[
             f"the variants reproduce the runner's '{method}' rule on the first {n_variants} images "
             f"({reproduced:.2f} vs {runner_map:.2f})"
         ] = abs(reproduced - runner_map) < 0.1
-    for (b, d), g in variants.groupby(["backbone", "dataset"]):
-        plain = g[(g.tokens == "raw") & ~g.softmax].set_index("score").mAP
-        soft = g[(g.tokens == "raw") & (g.score == "cosine")].set_index("softmax").mAP
-        claims[
-            f"{b} on {d}: without normalisation feature surgery raises mAP ({plain['cosine']:.1f} → "
-            f"{plain['feature surgery']:.1f}); the softmax alone moves cosine's by "
-            f"{soft[True] - soft[False]:+.1f}"
-        ] = plain["feature surgery"] > plain["cosine"]
-print(check_claims(claims))
+print(
+    check_claims(claims, checks=checks)
+    if claims
+    else "no composite sets evaluated: the claims are about them"
+)
+
+# %% [markdown]
+# ## Exercises
+# **1.** Take one image and its class-token cosines to the 31 classes. Predict: after feature surgery
+# (class-token weights), is the class with the highest score the same as before? And for how many of the
+# first 50 images of the first set, on the first backbone, do the two rules pick the same top class?
+
+# %%
+PREDICTION = None
+so = [r for r in zip(scores["raw"][:50], scores["surgery"][:50], strict=True)]
+same_top = sum(int(a.argmax()) == int(b.argmax()) for a, b in so)
+print(exercise(PREDICTION, f"{same_top} of {len(so)} images", "same top class under both rules"))
+
+# %% [markdown] jupyter={"source_hidden": true} tags=["solution"]
+# *Solution.* On a dual-path ViT all of them: the class token is CLIP's own under both presets and
+# `w_j s_j − mean(w s)` increases with `s_j`, so the order (and the top class) is kept. On a
+# ModifiedResNet the surgery preset pools the class token with v-v attention, a different vector, so
+# the top class can change.
+
+# %% [markdown]
+# **2.** mAP ranks each class's scores *over images*. Predict: if every image's scores were multiplied
+# by its own random positive factor (which keeps every within-image order), would raw CLIP's mAP on the
+# first set change?
+
+# %%
+PREDICTION = None
+factors = torch.rand(len(scores["raw"]), 1, generator=torch.Generator().manual_seed(0)) * 10 + 0.1
+before = mean_average_precision(scores["raw"], targets)[0]
+after = mean_average_precision(scores["raw"] * factors, targets)[0]
+print(exercise(PREDICTION, f"{before:.1f} → {after:.1f} mAP", "raw CLIP's mAP with per-image random scales"))
+
+# %% [markdown] jupyter={"source_hidden": true} tags=["solution"]
+# *Solution.* Yes: the order of classes inside each image is unchanged, but a class's scores are now
+# compared across images on different scales, and its AP moves. This is exactly the lever feature
+# surgery pulls on the class token: a per-image shift and scale, i.e. calibration across images.

@@ -6,15 +6,20 @@ protocols (:class:`Protocol`):
 
 * ``paper``: the whole image resized to ``(n, n)`` (the reference preprocessing, ``n`` the model's
   native size unless given), one forward pass, patch similarities bilinearly upsampled to the label
-  size, argmax over the foreground classes. The paper does not say how background is decided; we
-  assume, for datasets with a background class, that a pixel is background where the winning class's
-  min-max normalised map (:func:`surgery_lib.maps.features.similarity_map`, the map the paper evaluates) is
-  below ``background_threshold`` (0.5, the threshold of the explainability mIoU).
+  size, argmax over the foreground classes. The authors' own setting (``/shared/METHODS.md`` §9b) is a
+  plain argmax with no background rule: ``background_threshold=``:data:`ARGMAX` (0). The default 0.5 is
+  this project's assumption for datasets with a background class: a pixel is background where the
+  winning class's min-max normalised map (:func:`surgery_lib.maps.features.similarity_map`, the map the
+  paper evaluates) is below ``background_threshold`` (0.5, the threshold of the explainability mIoU).
 * ``sliding``: the common training-free protocol (MaskCLIP / SCLIP / ClearCLIP style): the short side
   resized to 336 (VOC, Context, COCO; 448 for ADE20K, 560 for Cityscapes), windows of 224 with stride
   112, window logits (``logit_scale`` × similarity) upsampled to the window and averaged where windows
   overlap, upsampled to the label size, softmax over the foreground classes; with a background class,
   a pixel is background where the highest probability is below ``background_threshold``.
+
+:func:`records_confusion`, :func:`class_miou` and :func:`paired_miou` compare methods run on the same
+images: mIoU over the positive classes (the background left out, as the authors count it) with paired
+bootstrap intervals of the differences.
 
 :class:`ConfusionMatrix` accumulates the (ground truth, prediction) pixel counts with an ignore index;
 its state is one integer tensor, so distributed runs sum it (``all_reduce``) exactly.
@@ -40,6 +45,7 @@ from torch import nn
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.datasets import Dataset, Sample
+from surgery_lib.eval.metrics import bootstrap_statistic
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import OPENAI_MEAN, OPENAI_STD, reference_transform
@@ -359,3 +365,100 @@ def segment_samples(
         for b, positions in zip(members, out, strict=True):
             preds[b] = to_dataset_classes(positions, candidates, dataset.background)
     return [preds[b] for b in range(len(samples))]
+
+
+ARGMAX: float = 0.0
+"""The ``background_threshold`` (runner: ``bg_threshold``) of the authors' protocol (``/shared/METHODS.md``
+§9b: the new path without feature surgery, a plain argmax over the dataset's classes, no background
+rule): min-max normalised maps (``paper``) and probabilities (``sliding``) are never below 0, so a
+threshold of 0 never predicts background. The default 0.5 is this project's own background rule."""
+
+
+def records_confusion(records: Sequence[dict], num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """The per-image confusion matrices of segmentation records (the runner's ``{"confusion": sparse
+    rows [gt, pred, count]}``, :func:`surgery_lib.eval.runner.image_records`) as one ``(n, K, K)``
+    int64 array (``K = num_classes``).
+
+    Raises:
+        ValueError: no records, or a class index outside ``[0, K)``.
+    """
+    if not records:
+        raise ValueError("records_confusion got no records")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    out = np.zeros((len(records), num_classes, num_classes), dtype=np.int64)
+    for i, record in enumerate(records):
+        for g, p, c in record["confusion"]:
+            if not (0 <= int(g) < num_classes and 0 <= int(p) < num_classes):
+                raise ValueError(f"record {i} has class ({g}, {p}) outside [0, {num_classes})")
+            out[i, int(g), int(p)] += int(c)
+    return out
+
+
+def class_miou(matrix: np.ndarray | torch.Tensor, exclude: Sequence[int] = ()) -> float:
+    """Mean IoU (%) of a ``(K, K)`` confusion matrix ``[gt, pred]`` over the classes with a defined IoU
+    (in the ground truth or predicted), leaving out the classes in ``exclude`` — e.g. the background,
+    as the authors count "the IoU of each positive class" (METHODS.md §9b). NaN when no class is left."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a confusion matrix is (K, K), got shape {m.shape}")
+    tp = np.diag(m)
+    union = m.sum(0) + m.sum(1) - tp
+    keep = union > 0
+    for c in exclude:
+        if not 0 <= int(c) < len(keep):
+            raise ValueError(f"excluded class {c} is outside [0, {len(keep)})")
+        keep[int(c)] = False
+    return 100.0 * float((tp[keep] / union[keep]).mean()) if keep.any() else float("nan")
+
+
+def paired_miou(
+    confusions: dict[str, np.ndarray],
+    exclude: Sequence[int] = (),
+    reference: str | None = None,
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """mIoU (:func:`class_miou`) of several methods run on the same images, with a paired percentile
+    bootstrap over images: the same resampled images for every method, so the interval of a
+    *difference* keeps the pairing.
+
+    Args:
+        confusions: method -> ``(n, K, K)`` per-image confusion matrices (:func:`records_confusion`),
+            the same ``n`` images in the same order for every method.
+        exclude: classes left out of the mean (e.g. the background).
+        reference: a method of ``confusions``; every other method also gets its difference to it.
+    Returns:
+        method -> ``{"mIoU", "low", "high"}`` and, with ``reference``, ``{"diff", "diff_low",
+        "diff_high"}`` (method − reference, mIoU points).
+    Raises:
+        ValueError: no methods, different image counts, or an unknown reference.
+    """
+    if not confusions:
+        raise ValueError("paired_miou got no methods")
+    shapes = {np.asarray(c).shape for c in confusions.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"every method needs (n, K, K) confusions over the same images, got {shapes}")
+    if reference is not None and reference not in confusions:
+        raise ValueError(f"reference {reference!r} is not one of {tuple(confusions)}")
+    n = next(iter(shapes))[0]
+    stacks = {m: np.asarray(c, dtype=np.float64) for m, c in confusions.items()}
+
+    def statistic(idx: np.ndarray) -> dict[str, float]:
+        weights = np.bincount(idx, minlength=n).astype(np.float64)
+        values = {m: class_miou(np.tensordot(weights, s, axes=1), exclude) for m, s in stacks.items()}
+        if reference is not None:
+            values |= {f"{m} diff": v - values[reference] for m, v in values.items() if m != reference}
+        return values
+
+    intervals = bootstrap_statistic(n, statistic, level, resamples, seed)
+    point = statistic(np.arange(n))
+    out: dict[str, dict[str, float]] = {}
+    for m in stacks:
+        low, high = intervals.get(m, (float("nan"), float("nan")))
+        out[m] = {"mIoU": point[m], "low": low, "high": high}
+        if reference is not None and m != reference:
+            low, high = intervals.get(f"{m} diff", (float("nan"), float("nan")))
+            out[m] |= {"diff": point[f"{m} diff"], "diff_low": low, "diff_high": high}
+    return out

@@ -7,6 +7,8 @@ taken; ``special_tokens=True`` adds the start and end tokens, as the reference d
 features, taken before CLIP's argmax over the end position; ``/shared/METHODS.md`` §9b). Caveat: only
 the end token's position is trained to align with images (it *is* CLIP's text embedding); the other
 positions' features are compared with the image tokens although nothing trained them for it.
+:func:`word_pointing_records` scores whether a class word's map peaks on its object, beside the chance
+of a random point (the object's share of the image).
 """
 
 from __future__ import annotations

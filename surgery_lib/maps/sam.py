@@ -7,10 +7,16 @@
 * :class:`SamSegmenter`: ``segment_anything``'s ``SamPredictor`` on a local checkpoint
   (``vit_h`` / ``vit_l`` / ``vit_b``), returning the best of its multimask outputs. The checkpoint is
   read here with ``weights_only=True`` (:func:`read_sam_state_dict`), never by ``segment_anything``.
+  The default model type is ``vit_b``; the reference demo uses ``vit_h``.
+* Measures (this project's): :func:`point_precision` and its chance level :func:`mask_area_shares` (a
+  random point falls in a mask with probability = its share of the image); the presence gate's rates
+  (:func:`gate_rates`), chosen on one half of the pairs and judged on the other (:func:`split_halves`,
+  :func:`choose_gate`, :func:`held_out_gate`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -301,3 +307,41 @@ def gate_rates(
             }
         )
     return records
+
+
+def split_halves(groups: Sequence[object], seed: int = 0) -> np.ndarray:
+    """A deterministic split of items into two halves by group (e.g. pairs by their image, so the pairs
+    of one image stay on one side): the distinct groups, in sorted order, are shuffled with ``seed`` and
+    the first ``ceil(G / 2)`` form half A.
+
+    Args:
+        groups: ``(P,)`` the group of each item (sortable, hashable values).
+    Returns:
+        ``(P,)`` bool: True for the items of half A (e.g. where a threshold is chosen), False for half B
+        (where it is judged).
+    Raises:
+        ValueError: fewer than two groups.
+    """
+    keys = list(groups)
+    distinct = sorted(set(keys))
+    if len(distinct) < 2:
+        raise ValueError(f"split_halves needs at least two groups, got {len(distinct)}")
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    first = {distinct[i] for i in order[: (len(distinct) + 1) // 2]}
+    return np.array([k in first for k in keys], dtype=bool)
+
+
+def choose_gate(
+    probabilities: torch.Tensor | np.ndarray | list[float],
+    present: torch.Tensor | np.ndarray | list[bool],
+    thresholds: list[float],
+) -> float:
+    """The threshold of ``thresholds`` with the highest recall − false-positive rate
+    (:func:`gate_rates`) on the given pairs; the smallest such threshold on a tie."""
+    if not thresholds:
+        raise ValueError("choose_gate needs at least one threshold")
+    rates = gate_rates(probabilities, present, sorted(thresholds))
+    gains = [r["recall"] - r["false_positive"] for r in rates]
+    if all(np.isnan(g) for g in gains):
+        raise ValueError("choose_gate needs both present and absent pairs")
+    return float(rates[int(np.nanargmax(gains))]["threshold"])
