@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -188,27 +189,27 @@ def explain(
     tokenizer: Tokenizer,
     images: torch.Tensor,
     labels: Sequence[str],
-    config: SurgeryConfig | GradientConfig | str | None = None,
+    method: SurgeryConfig | GradientConfig | str | None = None,
     size: tuple[int, int] | None = None,
     *,
-    method: SurgeryConfig | GradientConfig | str | None = None,
     vocabulary: Sequence[str] | None = None,
+    config: SurgeryConfig | GradientConfig | str | None = None,
 ) -> Explanation:
     """Maps of ``labels`` on ``images`` under one method (CLIP Surgery's paper preset by default).
 
     Args:
         images: preprocessed ``(B, 3, H, W)``.
         labels: class names (prompt ensemble; see :func:`surgery_lib.maps.text.text_features`).
-        config: a :class:`SurgeryConfig` (or, like ``method``, any method name or config).
+        method: a name of :func:`surgery_lib.methods.method_names` (the dense methods of ``METHODS``
+            and the gradient explainers ``gradcam``, ``attn_gradcam``, ``chefer``, ...) or a config
+            (:class:`SurgeryConfig` or :class:`GradientConfig`).
         size: map size ``(H, W)``; the input size by default.
-        method: a name of :func:`surgery_lib.config.method_names` (the dense methods of ``METHODS``
-            and the gradient explainers ``gradcam``, ``attn_gradcam``, ``chefer``, ...) or a config;
-            give ``method`` or ``config``, not both.
         vocabulary: the class list feature surgery runs over (e.g. the dataset's classes); the
             ``labels`` are added to it when missing and only their maps are returned. Without it the
             labels are the class list: feature surgery subtracts the mean over the labels passed, so
             with exactly two labels the two maps are complements (``S₂ = −S₁``) — display a few
             labels, but pass the whole class list here.
+        config: the former name of ``method`` (deprecated: a ``DeprecationWarning``; give one of the two).
     Raises:
         ValueError: an unknown method name (the message lists the known ones), or both given; labels
             whose token ids are equal (``"cat"``, ``"Cat"``) or that tokenize to nothing (``"&nbsp;"``);
@@ -217,8 +218,10 @@ def explain(
     """
     labels = labels if isinstance(labels, str) else list(labels)  # a generator is read once
     labels = check_label_tokens(tokenizer, labels)
-    if method is not None and config is not None:
-        raise ValueError("pass the method as config= or as method=, not both")
+    if config is not None:
+        if method is not None:
+            raise ValueError("pass the method as method= (config= is its former name), not both")
+        warnings.warn("explain(config=...) is deprecated: pass method=", DeprecationWarning, stacklevel=2)
     resolved = resolve_method(method if method is not None else config)
     names = labels if vocabulary is None else _with_vocabulary(tokenizer, labels, vocabulary)
     every_text = text_features(model, tokenizer, names)

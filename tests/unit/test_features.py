@@ -161,7 +161,7 @@ def test_explain_end_to_end(make, tokenizer):
     empty = empty_prompt_features(model, tokenizer)
     texts = text_features(model, tokenizer, ["cat"])
     assert single.maps.shape[-1] == 1
-    raw = explain(model, tokenizer, images, ["cat"], config=SurgeryConfig.off())
+    raw = explain(model, tokenizer, images, ["cat"], method=SurgeryConfig.off())
     assert not torch.allclose(raw.similarity, single.similarity)
     assert empty.shape == texts.shape == (1, 32)
 

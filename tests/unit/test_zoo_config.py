@@ -300,4 +300,7 @@ def test_explain_takes_every_method_name(tokenizer):
     with pytest.raises(ValueError, match="gradcam"):
         explain(model, tokenizer, images, ["cat"], method="grad-cam")
     with pytest.raises(ValueError, match="not both"):
-        explain(model, tokenizer, images, ["cat"], SurgeryConfig.paper(), method="raw")
+        explain(model, tokenizer, images, ["cat"], method="raw", config=SurgeryConfig.paper())
+    with pytest.warns(DeprecationWarning, match="pass method="):
+        old = explain(model, tokenizer, images, ["cat"], config=SurgeryConfig.off())
+    torch.testing.assert_close(old.similarity, explain(model, tokenizer, images, ["cat"], "raw").similarity)
