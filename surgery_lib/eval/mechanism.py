@@ -38,10 +38,7 @@ from surgery_lib.eval.metrics import bootstrap_ci
 from surgery_lib.eval.nulls import sign_flip_test
 from surgery_lib.maps.features import cosine_similarity, similarity_map
 from surgery_lib.maps.text import text_features
-from surgery_lib.model.adapters import ResNetAdapter, ViTAdapter, adapter_for
-from surgery_lib.model.attention import attend
-from surgery_lib.model.loading import LoadedCLIP
-from surgery_lib.model.surgery import Trace, dense_forward
+from surgery_lib.model import LoadedCLIP, Trace, class_token, dense_forward, patch_tokens, tower_info
 
 MECHANISM_ATTENTIONS: tuple[str, ...] = ("qk", "vv", "identity")
 """The attention kinds of the factorial: CLIP's own, the paper's, and none (each token its value)."""
@@ -155,12 +152,11 @@ def coinciding_cell(cell: Cell, resnet: bool = False) -> tuple[Cell, Cell]:
 
 
 def _is_resnet(loaded: LoadedCLIP) -> bool:
-    return isinstance(adapter_for(loaded.model), ResNetAdapter)
+    return not tower_info(loaded.model).residual_stream
 
 
 def _n_blocks(loaded: LoadedCLIP) -> int:
-    adapter = adapter_for(loaded.model)
-    return adapter.num_blocks if isinstance(adapter, ViTAdapter) else 1
+    return tower_info(loaded.model).num_blocks
 
 
 def _unit(tokens: torch.Tensor) -> torch.Tensor:
@@ -196,7 +192,9 @@ def _score(
     records = []
     for item, t in zip(items, tokens, strict=True):
         sim = cosine_similarity(t, texts)
-        maps = similarity_map(sim[:, 1:], (item.image.height, item.image.width), _grid(t.shape[1] - 1))[0]
+        maps = similarity_map(
+            patch_tokens(sim), (item.image.height, item.image.width), _grid(t.shape[1] - 1)
+        )[0]
         records += _pair_records(item, maps, classes, name)
     return records
 
@@ -431,68 +429,12 @@ def factorial(
     return Factorial(rows, records, hits, images, len(forwards), forwards)
 
 
-def _vit(loaded_or_model) -> ViTAdapter:
+def _vit(loaded_or_model) -> torch.nn.Module:
+    """The model, after checking that its tower has blocks to patch."""
     model = getattr(loaded_or_model, "model", loaded_or_model)
-    adapter = adapter_for(model)
-    if not isinstance(adapter, ViTAdapter):
+    if not tower_info(model).residual_stream:
         raise TypeError("per-block patching needs a ViT tower (a ModifiedResNet has one attention layer)")
-    return adapter
-
-
-class _Streams:
-    """Vanilla CLIP's stream entering each block of one image batch, computed once, and the attention
-    outputs computed from it (per block and kind), so that many patched forwards share them.
-
-    Every patched forward agrees with vanilla CLIP before its first patched block, and a dual path's
-    original path *is* vanilla CLIP, so only the changed part is computed per forward.
-    """
-
-    def __init__(self, adapter: ViTAdapter, images: torch.Tensor) -> None:
-        self.adapter = adapter
-        x, self.grid = adapter.embed(images, "bilinear")
-        self.inputs = []
-        for i in range(adapter.num_blocks):
-            self.inputs.append(x)
-            x = adapter.run_block(i, x)
-        self.final = x
-        self._attention: dict[tuple[int, str], torch.Tensor] = {}
-        self._qkv: dict[int, tuple[torch.Tensor, ...]] = {}
-
-    def attention(self, i: int, kind: str) -> torch.Tensor:
-        """Block ``i``'s ``kind`` attention residual computed from vanilla CLIP's ``LN1(x_i)``."""
-        if (i, kind) not in self._attention:
-            if i not in self._qkv:
-                self._qkv[i] = self.adapter.qkv(i, self.adapter.ln_1(i, self.inputs[i]))
-            self._attention[(i, kind)] = self.adapter.attention_residual(i, attend(kind, *self._qkv[i]))
-        return self._attention[(i, kind)]
-
-    def tokens(self, kinds: Sequence[str | None], dual_path: bool, skip_ffn: bool) -> torch.Tensor:
-        """Projected tokens ``(B, 1+N, D)`` of :func:`patched_tokens` ``(kinds, dual_path, skip_ffn)``."""
-        adapter, n = self.adapter, self.adapter.num_blocks
-        if len(kinds) != n:
-            raise ValueError(f"kinds needs one entry per block ({n}), got {len(kinds)}")
-        first = next((i for i, kind in enumerate(kinds) if kind is not None), n)
-        if first == n:
-            return adapter.project(self.final)
-        if dual_path:
-            y = self.inputs[first]
-            for i in range(first, n):
-                y = y + self.attention(i, kinds[i] or "qk")
-                if not skip_ffn:
-                    y = y + adapter.ffn_residual(i, y)
-            return adapter.project(torch.cat([self.final[:, :1], y[:, 1:]], dim=1))
-        x = self.attention(first, kinds[first]) + self.inputs[first]
-        for i in range(first, n):
-            kind = kinds[i]
-            if i > first:
-                if kind is None:
-                    x = adapter.run_block(i, x)
-                    continue
-                q, k, v = adapter.qkv(i, adapter.ln_1(i, x))
-                x = x + adapter.attention_residual(i, attend(kind, q, k, v))
-            if not skip_ffn:
-                x = x + adapter.ffn_residual(i, x)
-        return adapter.project(x)
+    return model
 
 
 @torch.no_grad()
@@ -523,11 +465,13 @@ def patched_tokens(
     Raises:
         TypeError: not a ViT tower. ValueError: ``kinds`` not one entry per block.
     """
-    adapter = _vit(model)
-    if len(kinds) != adapter.num_blocks:
-        raise ValueError(f"kinds needs one entry per block ({adapter.num_blocks}), got {len(kinds)}")
-    streams = _Streams(adapter, images.to(next(model.parameters()).device))
-    return streams.tokens(kinds, dual_path, skip_ffn), streams.grid
+    model = _vit(model)
+    n = tower_info(model).num_blocks
+    if len(kinds) != n:
+        raise ValueError(f"kinds needs one entry per block ({n}), got {len(kinds)}")
+    config = SurgeryConfig(dual_path=dual_path, skip_ffn=skip_ffn, feature_surgery=False, depth=0)
+    images = images.to(next(model.parameters()).device)
+    return dense_forward(model, images, config, block_kinds=list(kinds))
 
 
 Spec = tuple[tuple[str | None, ...], bool, bool]
@@ -545,13 +489,13 @@ def _spec_tokens(
 ) -> dict[Spec, list[torch.Tensor]]:
     """Per spec, the normalised ``(1, 1+N, D)`` tokens of each item (CPU), the vanilla stream of each
     batch of equal-size images computed once for all specs."""
-    adapter = _vit(loaded)
+    _vit(loaded)
     device = next(loaded.model.parameters()).device
     out: dict[Spec, list] = {spec: [None] * len(items) for spec in specs}
     for group in size_groups(items):
-        streams = _Streams(adapter, torch.cat([_batch(loaded, items[i]) for i in group]).to(device))
+        images = torch.cat([_batch(loaded, items[i]) for i in group]).to(device)
         for spec in specs:
-            tokens = _unit(streams.tokens(*spec)).cpu()
+            tokens = _unit(patched_tokens(loaded.model, images, *spec)[0]).cpu()
             for b, i in enumerate(group):
                 out[spec][i] = tokens[b : b + 1]
     return out
@@ -587,13 +531,12 @@ def block_patching(
     Raises:
         TypeError: not a ViT tower. ValueError: an unknown variant.
     """
-    adapter = _vit(loaded)
+    n = tower_info(_vit(loaded)).num_blocks
     unknown = [v for v in variants if v not in PATCHING_VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; expected some of {tuple(PATCHING_VARIANTS)}")
     items = [it for it in items if it.masks]
     images = [it.name for it in items]
-    n = adapter.num_blocks
     texts = text_features(loaded.model, loaded.tokenizer, list(classes)).float().cpu()
     plan = {}
     for variant in variants:
@@ -727,8 +670,7 @@ def collapse_records(
         records ``{"path" ("vanilla"/"single"/"dual"), "block", "class_cosine", "class_norm",
         "patch_norm"}`` (means over the images).
     """
-    adapter = _vit(loaded)
-    n = adapter.num_blocks
+    n = tower_info(_vit(loaded)).num_blocks
     if not 1 <= depth <= n:
         raise ValueError(f"depth must be in 1..{n}, got {depth}")
     base = SurgeryConfig(attention=attention, skip_ffn=skip_ffn, depth=depth, feature_surgery=False)  # type: ignore[arg-type]
@@ -742,10 +684,10 @@ def collapse_records(
         for i in range(n):
             x = trace.values[f"blocks.{i}.input"]
             y = trace.values.get(f"new_path.{i}.input")
-            per_block.append((x[:, 0], (x if y is None else y)[:, 1:]))
+            per_block.append((class_token(x), patch_tokens(x if y is None else y)))
         final = trace.values["final"]
-        per_block.append((final[:, 0], final[:, 1:]))
-        streams[path], outputs[path] = per_block, tokens[:, 0]
+        per_block.append((class_token(final), patch_tokens(final)))
+        streams[path], outputs[path] = per_block, class_token(tokens)
     records = []
     for path in configs:
         for i, (cls, patches) in enumerate(streams[path]):

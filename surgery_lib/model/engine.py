@@ -14,13 +14,13 @@ are computed). It may return a tensor of the same shape, which the forward then 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from surgery_lib.config import SurgeryConfig
+from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
 from surgery_lib.model.adapters import Adapter, ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
 from surgery_lib.model.attention import adaptive_temperature, attend, attention_weights, spatial_prior
 
@@ -247,12 +247,31 @@ def _attention(
     return probs @ v
 
 
+def _block_kinds(
+    config: SurgeryConfig, n_blocks: int, block_kinds: Sequence[str | None] | None
+) -> list[str | None]:
+    """The attention kind of each block: ``block_kinds`` when given, else ``None`` (vanilla) before the
+    last ``config.depth`` blocks and ``config.attention`` in them."""
+    if block_kinds is None:
+        return [None] * (n_blocks - config.depth) + [config.attention] * config.depth
+    kinds = list(block_kinds)
+    if len(kinds) != n_blocks:
+        raise SurgeryError(f"block_kinds needs one entry per block ({n_blocks}), got {len(kinds)}")
+    bad = [k for k in kinds if k is not None and k not in ATTENTION_KINDS]
+    if bad:
+        raise SurgeryError(
+            f"unknown attention kind {bad[0]!r} in block_kinds; expected one of {ATTENTION_KINDS}"
+        )
+    return kinds
+
+
 def _vit_forward(
     adapter: ViTAdapter,
     images: torch.Tensor,
     config: SurgeryConfig,
     hook: HookFn | None,
     probs_blocks: Collection[int],
+    block_kinds: Sequence[str | None] | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """All output tokens of a ViT under ``config``, reporting :data:`HOOK_POINTS` to ``hook``.
 
@@ -264,26 +283,30 @@ def _vit_forward(
     x, grid = adapter.embed(images, config.pos_embed_interp)
     x = emit("embed", x)
     n_blocks = adapter.num_blocks
-    start = n_blocks - config.depth
+    kinds = _block_kinds(config, n_blocks, block_kinds)
+    start = next((i for i, kind in enumerate(kinds) if kind is not None), n_blocks)
     y: torch.Tensor | None = None
     prior = spatial_prior(grid, config.spatial_prior_sigma, x) if config.spatial_prior_sigma else None
     for i in range(n_blocks):
         x = emit(f"blocks.{i}.input", x)
-        if i < start and not recording:
+        # a vanilla block: before the first surgery block, or a block left out on a single path
+        vanilla = i < start or (kinds[i] is None and not config.dual_path)
+        if vanilla and not recording:
             x = adapter.run_block(i, x)  # open_clip's own block: the fast path
             continue
         probs = i in probs_blocks
         z = emit(f"blocks.{i}.attn_input", adapter.ln_1(i, x))
         q, k, v = adapter.qkv(i, z)
-        if i < start:
+        if vanilla:
             o = _attention("qk", q, k, v, {}, f"blocks.{i}.attn_probs" if probs else None, emit)
             a = emit(f"blocks.{i}.attn_out", adapter.attention_residual(i, o))
             f = emit(f"blocks.{i}.ffn_out", adapter.ffn_residual(i, x + a))
             x = x + a + f
             continue
+        kind = kinds[i] or "qk"  # a dual path's block left out adds its q-k output to the new path
         options = _attention_options(config, q, z, prior)
         path = "new_path" if config.dual_path else "blocks"
-        o = _attention(config.attention, q, k, v, options, f"{path}.{i}.attn_probs" if probs else None, emit)
+        o = _attention(kind, q, k, v, options, f"{path}.{i}.attn_probs" if probs else None, emit)
         new_attn = adapter.attention_residual(i, o)
         if not config.dual_path:
             new_attn = emit(f"blocks.{i}.attn_out", new_attn)
@@ -340,6 +363,7 @@ def dense_forward(
     trace: Trace | None = None,
     hook: HookFn | None = None,
     attention_probs: Collection[int] = (),
+    block_kinds: Sequence[str | None] | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Every output token of ``model``'s image tower under ``config``, without applying a wrapper.
 
@@ -350,6 +374,12 @@ def dense_forward(
             a replacement (see the module doc).
         attention_probs: block indices (``0 .. num_blocks - 1``; ``0`` for a ModifiedResNet's attention
             pool) whose attention probabilities are built explicitly and reported to ``hook``.
+        block_kinds: per-block patching (ViT): the attention kind of each block, ``None`` for a block
+            as vanilla CLIP runs it; it replaces ``config.depth`` and ``config.attention`` (the other
+            fields apply). On a single path the blocks with a kind run it (skipping their FFN when
+            ``skip_ffn``); on a dual path the new path starts at the first block with a kind, and a
+            later ``None`` block adds its q-k output there. ``[None] * (L - d) + [kind] * d`` is
+            ``config.replace(depth=d, attention=kind)``.
     Returns:
         projected tokens ``(B, 1 + h·w, D)`` (class token first; not normalised) and the grid ``(h, w)``.
     Raises:
@@ -371,10 +401,12 @@ def dense_forward(
                 record(name, value)
                 return None if user is None else user(name, value)
 
-        tokens, grid = _vit_forward(adapter, images, config, hook, blocks)
+        tokens, grid = _vit_forward(adapter, images, config, hook, blocks, block_kinds)
         if trace is not None:
             trace.grid = grid
         return tokens, grid
     if trace is not None:
         raise SurgeryError("tracing the residual stream needs a ViT tower; ModifiedResNet has none")
+    if block_kinds is not None:
+        raise SurgeryError("per-block patching needs a ViT tower (a ModifiedResNet has one attention layer)")
     return _resnet_forward(adapter, images, config, hook, blocks)

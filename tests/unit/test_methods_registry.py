@@ -145,3 +145,25 @@ def test_the_resnet_pool_reports_its_probabilities():
     torch.testing.assert_close(
         seen["pool.attn_probs"].sum(-1), torch.ones(seen["pool.attn_probs"].shape[:-1])
     )
+
+
+def test_block_kinds_patch_single_blocks_and_reduce_to_the_config():
+    vit = make_vit()
+    images = random_images(vit)
+    n = len(vit.visual.transformer.resblocks)
+    paper = SurgeryConfig.paper().replace(depth=2)
+    want, _ = dense_forward(vit, images, paper)
+    got, _ = dense_forward(vit, images, paper, block_kinds=[None] * (n - 2) + ["vv", "vv"])
+    torch.testing.assert_close(got, want)
+    single = SurgeryConfig(dual_path=False, skip_ffn=False, depth=0, feature_surgery=False)
+    one, _ = dense_forward(vit, images, single, block_kinds=["vv"] + [None] * (n - 1))
+    first_only, _ = dense_forward(vit, images, single.replace(depth=n), block_kinds=["vv"] + [None] * (n - 1))
+    torch.testing.assert_close(one, first_only)  # block_kinds replace depth and attention
+    assert not torch.allclose(one, dense_forward(vit, images, SurgeryConfig.off())[0])
+    with pytest.raises(SurgeryError, match="one entry per block"):
+        dense_forward(vit, images, single, block_kinds=["vv"])
+    with pytest.raises(SurgeryError, match="unknown attention kind 'zz'"):
+        dense_forward(vit, images, single, block_kinds=["zz"] + [None] * (n - 1))
+    rn = make_rn()
+    with pytest.raises(SurgeryError, match="needs a ViT tower"):
+        dense_forward(rn, random_images(rn), single, block_kinds=["vv"])
