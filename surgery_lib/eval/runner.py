@@ -7,7 +7,10 @@ Tasks (datasets: :mod:`surgery_lib.data.datasets`):
 
 * ``explain``: per (image, class present) the similarity map at the label's size against the class
   mask, ignore pixels left out (:func:`surgery_lib.eval.metrics.masked_map_scores`): mIoU, mSC, pointing
-  game, share of "opposite" maps.
+  game, share of "opposite" maps. Besides the dense methods it scores the gradient explainers (one
+  backward pass per class present) and the nulls of :data:`NULL_METHODS`; any dense method takes the
+  feature-surgery switch ``<name>+fs`` / ``<name>-fs`` (:func:`resolve_eval_method`), and
+  :func:`explain_protocol` says which part of a method's ``--protocol-preset`` applies to this task.
 * ``segment``: open-vocabulary segmentation (:mod:`surgery_lib.eval.segmentation`, ``--protocol paper`` or
   ``sliding``), mIoU from the summed confusion matrix.
 * ``multilabel``: image-level scores per class, mAP (:func:`surgery_lib.eval.metrics.mean_average_precision`);
@@ -86,7 +89,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -101,7 +104,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: runs are not locked
     fcntl = None  # type: ignore[assignment]
 
-from surgery_lib.config import GRADIENT_METHODS, METHODS
+from surgery_lib.config import GRADIENT_METHODS, METHODS, GradientConfig, SurgeryConfig
 from surgery_lib.data.datasets import DATASETS, Dataset, Sample, load_dataset
 from surgery_lib.eval.metrics import (
     ExplainabilityMeter,
@@ -111,11 +114,13 @@ from surgery_lib.eval.metrics import (
     masked_map_scores,
     mean_average_precision,
 )
+from surgery_lib.eval.nulls import centre_prior_map, random_map
 from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
-from surgery_lib.maps.explain import encode_image_tokens, similarity
+from surgery_lib.maps.explain import encode_image_tokens, explain, similarity
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
+from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import LoadedCLIP, load_clip
 from surgery_lib.model.shipped import DEFAULT_MODEL, pretrained_for
 from surgery_lib.paths import data_dir
@@ -144,6 +149,107 @@ PROTOCOL_PRESETS: dict[str, dict[str, object]] = {
 """Inference presets of ``--protocol-preset`` (METHODS.md §9, §11.4), by method name: the values of the
 :class:`EvalSettings` fields they fill; a dict value is per dataset (``None``: any other dataset)."""
 
+EXPLAIN_PROTOCOL_FIELDS: tuple[str, ...] = ("image_size", "templates")
+"""The protocol fields the ``explain`` task uses: the input side (n×n) and the prompt templates. The
+others (``protocol``, ``window``, ``stride``, ``logit_scale``, ``bg_threshold``, ``pamr_steps``) decide
+how a segmentation is made from the maps and leave the explainability scores unchanged: the explain
+task scores each class's own min-max normalised map, with no softmax over classes, no sliding window,
+no background threshold and no PAMR."""
+
+FEATURE_SURGERY_SUFFIXES: dict[str, bool] = {"+fs": True, "-fs": False}
+"""Method-name suffixes that switch feature surgery on or off for any dense method:
+``"<name>+fs"`` is ``METHODS[name].replace(feature_surgery=True)`` and ``"<name>-fs"`` the same with
+``False`` (e.g. ``maskclip+fs``; ``surgery-fs`` is ``surgery-no-fs``, ``raw+fs``
+``feature-surgery-only``). Feature surgery is then an orthogonal switch, so methods can be compared at
+equal feature surgery."""
+
+NULL_METHODS: tuple[str, ...] = ("null:random", "null:centre")
+"""Pseudo-methods of the ``explain`` task: maps with no information about the image, scored like a
+method's (this project's nulls, :mod:`surgery_lib.eval.nulls`). ``null:random``: :data:`NULL_DRAWS`
+draws per (image, class) of uniform noise on the model's token grid at the run's input size, upsampled
+bilinearly like CLIP's maps (each draw stored as one pair, so ``pairs`` counts draws and
+``opposite_rate`` is the expected share); ``null:centre``: a centred Gaussian (σ = 0.25 × each side)."""
+
+NULL_DRAWS = 10
+"""Draws of the random map per (image, class) pair of ``null:random``."""
+
+
+def resolve_eval_method(name: str) -> SurgeryConfig | GradientConfig | str:
+    """What an evaluation method name stands for: a :class:`SurgeryConfig` (a name of
+    :data:`~surgery_lib.config.METHODS`, or one with a :data:`FEATURE_SURGERY_SUFFIXES` suffix), a
+    :class:`GradientConfig` (a name of :data:`~surgery_lib.config.GRADIENT_METHODS`), or the name
+    itself for a null of :data:`NULL_METHODS`.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones), or a feature-surgery suffix on
+            a gradient method or a null (they have no feature surgery).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a method name must be a string, got {type(name).__name__}")
+    if name in METHODS:
+        return METHODS[name]
+    if name in GRADIENT_METHODS:
+        return GRADIENT_METHODS[name]
+    if name in NULL_METHODS:
+        return name
+    for suffix, on in FEATURE_SURGERY_SUFFIXES.items():
+        base = name[: -len(suffix)]
+        if name.endswith(suffix) and base in METHODS:
+            return METHODS[base].replace(feature_surgery=on)
+        if name.endswith(suffix) and (base in GRADIENT_METHODS or base in NULL_METHODS):
+            raise ValueError(
+                f"method {name!r}: {base!r} has no feature surgery (it applies to the dense methods of "
+                f"METHODS only: {', '.join(METHODS)})"
+            )
+    raise ValueError(
+        f"unknown method {name!r}; expected one of {tuple(METHODS)}, a gradient explainer of "
+        f"{tuple(GRADIENT_METHODS)} (explain task), a null of {NULL_METHODS} (explain task), or a dense "
+        "method with the suffix '+fs' / '-fs' (feature surgery on / off)"
+    )
+
+
+def with_feature_surgery(name: str, on: bool) -> str:
+    """The evaluation method name of dense method ``name`` with feature surgery ``on`` or off: the
+    registry's own name when a preset already has that setting (``surgery`` with ``on``, ``raw``
+    without), else ``"<name>+fs"`` / ``"<name>-fs"`` (:data:`FEATURE_SURGERY_SUFFIXES`).
+
+    Raises:
+        ValueError: ``name`` is not a dense method of :data:`~surgery_lib.config.METHODS`.
+    """
+    if name not in METHODS:
+        raise ValueError(
+            f"feature surgery is a switch of the dense methods {tuple(METHODS)}, not of {name!r}"
+        )
+    if METHODS[name].feature_surgery == on:
+        return name
+    return f"{name}{'+fs' if on else '-fs'}"
+
+
+def explain_protocol(preset: str | None, dataset: str | None = None) -> tuple[dict[str, object], list[str]]:
+    """The part of a method's official protocol (:data:`PROTOCOL_PRESETS`) that the ``explain`` task
+    uses, and the names of the preset's fields it does not use (:data:`EXPLAIN_PROTOCOL_FIELDS`):
+    ``({"image_size": ..., "templates": ...}, ["protocol", "window", ...])``. Per-dataset values are
+    read for ``dataset``. A sliding preset's ``image_size`` (its short side, ClearCLIP's 448) is the
+    explain task's n×n input side; a preset without one runs at the model's native size.
+    ``preset=None`` (no official protocol, e.g. raw CLIP or a gradient explainer): ``({}, [])``.
+
+    Raises:
+        ValueError: an unknown preset.
+    """
+    if preset is None:
+        return {}, []
+    if preset not in PROTOCOL_PRESETS:
+        raise ValueError(f"unknown protocol preset {preset!r}; expected one of {tuple(PROTOCOL_PRESETS)}")
+    used, unused = {}, []
+    for name, value in PROTOCOL_PRESETS[preset].items():
+        if isinstance(value, dict):
+            value = value.get(dataset, value[None])
+        if name in EXPLAIN_PROTOCOL_FIELDS:
+            used[name] = value
+        else:
+            unused.append(name)
+    return used, unused
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
@@ -155,7 +261,12 @@ class EvalSettings:
         out: the run folder (results, resumable records).
         split: dataset split (default: the dataset's).
         model, pretrained, checkpoint: what :func:`~surgery_lib.model.loading.load_clip` loads.
-        method: a name of :data:`~surgery_lib.config.METHODS`.
+        method: a name of :func:`resolve_eval_method`: a dense method of
+            :data:`~surgery_lib.config.METHODS`, optionally with the feature-surgery switch ``+fs`` /
+            ``-fs`` (:data:`FEATURE_SURGERY_SUFFIXES`); for ``task="explain"`` also a gradient
+            explainer of :data:`~surgery_lib.config.GRADIENT_METHODS` (one backward pass per class
+            present in the image, through :func:`~surgery_lib.maps.explain.explain`; the default
+            templates only) or a null of :data:`NULL_METHODS`.
         image_size: n×n input for explain, multilabel and the paper protocol (default: native); the
             short side for the sliding protocol (default: the dataset's).
         protocol, window, stride, bg_threshold: segmentation protocol (``paper`` or ``sliding``;
@@ -233,9 +344,7 @@ class EvalSettings:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {DATASETS}")
-        if self.method not in METHODS:
-            hint = " (gradient explainers are not evaluated here)" if self.method in GRADIENT_METHODS else ""
-            raise ValueError(f"unknown method {self.method!r}{hint}; expected one of {tuple(METHODS)}")
+        resolved = resolve_eval_method(self.method)
         if self.protocol_preset is not None:
             if self.protocol_preset not in PROTOCOL_PRESETS:
                 raise ValueError(
@@ -250,6 +359,18 @@ class EvalSettings:
         for name, default in (("protocol", "paper"), ("templates", "surgery85"), ("pamr_steps", 0)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        if not isinstance(resolved, SurgeryConfig):
+            kind = "a gradient explainer" if isinstance(resolved, GradientConfig) else "a null map"
+            if self.task != "explain":
+                raise ValueError(
+                    f"method {self.method!r} is {kind}: it is scored in the explain task only, not in "
+                    f"--task {self.task}"
+                )
+            if self.templates != "surgery85":
+                raise ValueError(
+                    f"method {self.method!r} is {kind}: it uses the default prompt ensemble (surgery85), "
+                    f"not the template set {self.templates!r}"
+                )
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
         if self.templates not in TEMPLATE_SETS:
@@ -295,7 +416,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="surgery",
-        help=f"a method or a comma-separated list ({', '.join(METHODS)}); several methods run one "
+        help=f"a method or a comma-separated list ({', '.join(METHODS)}; a dense method with the suffix "
+        "+fs / -fs: feature surgery on / off; explain task: also the gradient explainers "
+        f"{', '.join(GRADIENT_METHODS)} and the nulls {', '.join(NULL_METHODS)}); several methods run one "
         "evaluation each in --out/<method> and write results_by_method.csv/json in --out",
     )
     size_help = (
@@ -563,7 +686,7 @@ class _Context:
             args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device
         )
         self.model, self.tokenizer = self.clip.model, self.clip.tokenizer
-        self.config = METHODS[args.method]
+        self.config = resolve_eval_method(args.method)  # SurgeryConfig, GradientConfig or a null's name
         self.size = args.image_size or self.clip.image_size
         fg = dataset.foreground
         prompts = [dataset.prompts[i] for i in fg]
@@ -593,31 +716,75 @@ class _Context:
 
     def tokens(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, tuple[int, int]]:
         transform = reference_transform(self.size)
-        return encode_image_tokens(
-            self.model, torch.stack([transform(s.image) for s in samples]), self.config
-        )
+        config = self.config if isinstance(self.config, SurgeryConfig) else METHODS["raw"]
+        return encode_image_tokens(self.model, torch.stack([transform(s.image) for s in samples]), config)
+
+    def token_grid(self) -> tuple[int, int]:
+        """The token grid ``(h, w)`` of the model at this run's input size (one vanilla forward)."""
+        if not hasattr(self, "_grid"):
+            probe = torch.zeros(1, 3, self.size, self.size)
+            self._grid = encode_image_tokens(self.model, probe, METHODS["raw"])[1]
+        return self._grid
+
+
+def _null_maps(ctx: _Context, sample: Sample, count: int, shape: tuple[int, int]) -> list[torch.Tensor]:
+    """The maps of a null method for one (image, class) pair: ``(H, W)`` each (one for the centre
+    prior, :data:`NULL_DRAWS` for the random map, seeded by the image id and ``count``, the pair's
+    position in the image, so that a record does not depend on its batch)."""
+    if ctx.config == "null:centre":
+        return [centre_prior_map(shape)]
+    seed = int(hashlib.sha256(f"{sample.image_id}|{count}".encode()).hexdigest()[:12], 16)
+    generator = torch.Generator().manual_seed(seed)
+    return [random_map(shape, ctx.token_grid(), generator) for _ in range(NULL_DRAWS)]
+
+
+def _explain_maps(
+    ctx: _Context, samples: Sequence[Sample]
+) -> Iterator[tuple[list[int], torch.Tensor | list[list[torch.Tensor]] | None]]:
+    """Per sample ``(present class indices, maps (H, W, P) of those classes or a list of null draws)``:
+    a dense method's maps over the image's candidate classes (feature surgery over them), a gradient
+    explainer's per present class (:func:`~surgery_lib.maps.explain.explain`), a null's."""
+    dense = isinstance(ctx.config, SurgeryConfig)
+    if dense:
+        tokens, grid = ctx.tokens(samples)
+    transform = reference_transform(ctx.size)
+    for b, sample in enumerate(samples):
+        cands = ctx.candidates(sample)
+        label = torch.from_numpy(sample.label)
+        present = [c for c in cands if bool((label == c).any())]
+        shape = tuple(label.shape)
+        if not present:
+            yield present, None
+        elif dense:
+            sim = similarity(tokens[b : b + 1], ctx.texts_for(cands), ctx.config, ctx.empty)
+            cols = [cands.index(c) for c in present]
+            yield present, similarity_map(sim[:, 1:, cols].cpu(), shape, grid)[0]
+        elif isinstance(ctx.config, GradientConfig):
+            prompts = [ctx.dataset.prompts[c] for c in present]
+            image = transform(sample.image)[None]
+            yield (
+                present,
+                explain(ctx.model, ctx.tokenizer, image, prompts, method=ctx.config, size=shape).maps[0],
+            )
+        else:
+            yield present, [_null_maps(ctx, sample, j, shape) for j in range(len(present))]
 
 
 def _explain_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
-    tokens, grid = ctx.tokens(samples)
     records = []
-    for b, sample in enumerate(samples):
-        cands = ctx.candidates(sample)
-        sim = similarity(tokens[b : b + 1], ctx.texts_for(cands), ctx.config, ctx.empty)
+    for sample, (present, maps) in zip(samples, _explain_maps(ctx, samples), strict=True):
         label = torch.from_numpy(sample.label)
         valid = label != ctx.dataset.ignore_index
-        present = [c for c in cands if bool((label == c).any())]
         pairs, skipped = [], []
-        if present:
-            cols = [cands.index(c) for c in present]
-            maps = similarity_map(sim[:, 1:, cols].cpu(), tuple(label.shape), grid)[0]
-            for j, c in enumerate(present):
-                name = ctx.dataset.class_names[c]
-                try:
-                    s = masked_map_scores(maps[:, :, j], label == c, valid)
-                except ValueError:
-                    skipped.append(name)  # the class covers every evaluated pixel: SC is undefined
-                    continue
+        for j, c in enumerate(present):
+            name = ctx.dataset.class_names[c]
+            heats = maps[j] if isinstance(maps, list) else [maps[:, :, j].cpu()]
+            try:
+                scores = [masked_map_scores(heat, label == c, valid) for heat in heats]
+            except ValueError:
+                skipped.append(name)  # the class covers every evaluated pixel: SC is undefined
+                continue
+            for s in scores:
                 pairs.append({"class": name, "iou": s.iou, "sc": s.score_contrast, "hit": s.pointing_hit})
         records.append({"pairs": pairs, "skipped": skipped})
     return records
@@ -1048,7 +1215,7 @@ def _run_held(
         "model": ctx.clip.name,
         "pretrained": ctx.clip.pretrained,
         "method": args.method,
-        "config": dataclasses.asdict(ctx.config),
+        "config": dataclasses.asdict(ctx.config) if dataclasses.is_dataclass(ctx.config) else ctx.config,
         "image_size": ctx.size,
         "protocol": dataclasses.asdict(ctx.protocol) if args.task == "segment" else None,
         "summary": summary,
@@ -1159,6 +1326,12 @@ def _table_row(result: dict) -> dict:
     return {**row, "s_per_image": result["run"]["seconds_per_image"]}
 
 
+def run_folder_name(*parts: str) -> str:
+    """A folder name from its parts joined by ``__`` (``/`` and ``:`` replaced by ``_``, as in the null
+    ``null:random``)."""
+    return "__".join(parts).replace("/", "_").replace(":", "_")
+
+
 def evaluation_table(
     task: str,
     backbones: Sequence[str],
@@ -1166,27 +1339,67 @@ def evaluation_table(
     out_dir: str | Path,
     methods: Sequence[str] = ("raw", "surgery"),
     pretrained: str = "default",
+    presets: dict[str, str | None] | None = None,
+    skip_unsupported: bool = False,
     **options: object,
 ) -> list[dict]:
     """One :func:`evaluate` per backbone × dataset × method (each resumable in its own folder under
-    ``out_dir``); rows of ``{"backbone", "dataset", "method", <summary>, <metric>_low, <metric>_high,
-    "s_per_image", "out"}`` (the limits of the 95 % bootstrap interval over images of each metric)."""
+    ``out_dir``); rows of ``{"backbone", "dataset", "method", "preset", <summary>, <metric>_low,
+    <metric>_high, "s_per_image", "out"}`` (the limits of the 95 % bootstrap interval over images of
+    each metric).
+
+    Args:
+        methods: names of :func:`resolve_eval_method` (dense methods, ``+fs`` / ``-fs`` variants,
+            gradient explainers and nulls for ``explain``).
+        presets: a ``protocol_preset`` per method name (a method missing or ``None``: the options
+            alone, the common protocol); the run's folder name then ends in ``@<preset>``.
+        skip_unsupported: leave out (no row) a method that has no variant for a backbone's image tower
+            (:class:`~surgery_lib.model.adapters.UnsupportedModelError`) instead of raising.
+    """
     device = str(options.pop("device", "auto"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    presets = dict(presets or {})
     rows = []
     for backbone in backbones:
         tag = pretrained_for(backbone, pretrained)
         loaded = load_clip(backbone, pretrained=tag, device=device)
         for label, (name, root) in datasets.items():
             for method in methods:
-                out = Path(out_dir) / task / f"{backbone}__{tag}__{label}__{method}".replace("/", "_")
-                result = evaluate(
-                    task, name, root, out, backbone, tag, method, loaded, quiet=True, progress=True, **options
-                )
-                row = {"backbone": backbone, "dataset": label, "method": method, **_table_row(result)}
-                rows.append({**row, "out": str(out)})
+                preset = presets.get(method)
+                folder = run_folder_name(backbone, tag, label, method) + (f"@{preset}" if preset else "")
+                out = Path(out_dir) / task / folder
+                extra = {"protocol_preset": preset} if preset else {}
+                try:
+                    result = evaluate(
+                        task, name, root, out, backbone, tag, method, loaded, quiet=True, progress=True,
+                        **extra, **options,
+                    )  # fmt: skip
+                except UnsupportedModelError:
+                    if not skip_unsupported:
+                        raise
+                    continue
+                row = {"backbone": backbone, "dataset": label, "method": method, "preset": preset}
+                rows.append({**row, **_table_row(result), "images": result["images"], "out": str(out)})
     return rows
+
+
+def image_values(out: str | Path, key: str = "sc", limit: int | None = None) -> dict[int, float]:
+    """Per image of an ``explain`` run in ``out``, the mean of one pair score over its pairs (``"sc"``:
+    score contrast ×100 as the summary's mSC; ``"iou"`` and ``"hit"`` in %): ``{image index: value}``;
+    images without a scored pair are left out, and with ``limit`` the images from ``limit`` on (a folder
+    a larger run shared holds more records than a table row used). The unit of a paired test between
+    two methods run on the same images (:func:`surgery_lib.eval.tables.paired_test`)."""
+    if key not in ("sc", "iou", "hit"):
+        raise ValueError(f"key must be one of 'sc', 'iou', 'hit', got {key!r}")
+    scale = 1.0 if key == "sc" else 100.0
+    values = {}
+    for record in image_records(out):
+        if "pairs" not in record:
+            raise ValueError(f"{out} is not an explain run (its records have no 'pairs')")
+        if record["pairs"] and (limit is None or record["index"] < limit):
+            values[record["index"]] = scale * float(np.mean([p[key] for p in record["pairs"]]))
+    return values
 
 
 def evaluate_methods(
@@ -1242,7 +1455,7 @@ def main(argv: Sequence[str] | None = None, loaded: LoadedCLIP | None = None) ->
             raise ValueError(f"--method {args.method!r} names no method")
         if len(methods) == 1:
             return run_evaluation(EvalSettings(**options, method=methods[0], out=args.out), loaded)
-        settings = [EvalSettings(**options, method=m, out=args.out / m) for m in methods]
+        settings = [EvalSettings(**options, method=m, out=args.out / run_folder_name(m)) for m in methods]
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     evaluate_methods(settings, args.out, loaded)

@@ -11,28 +11,8 @@ images, its uncertainty (a bootstrap interval or a test's p-value). Facts that h
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of a notebook.
-
-    Fields:
-        holds: whether the claim holds on this run.
-        measured: the measured value, with its interval where it has one (e.g. ``"mSC +12.1 [8.3, 15.9]"``).
-        compared_with: what the value is compared against (e.g. ``"random-map null −0.2 [−1.1, 0.8]"``,
-            ``"raw CLIP"``, ``"object-area chance 6 %"``).
-    """
-
-    holds: bool
-    measured: str
-    compared_with: str
-
-    def __post_init__(self) -> None:
-        if not str(self.measured).strip() or not str(self.compared_with).strip():
-            raise ValueError("a Claim names what was measured and what it is compared with")
-        object.__setattr__(self, "holds", bool(self.holds))
+from surgery_lib.eval.claims import Claim
 
 
 def _line(text: str, value: Claim | bool) -> str:

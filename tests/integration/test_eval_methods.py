@@ -39,9 +39,10 @@ def test_several_methods_write_one_table(tmp_path):
     assert json.loads((out / "results_by_method.json").read_text())[0]["mIoU"] == rows[0]["mIoU"]
 
 
-def test_unknown_or_gradient_methods_are_refused_before_any_run(tmp_path):
+def test_unknown_methods_and_gradient_methods_outside_explain_are_refused_before_any_run(tmp_path):
     with pytest.raises(SystemExit, match="naclip"):
         runner.main(_argv(tmp_path / "a", "raw,nope"))
-    with pytest.raises(SystemExit, match="gradient"):
-        runner.main(_argv(tmp_path / "b", "raw,gradcam"))
+    segment = [("segment" if a == "explain" else a) for a in _argv(tmp_path / "b", "raw,gradcam")]
+    with pytest.raises(SystemExit, match=r"gradient explainer.*explain task only"):
+        runner.main(segment)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
