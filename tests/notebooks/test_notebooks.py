@@ -33,7 +33,9 @@ def test_notebook_runs_and_saves_its_figures(path, tmp_path):
     assert any("What you should see" in s for s in sources)
     printed = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
     assert "claims hold on this model" in printed  # the claim cell ran and printed its comparisons
-    exercises = [i for i, c in enumerate(notebook.cells) if c.cell_type == "markdown" and "## Exercises" in c.source]
+    exercises = [
+        i for i, c in enumerate(notebook.cells) if c.cell_type == "markdown" and "## Exercises" in c.source
+    ]
     assert exercises and exercises[-1] > max(i for i, s in enumerate(sources) if "What you should see" in s)
     pngs = sorted((tmp_path / "figures").glob("*.png"))
     assert pngs and all(p.with_suffix(".pdf").is_file() for p in pngs)

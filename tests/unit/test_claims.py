@@ -17,7 +17,9 @@ def test_a_claim_prints_its_measurement_and_comparison():
 
 
 def test_checks_are_listed_but_not_counted():
-    text = check_claims({"a": Claim(False, "1", "2"), "b": True}, checks={"decomposition sums": True, "x": False})
+    text = check_claims(
+        {"a": Claim(False, "1", "2"), "b": True}, checks={"decomposition sums": True, "x": False}
+    )
     lines = text.splitlines()
     assert "1 of 2 claims hold on this model" in lines
     assert lines[-2:] == ["  ok decomposition sums", "  FAILED x"]
