@@ -3,7 +3,7 @@
 For each batch size (default 1 and 8) at one image size (default 224 px), every method is timed
 against the vanilla forward ``model.visual(x)`` of the same model and images:
 
-* forward-only methods (every preset of ``surgery_lib.config.METHODS``): the method's image forward
+* forward-only methods (every preset of ``surgery_lib.methods.METHODS``): the method's image forward
   ``dense_forward(model, x, config)`` plus what turns its tokens into per-token similarities (L2
   normalisation, then :func:`surgery_lib.maps.explain.similarity` with ``--classes`` text features,
   where feature surgery acts). Text features are random unit vectors: the text tower is not timed
@@ -59,8 +59,9 @@ for folder in (HERE.parent, HERE):
 
 from bench_surgery import format_table, time_interleaved  # noqa: E402
 
-from surgery_lib.config import GRADIENT_METHODS, METHODS, GradientConfig, SurgeryConfig  # noqa: E402
+from surgery_lib.config import GradientConfig, SurgeryConfig  # noqa: E402
 from surgery_lib.maps.explain import similarity  # noqa: E402
+from surgery_lib.methods import GRADIENT_METHODS, METHODS  # noqa: E402
 from surgery_lib.model.gradients import gradient_maps  # noqa: E402
 from surgery_lib.model.surgery import dense_forward  # noqa: E402
 

@@ -59,7 +59,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from surgery_lib.config import METHODS, SurgeryConfig
+from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.analysis import (
     empty_prompt_map,
@@ -81,6 +81,7 @@ from surgery_lib.eval.nulls import position_permutation_test
 from surgery_lib.maps.explain import encode_image_tokens, explain
 from surgery_lib.maps.features import class_weights
 from surgery_lib.maps.text import text_features
+from surgery_lib.methods import METHODS
 from surgery_lib.model.loading import load_clip
 from surgery_lib.ui.claims import Claim, check_claims, exercise
 from surgery_lib.ui.viz import figure_style, line_chart, method_comparison, save_figure

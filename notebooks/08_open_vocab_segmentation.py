@@ -45,7 +45,7 @@
 # (foreground) classes. `BG_THRESHOLD=0.5` switches on **this project's own** background rule (a pixel is
 # background where the winning class's min-max normalised map is below 0.5; the paper describes none);
 # `SURGERY_PROTOCOL=sliding` runs the common sliding-window protocol instead. MaskCLIP (the paper's
-# comparator) and every other dense preset of the method zoo (`surgery_lib.config.METHODS`) run in the
+# comparator) and every other dense preset of the method zoo (`surgery_lib.methods.METHODS`) run in the
 # same table, on the same protocol — their architecture only, not their own inference protocols (12
 # compares those).
 #
@@ -83,12 +83,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from surgery_lib.config import METHODS
 from surgery_lib.data.datasets import load_dataset
 from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
 from surgery_lib.eval.segmentation import ARGMAX, Protocol, paired_miou, records_confusion, segment_samples
 from surgery_lib.eval.tables import metric_bars
 from surgery_lib.maps.explain import encode_image_tokens
+from surgery_lib.methods import METHODS
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.shipped import pretrained_for

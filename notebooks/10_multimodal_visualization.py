@@ -54,7 +54,7 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 # %%
 import pandas as pd
 
-from surgery_lib.config import METHODS, SurgeryConfig
+from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.downstream import word_pointing_records
 from surgery_lib.eval.metrics import bootstrap_ci
@@ -69,6 +69,7 @@ from surgery_lib.maps.multimodal import (
     word_similarity,
 )
 from surgery_lib.maps.text import empty_prompt_features
+from surgery_lib.methods import METHODS
 from surgery_lib.model.loading import load_clip
 from surgery_lib.ui.claims import Claim, check_claims, exercise
 from surgery_lib.ui.viz import caption_figure, map_grid, save_figure, word_maps_figure

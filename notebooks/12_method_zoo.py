@@ -20,7 +20,7 @@
 # **Reproduces.** The comparisons of the later papers (SCLIP Tab. 1, GEM Tab. 2, ClearCLIP, NACLIP
 # Tab. 1: training-free dense methods on CLIP ViT-B/16) as far as the model and images set below allow.
 # What is each method's own and what is common:
-# - **official**: each method's *architecture* as its official code builds it (`surgery_lib.config.METHODS`:
+# - **official**: each method's *architecture* as its official code builds it (`surgery_lib.methods.METHODS`:
 #   attention kind, path, depth, residual / FFN, positional-embedding resampling; NACLIP with its
 #   Gaussian prior), and, in the rows marked "@ own protocol", the part of its official *inference
 #   protocol* that an explainability score depends on — input size and prompt templates
@@ -75,7 +75,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from surgery_lib.config import GRADIENT_METHODS, METHODS, method_names
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval.runner import (
     NULL_METHODS,
@@ -88,6 +87,7 @@ from surgery_lib.eval.runner import (
 from surgery_lib.eval.sets import with_spatial_prior
 from surgery_lib.eval.tables import beats, interval_text, ranking, row_label, with_intervals
 from surgery_lib.maps.explain import explain
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.introspection import attention_maps
 from surgery_lib.model.loading import load_clip

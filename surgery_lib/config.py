@@ -5,8 +5,9 @@ published: v-v attention on a dual path over the last 6 blocks, FFN skipped on t
 surgery on). Widgets are generated from the fields, so a new flag gets its control for free.
 
 The other training-free dense methods (MaskCLIP, SCLIP, GEM, ClearCLIP, NACLIP) are presets of the same
-config in the one registry :data:`METHODS`; the gradient explainers (Grad-CAM, attention Grad-CAM,
-Chefer relevancy) are listed in :data:`GRADIENT_METHODS`, and :func:`resolve_method` resolves any name.
+config, and the gradient explainers (Grad-CAM, attention Grad-CAM, Chefer relevancy) are
+:class:`GradientConfig` records: both are named in the method registry, :mod:`surgery_lib.methods`
+(one file per method), whose ``resolve_method`` resolves any name.
 """
 
 from __future__ import annotations
@@ -221,59 +222,6 @@ class SurgeryConfig:
         return dataclasses.replace(self, **changes)
 
 
-_SINGLE_LAST_BLOCK = {"dual_path": False, "depth": 1, "feature_surgery": False}
-
-METHODS: Mapping[str, SurgeryConfig] = MappingProxyType(
-    {
-        "raw": SurgeryConfig.off(),
-        "surgery": SurgeryConfig.paper(),
-        # CLIP Surgery ablations
-        "surgery-no-fs": SurgeryConfig.paper().replace(feature_surgery=False),
-        "feature-surgery-only": SurgeryConfig.off().replace(feature_surgery=True),
-        # the other training-free dense methods, as their official code runs them (METHODS.md §11.4)
-        "maskclip": SurgeryConfig(
-            attention="identity", skip_ffn=False, pos_embed_interp="bicubic", **_SINGLE_LAST_BLOCK
-        ),
-        "sclip": SurgeryConfig(
-            attention="qq+kk", skip_ffn=False, pos_embed_interp="bicubic-dino", **_SINGLE_LAST_BLOCK
-        ),
-        "gem": SurgeryConfig(
-            attention="gem",
-            self_attn_iters=1,
-            feature_surgery=False,
-            pos_embed_interp="bicubic-antialias",
-        ),
-        "clearclip": SurgeryConfig(
-            attention="qq", keep_residual=False, pos_embed_interp="bicubic-dino", **_SINGLE_LAST_BLOCK
-        ),
-        "naclip": SurgeryConfig(
-            attention="kk",
-            keep_residual=False,
-            spatial_prior_sigma=5,
-            pos_embed_interp="bicubic-dino",
-            **_SINGLE_LAST_BLOCK,
-        ),
-    }
-)
-"""The one registry of named methods: name -> config (read-only); gradient explainers are listed
-in :data:`GRADIENT_METHODS`, and :func:`method_names` gives both.
-
-* ``raw``: vanilla CLIP; ``surgery``: CLIP Surgery as published (arXiv 2304.05653).
-* ``surgery-no-fs``: architecture surgery alone (the authors' open-vocabulary segmentation setting);
-  ``feature-surgery-only``: feature surgery on vanilla CLIP's tokens.
-* ``maskclip`` (ECCV 2022, official ViT code): identity attention in the last block, residual and FFN
-  kept; its KS/PD post-processing is not part of the config (off in its released configs).
-* ``sclip`` (ECCV 2024): last block with the SUM of q-q and k-k softmaxes, residual and FFN kept.
-* ``gem`` (CVPR 2024, code defaults): CLIP Surgery's dual path over the last 6 blocks with GEM's
-  self-self ensemble, adaptive temperature, 1 clustering iteration (the paper's best: 2-3, per dataset).
-* ``clearclip`` (ECCV 2024): last block q-q attention, no residual, no FFN.
-* ``naclip`` (WACV 2025, ``arch='reduced'``): last block k-k attention plus a Gaussian neighbourhood
-  prior (σ = 5), no residual, no FFN. Without PAMR (the paper's main row; its README uses PAMR).
-
-Each method resamples the positional embedding as its official code does (:data:`PosEmbedInterp`).
-"""
-
-
 GradientExplainer = Literal["gradcam", "attn_gradcam", "chefer"]
 """The gradient explainers (``surgery_lib.model.gradients``)."""
 
@@ -310,72 +258,3 @@ class GradientConfig:
     def replace(self, **changes: object) -> GradientConfig:
         """A copy with some fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)
-
-
-GRADIENT_METHODS: Mapping[str, GradientConfig] = MappingProxyType(
-    {
-        "gradcam": GradientConfig("gradcam"),
-        "attn_gradcam": GradientConfig("attn_gradcam"),
-        "chefer": GradientConfig("chefer"),
-        "chefer-all-layers": GradientConfig("chefer", start_layer=0),
-    }
-)
-"""Named gradient explainers: name -> :class:`GradientConfig` (read-only). ``chefer`` uses the CLIP
-notebook's default ``start_layer=-1`` (last block only), ``chefer-all-layers`` the paper's rule."""
-
-
-def method_names() -> tuple[str, ...]:
-    """Every method name: the dense methods of :data:`METHODS`, then the gradient explainers of
-    :data:`GRADIENT_METHODS`."""
-    return (*METHODS, *GRADIENT_METHODS)
-
-
-def _unknown(method: str) -> ValueError:
-    return ValueError(
-        f"unknown method {method!r}; known methods: {', '.join(METHODS)}; "
-        f"gradient methods: {', '.join(GRADIENT_METHODS)}"
-    )
-
-
-RAW_VS_SURGERY: Mapping[str, SurgeryConfig] = MappingProxyType({k: METHODS[k] for k in ("raw", "surgery")})
-"""The paper's comparison: vanilla CLIP beside CLIP Surgery."""
-
-
-def method_config(method: str | SurgeryConfig | None) -> SurgeryConfig:
-    """The config a method name (a key of :data:`METHODS`) or a config stands for; None: the paper's.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones), or the name of a gradient
-            method (those have no :class:`SurgeryConfig`: see :func:`resolve_method`).
-        TypeError: neither a name nor a :class:`SurgeryConfig`.
-    """
-    if method is None:
-        return SurgeryConfig.paper()
-    if isinstance(method, SurgeryConfig):
-        return method
-    if isinstance(method, str):
-        if method in GRADIENT_METHODS:
-            raise ValueError(
-                f"{method!r} is a gradient method, not a SurgeryConfig preset: pass it as "
-                "explain(..., method=...) (dense methods: " + ", ".join(METHODS) + ")"
-            )
-        if method not in METHODS:
-            raise _unknown(method)
-        return METHODS[method]
-    raise TypeError(f"expected a method name or a SurgeryConfig, got {type(method).__name__}")
-
-
-def resolve_method(
-    method: str | SurgeryConfig | GradientConfig | None,
-) -> SurgeryConfig | GradientConfig:
-    """The config of any method name (:func:`method_names`) or config; None: the paper's.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones).
-        TypeError: neither a name nor a config.
-    """
-    if isinstance(method, GradientConfig):
-        return method
-    if isinstance(method, str) and method in GRADIENT_METHODS:
-        return GRADIENT_METHODS[method]
-    return method_config(method)

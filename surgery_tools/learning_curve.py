@@ -6,7 +6,7 @@
 Each checkpoint is a training checkpoint of ``surgery_tools.train`` (``*.pt``: its ``model`` state and
 ``step``) or an exported weights file (``*.safetensors``, its step read from the JSON beside it). Every
 one is measured on the held-out composite sets (``data/composites/seen_instances`` and
-``new_instances``; ``--limit`` images of each) by :func:`surgery_lib.eval.sets.evaluate`, the
+``new_instances``; ``--limit`` images of each) by :func:`surgery_lib.eval.sets.raw_vs_surgery_scores`, the
 measure of the model card; the curve is written as JSON and printed as a Markdown table.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from surgery_lib.data.shipped import read_composite_set
-from surgery_lib.eval.sets import evaluate
+from surgery_lib.eval.sets import raw_vs_surgery_scores
 from surgery_lib.paths import data_dir
 
 SETS = ("seen_instances", "new_instances")
@@ -58,14 +58,14 @@ def _load(arch: str, path: Path):
 
 
 def measure(arch: str, checkpoints: Sequence[Path], limit: int | None = None) -> list[dict]:
-    """One row per checkpoint, in step order: ``{"step", "file", <set>: evaluate(...)}``."""
+    """One row per checkpoint, in step order: ``{"step", "file", <set>: raw_vs_surgery_scores(...)}``."""
     rows = []
     for path in checkpoints:
         model, tokenizer, size, step = _load(arch, Path(path))
         row: dict = {"step": step, "file": Path(path).name}
         for split in SETS:
             classes, items = read_composite_set(data_dir() / "composites" / split, limit)
-            row[split] = evaluate(model, tokenizer, classes, items, size)
+            row[split] = raw_vs_surgery_scores(model, tokenizer, classes, items, size)
         rows.append(row)
     return sorted(rows, key=lambda r: r["step"])
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from surgery_lib.data.shipped import read_composite_set
-from surgery_lib.eval.sets import evaluate
+from surgery_lib.eval.sets import raw_vs_surgery_scores
 from surgery_lib.model.shipped import WEIGHTS_DIR
 from surgery_lib.paths import data_dir
 
@@ -30,7 +30,7 @@ QUICK_IMAGES = 40
 def quick_zero_shot(model: nn.Module, tokenizer, image_size: int, root: Path | None = None) -> float:
     root = root or data_dir() / "composites" / "seen_instances"
     classes, items = read_composite_set(root, QUICK_IMAGES)
-    return float(evaluate(model, tokenizer, classes, items, image_size)["zero_shot_top1"])
+    return float(raw_vs_surgery_scores(model, tokenizer, classes, items, image_size)["zero_shot_top1"])
 
 
 def record(name: str, checkpoint: Path | None = None) -> dict:
@@ -49,7 +49,7 @@ def record(name: str, checkpoint: Path | None = None) -> dict:
     quality = {}
     for split in ("seen_instances", "new_instances"):
         classes, items = read_composite_set(data_dir() / "composites" / split)
-        quality[split] = evaluate(clip.model, clip.tokenizer, classes, items, clip.image_size)
+        quality[split] = raw_vs_surgery_scores(clip.model, clip.tokenizer, classes, items, clip.image_size)
     meta["quality"] = quality
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from surgery_lib.config import METHODS, SurgeryConfig
+from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.datasets import Dataset
 from surgery_lib.data.records import AnnotatedImage, size_groups
 from surgery_lib.eval.metrics import (
@@ -54,6 +54,7 @@ from surgery_lib.maps.explain import configured_similarity, encode_image_tokens,
 from surgery_lib.maps.features import cosine_similarity, similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import empty_prompt_features, text_features
+from surgery_lib.methods import METHODS
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
 from surgery_lib.model.attention import attend
 from surgery_lib.model.introspection import attention_maps, residual_contributions

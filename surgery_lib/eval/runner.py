@@ -104,7 +104,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: runs are not locked
     fcntl = None  # type: ignore[assignment]
 
-from surgery_lib.config import GRADIENT_METHODS, METHODS, GradientConfig, SurgeryConfig
+from surgery_lib.config import GradientConfig, SurgeryConfig
 from surgery_lib.data.datasets import DATASETS, Dataset, Sample, load_dataset
 from surgery_lib.eval.metrics import (
     ExplainabilityMeter,
@@ -120,34 +120,13 @@ from surgery_lib.maps.explain import encode_image_tokens, explain, similarity
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, PROTOCOL_PRESETS
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.loading import LoadedCLIP, load_clip
 from surgery_lib.model.shipped import DEFAULT_MODEL, pretrained_for
 from surgery_lib.paths import data_dir
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
-
-PROTOCOL_PRESETS: dict[str, dict[str, object]] = {
-    "surgery": {"protocol": "paper", "templates": "surgery85"},
-    "maskclip": {"protocol": "paper", "image_size": 512, "templates": "surgery85"},
-    "sclip": {
-        "protocol": "sliding", "window": 224, "stride": 112, "templates": "openai80",
-        "logit_scale": {"voc": 65.0, "context": 50.0, "coco_object": 50.0, None: 40.0},
-        "bg_threshold": 0.1, "pamr_steps": 0,
-    },
-    "naclip": {
-        "protocol": "sliding", "window": 224, "stride": 112, "templates": "openai80", "logit_scale": 40.0,
-        "bg_threshold": 0.1, "pamr_steps": 10,
-    },
-    "clearclip": {
-        "protocol": "sliding", "image_size": 448, "window": 448, "stride": 224, "templates": "openai80",
-        "logit_scale": 50.0, "bg_threshold": {"voc": 0.5, "context": 0.15, "coco_object": 0.4, None: 0.5},
-        "pamr_steps": 0,
-    },
-    "gem": {"protocol": "paper", "image_size": 448, "templates": "single"},
-}  # fmt: skip
-"""Inference presets of ``--protocol-preset`` (METHODS.md §9, §11.4), by method name: the values of the
-:class:`EvalSettings` fields they fill; a dict value is per dataset (``None``: any other dataset)."""
 
 EXPLAIN_PROTOCOL_FIELDS: tuple[str, ...] = ("image_size", "templates")
 """The protocol fields the ``explain`` task uses: the input side (n×n) and the prompt templates. The
@@ -176,8 +155,8 @@ NULL_DRAWS = 10
 
 def resolve_eval_method(name: str) -> SurgeryConfig | GradientConfig | str:
     """What an evaluation method name stands for: a :class:`SurgeryConfig` (a name of
-    :data:`~surgery_lib.config.METHODS`, or one with a :data:`FEATURE_SURGERY_SUFFIXES` suffix), a
-    :class:`GradientConfig` (a name of :data:`~surgery_lib.config.GRADIENT_METHODS`), or the name
+    :data:`~surgery_lib.methods.METHODS`, or one with a :data:`FEATURE_SURGERY_SUFFIXES` suffix), a
+    :class:`GradientConfig` (a name of :data:`~surgery_lib.methods.GRADIENT_METHODS`), or the name
     itself for a null of :data:`NULL_METHODS`.
 
     Raises:
@@ -214,7 +193,7 @@ def with_feature_surgery(name: str, on: bool) -> str:
     without), else ``"<name>+fs"`` / ``"<name>-fs"`` (:data:`FEATURE_SURGERY_SUFFIXES`).
 
     Raises:
-        ValueError: ``name`` is not a dense method of :data:`~surgery_lib.config.METHODS`.
+        ValueError: ``name`` is not a dense method of :data:`~surgery_lib.methods.METHODS`.
     """
     if name not in METHODS:
         raise ValueError(
@@ -262,9 +241,9 @@ class EvalSettings:
         split: dataset split (default: the dataset's).
         model, pretrained, checkpoint: what :func:`~surgery_lib.model.loading.load_clip` loads.
         method: a name of :func:`resolve_eval_method`: a dense method of
-            :data:`~surgery_lib.config.METHODS`, optionally with the feature-surgery switch ``+fs`` /
+            :data:`~surgery_lib.methods.METHODS`, optionally with the feature-surgery switch ``+fs`` /
             ``-fs`` (:data:`FEATURE_SURGERY_SUFFIXES`); for ``task="explain"`` also a gradient
-            explainer of :data:`~surgery_lib.config.GRADIENT_METHODS` (one backward pass per class
+            explainer of :data:`~surgery_lib.methods.GRADIENT_METHODS` (one backward pass per class
             present in the image, through :func:`~surgery_lib.maps.explain.explain`; the default
             templates only) or a null of :data:`NULL_METHODS`.
         image_size: n×n input for explain, multilabel and the paper protocol (default: native); the

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from surgery_lib.config import RAW_VS_SURGERY
 from surgery_lib.data.records import AnnotatedImage, size_groups
 from surgery_lib.data.shipped import read_composite_set
 from surgery_lib.eval.metrics import ExplainabilityMeter
@@ -33,13 +32,12 @@ from surgery_lib.maps.explain import encode_image_tokens, similarity
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
+from surgery_lib.methods import RAW_VS_SURGERY
 from surgery_lib.model.shipped import DEFAULT_MODEL
-
-METHODS = RAW_VS_SURGERY
 
 
 @torch.no_grad()
-def evaluate(
+def raw_vs_surgery_scores(
     model: nn.Module,
     tokenizer: Tokenizer,
     classes: Sequence[str],
@@ -51,12 +49,12 @@ def evaluate(
     transform = reference_transform(image_size)
     texts = text_features(model, tokenizer, classes)
     empty = empty_prompt_features(model, tokenizer)
-    meters = {name: ExplainabilityMeter() for name in METHODS}
+    meters = {name: ExplainabilityMeter() for name in RAW_VS_SURGERY}
     correct = 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         images = torch.stack([transform(it.image) for it in chunk])
-        for name, config in METHODS.items():
+        for name, config in RAW_VS_SURGERY.items():
             tokens, grid = encode_image_tokens(model, images, config)
             if name == "raw":
                 top = (tokens[:, 0] @ texts.t()).argmax(dim=-1)
@@ -94,12 +92,12 @@ def point_scores(
     from surgery_lib.maps.sam import text_points
 
     transform = reference_transform(image_size)
-    hits: dict[str, dict[str, list[float]]] = {name: {} for name in METHODS}
+    hits: dict[str, dict[str, list[float]]] = {name: {} for name in RAW_VS_SURGERY}
     absent_pass = absent = present_pass = present = 0
     for item in items:
         images = transform(item.image)[None]
         size = (item.image.height, item.image.width)
-        for name, config in METHODS.items():
+        for name, config in RAW_VS_SURGERY.items():
             ex = explain(model, tokenizer, images, list(classes), config, size=size)
             for label, mask in item.masks.items():
                 points, labels = text_points(ex, label)
@@ -143,7 +141,7 @@ def caption_word_records(
     ``special_tokens``: rank the start and end tokens too (``"[start]"``, ``"[end]"``; never a hit), as
     the reference's multimodal visualization does; False: the content tokens only.
 
-    For every image, method (raw CLIP, CLIP Surgery; :data:`METHODS`) and redundancy option of
+    For every image, method (raw CLIP, CLIP Surgery; :data:`RAW_VS_SURGERY`) and redundancy option of
     :func:`~surgery_lib.maps.multimodal.word_similarity`, two importances of the ``(K,)`` words:
     ``"class token"`` (:func:`~surgery_lib.maps.multimodal.word_importance`: the class token's score;
     the same for both methods when the class token is vanilla, and for every redundancy, which
@@ -167,7 +165,7 @@ def caption_word_records(
         cap = caption_tokens(model, tokenizer, caption, special_tokens=special_tokens)
         is_class = [_is_class_word(word, list(item.masks)) for word in cap.words]
         images = transform(item.image)[None]
-        for method, config in METHODS.items():
+        for method, config in RAW_VS_SURGERY.items():
             tokens, _ = encode_image_tokens(model, images, config)
             for redundancy in redundancies:
                 sim = word_similarity(tokens, cap, redundancy, empty)
@@ -221,7 +219,7 @@ def point_precision_records(
     for group in size_groups(items, batch):
         images = torch.stack([transform(items[i].image) for i in group])
         size = (items[group[0]].image.height, items[group[0]].image.width)
-        for method, config in METHODS.items():
+        for method, config in RAW_VS_SURGERY.items():
             tokens, grid = encode_image_tokens(model, images, config)
             sim = similarity(tokens, texts, config, empty)  # as explain(); no maps needed for points
             for b, i in enumerate(group):
@@ -272,7 +270,8 @@ def combined_point_records(
             continue
         target = "+".join(known[:2])
         size = (item.image.height, item.image.width)
-        ex = explain(model, tokenizer, transform(item.image)[None], list(classes), METHODS["surgery"], size)
+        surgery = RAW_VS_SURGERY["surgery"]
+        ex = explain(model, tokenizer, transform(item.image)[None], list(classes), surgery, size)
         mask = item.target_mask(target)
         for combine in combines:
             points, labels = text_points(ex, target, combine=combine)
@@ -316,7 +315,7 @@ def presence_records(
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         tokens, _ = encode_image_tokens(
-            model, torch.stack([transform(it.image) for it in chunk]), METHODS["raw"]
+            model, torch.stack([transform(it.image) for it in chunk]), RAW_VS_SURGERY["raw"]
         )
         probs = torch.softmax(100.0 * tokens[:, 0] @ texts.t(), dim=-1)
         for b, item in enumerate(chunk):
@@ -355,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
     for root in args.set:
         classes, items = read_composite_set(root, args.limit)
-        results[str(root)] = evaluate(clip.model, clip.tokenizer, classes, items, clip.image_size)
+        scores = raw_vs_surgery_scores(clip.model, clip.tokenizer, classes, items, clip.image_size)
+        results[str(root)] = scores
         if args.points:
             results[str(root)]["points"] = point_scores(
                 clip.model, clip.tokenizer, classes, items, clip.image_size

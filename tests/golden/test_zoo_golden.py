@@ -3,7 +3,7 @@
 
 One test per ``*.pt`` file in ``SURGERY_ZOO_GOLDEN_DIR`` (default ``../shared/golden/zoo`` next to the
 repo; absent: skipped, except under ``CI=true``). Each file's method runs through the library's public
-path: the preset of ``surgery_lib.config.METHODS`` with ``encode_image_tokens``, or the gradient
+path: the preset of ``surgery_lib.methods.METHODS`` with ``encode_image_tokens``, or the gradient
 explainer of ``GRADIENT_METHODS`` with ``gradient_maps``. Output keys absent from a file are not
 checked; an unknown ``meta.method`` fails.
 """
@@ -20,7 +20,8 @@ import torch
 from conftest import REPO, golden_files
 
 from surgery_lib import encode_image_tokens, feature_surgery
-from surgery_lib.config import GRADIENT_METHODS, METHODS, GradientConfig, SurgeryConfig
+from surgery_lib.config import GradientConfig, SurgeryConfig
+from surgery_lib.methods import GRADIENT_METHODS, METHODS
 from surgery_lib.model.gradients import gradient_maps
 from surgery_lib.model.loading import model_from_openai_state_dict
 

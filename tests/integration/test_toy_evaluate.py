@@ -10,7 +10,7 @@ from conftest import make_vit
 from PIL import Image
 
 from surgery_lib.data.shipped import read_composite_set as read_set
-from surgery_lib.eval.sets import evaluate, main, point_scores
+from surgery_lib.eval.sets import main, point_scores, raw_vs_surgery_scores
 
 CLASSES = ["cat", "dog", "sky"]
 
@@ -54,7 +54,7 @@ def test_read_set_names_the_missing_file(eval_set):
 def test_evaluate_and_point_scores(eval_set, tokenizer):
     model = make_vit()
     classes, items = read_set(eval_set)
-    result = evaluate(model, tokenizer, classes, items, image_size=32)
+    result = raw_vs_surgery_scores(model, tokenizer, classes, items, image_size=32)
     assert result["images"] == 3 and 0 <= result["zero_shot_top1"] <= 100
     for method in ("raw", "surgery"):
         assert result[method]["pairs"] == 5 and result[method]["classes"] == 2

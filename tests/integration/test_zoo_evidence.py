@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import REPO
 
-from surgery_lib.config import GRADIENT_METHODS, METHODS
 from surgery_lib.data.datasets import load_dataset
 from surgery_lib.eval import runner
 from surgery_lib.eval.metrics import ExplainabilityMeter, masked_map_scores
 from surgery_lib.eval.nulls import centre_prior_map
 from surgery_lib.eval.tables import beats, paired_test, ranking, row_label
+from surgery_lib.methods import GRADIENT_METHODS, METHODS
 from surgery_lib.model.adapters import UnsupportedModelError
 
 ROOT = REPO / "data" / "composites" / "seen_instances"

@@ -114,7 +114,7 @@ def _run(tmp_path, *args: str) -> dict:
 
 
 def test_cli_help_lists_every_method(capsys):
-    from surgery_lib.config import method_names
+    from surgery_lib.methods import method_names
 
     with pytest.raises(SystemExit):
         main(["explain", "--help"])
@@ -123,7 +123,7 @@ def test_cli_help_lists_every_method(capsys):
 
 
 def test_cli_runs_dense_and_gradient_methods_by_name(tmp_path, monkeypatch):
-    from surgery_lib.config import METHODS
+    from surgery_lib.methods import METHODS
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     summary = _run(

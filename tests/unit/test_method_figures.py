@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from surgery_lib.config import method_names
+from surgery_lib.methods import method_names
 from surgery_lib.ui import viz
 
 LABELS = ["cat", "dog", "bird"]

@@ -14,17 +14,10 @@ from conftest import assert_unchanged, snapshot
 from PIL import Image
 
 from surgery_lib import config as config_module
-from surgery_lib.config import (
-    ARCHITECTURE_FIELDS,
-    ATTENTION_KINDS,
-    GRADIENT_METHODS,
-    METHODS,
-    REDUNDANT_FEATURES,
-    SurgeryConfig,
-    method_names,
-)
+from surgery_lib.config import ARCHITECTURE_FIELDS, ATTENTION_KINDS, REDUNDANT_FEATURES, SurgeryConfig
 from surgery_lib.eval.metrics import map_scores
 from surgery_lib.maps.explain import explain
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
 from surgery_lib.model.introspection import attention_maps
 from surgery_lib.ui import viz, widgets
 from surgery_lib.ui.widgets import (

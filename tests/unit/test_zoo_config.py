@@ -10,16 +10,8 @@ import torch
 from conftest import assert_unchanged, make_rn, make_vit, random_images, snapshot
 
 from surgery_lib import UnsupportedModelError, apply_surgery, encode_image_tokens, explain
-from surgery_lib.config import (
-    GRADIENT_METHODS,
-    METHODS,
-    POS_EMBED_INTERPS,
-    GradientConfig,
-    SurgeryConfig,
-    method_config,
-    method_names,
-    resolve_method,
-)
+from surgery_lib.config import POS_EMBED_INTERPS, GradientConfig, SurgeryConfig
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_config, method_names, resolve_method
 from surgery_lib.model.attention import attend, attention_weights, spatial_prior
 from surgery_lib.model.gradients import attention_gradcam, chefer_relevancy, gradcam, gradient_maps
 from surgery_lib.model.introspection import attention_maps, residual_contributions
