@@ -52,8 +52,9 @@ import torch
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.shipped import default_source, example_images
 from surgery_lib.eval import mechanism as mech
-from surgery_lib.eval.analysis import attention_locality, dual_path_decomposition, null_records, summarise
+from surgery_lib.eval.analysis import attention_locality, null_records, summarise
 from surgery_lib.eval.metrics import bootstrap_ci
+from surgery_lib.model import dual_path_decomposition
 from surgery_lib.model.adapters import ViTAdapter, adapter_for
 from surgery_lib.model.loading import load_clip
 from surgery_lib.model.surgery import max_depth

@@ -84,10 +84,10 @@ from surgery_lib.eval.runner import (
     explain_protocol,
     with_feature_surgery,
 )
-from surgery_lib.eval.sets import with_spatial_prior
 from surgery_lib.eval.tables import beats, interval_text, ranking, row_label, with_intervals
 from surgery_lib.maps.explain import explain
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
+from surgery_lib.model import with_spatial_prior
 from surgery_lib.model.adapters import UnsupportedModelError
 from surgery_lib.model.introspection import attention_maps
 from surgery_lib.model.loading import load_clip
@@ -351,7 +351,7 @@ for metric, unit in (("mIoU", "mIoU (%)"), ("mSC", "mSC (×100)")):
 # GEM's is the mean of its q-q, k-k and v-v attentions over L2-normalised projections (adaptive
 # temperature, one clustering iteration). NACLIP's panel is its k-k attention *with* the Gaussian
 # neighbourhood prior (σ = 5 patches) added to the logits, as NACLIP computes it
-# (`surgery_lib.eval.sets.with_spatial_prior`). A ModifiedResNet has one attention, its attention pool.
+# (`surgery_lib.model.with_spatial_prior`). A ModifiedResNet has one attention, its attention pool.
 
 # %%
 KIND_NAMES = {

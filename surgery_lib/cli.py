@@ -38,10 +38,14 @@ from surgery_lib.maps.explain import explain
 from surgery_lib.maps.images import open_image, preprocess_images, read_image
 from surgery_lib.maps.text import check_label_tokens, distinct_by_tokens, text_features, validate_labels
 from surgery_lib.methods import RAW_VS_SURGERY, method_names, resolve_method
-from surgery_lib.model.adapters import UnsupportedModelError
-from surgery_lib.model.loading import WeightsNotAvailableError, load_clip
-from surgery_lib.model.shipped import DEFAULT_MODEL
-from surgery_lib.model.surgery import SurgeryError, max_depth
+from surgery_lib.model import (
+    DEFAULT_MODEL,
+    SurgeryError,
+    UnsupportedModelError,
+    WeightsNotAvailableError,
+    load_clip,
+    max_depth,
+)
 from surgery_lib.ui.render import COLORMAPS, MAX_OVERLAY_SIDE, overlay, overlay_size
 
 USER_ERRORS = (

@@ -16,7 +16,8 @@ table or a plot; nothing here draws. Masks come from :class:`~surgery_lib.data.r
   the empty prompt's features or a control direction from every class (notebook 05).
 * :func:`vocabulary_sweep_records` — feature surgery's effect as the class list grows (notebook 05).
 * :func:`config_summary` — map scores next to zero-shot top-1 per config (ablations, notebook 06).
-* :func:`dual_path_decomposition` — the new path as a sum of v-v outputs, checked numerically (06).
+* :func:`~surgery_lib.model.dual_path_decomposition` (in the model layer) — the new path
+  as a sum of v-v outputs, checked numerically (notebook 03).
 * :func:`token_grid`, :func:`paired_difference`, :func:`pointing_chance`, :func:`compare_interval` — the
   grid a random-map null is drawn on, method A vs B paired per image (bootstrap interval and sign-flip
   test), the pointing game's chance level, and words for an interval against a reference (00, 01, 05).
@@ -55,11 +56,13 @@ from surgery_lib.maps.features import cosine_similarity, similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import empty_prompt_features, text_features
 from surgery_lib.methods import METHODS
-from surgery_lib.model.adapters import ViTAdapter, adapter_for
-from surgery_lib.model.attention import attend
-from surgery_lib.model.introspection import attention_maps, residual_contributions
-from surgery_lib.model.loading import LoadedCLIP
-from surgery_lib.model.surgery import Trace, dense_forward
+from surgery_lib.model import (
+    LoadedCLIP,
+    attention_maps,
+    dense_forward,
+    residual_contributions,
+    tower_info,
+)
 
 
 def _batch(loaded: LoadedCLIP, item: AnnotatedImage, image_size: int | None = None) -> torch.Tensor:
@@ -368,7 +371,7 @@ def contribution_records(
         absolute share over all patches); parts ``"attention"`` and ``"ffn"`` per block, and
         ``"embedding"`` and ``"bias"`` (``ln_post``'s bias) with ``block = -1``.
     """
-    if not isinstance(adapter_for(loaded.model), ViTAdapter):
+    if not tower_info(loaded.model).residual_stream:
         raise TypeError("contribution analysis needs a ViT tower (a ModifiedResNet has no residual stream)")
     config = config or SurgeryConfig.off()
     texts = text_features(loaded.model, loaded.tokenizer, classes)
@@ -617,81 +620,6 @@ def config_summary(
             }
         )
     return rows
-
-
-@torch.no_grad()
-def dual_path_decomposition(
-    loaded: LoadedCLIP, images: torch.Tensor, config: SurgeryConfig | None = None
-) -> list[dict]:
-    """Check numerically what the dual path computes (ViT; recorded with the forward's hook points).
-
-    With the new path starting as a copy ``y = x_s`` of the stream entering the first surgery block
-    ``s`` and skipping the FFN, its output is ``y_L = x_s + Σ_{i ≥ s} a_i`` where ``a_i`` is block
-    i's v-v attention output computed from the *original* stream's ``LN1(x_i)``. Three checks:
-
-    * ``new path = x_s + Σ v-v outputs``: the recorded ``final`` patch tokens against that sum;
-    * ``v-v outputs come from the original stream``: each ``new_path.i.attn_out`` recomputed from
-      ``LN1(blocks.i.input)``; the ``scale`` column of the row ``... (from the new path instead)`` is
-      how far the same attention computed from the new path's own stream would be;
-    * ``with q-k on the new path, new = original − FFN outputs``: the same dual path with ordinary q-k
-      attention equals the original path minus exactly the surgery blocks' FFN outputs (their direct
-      terms; the FFNs still shape later blocks' inputs through the original stream).
-
-    Returns:
-        records ``{"check", "max_abs_error", "scale"}`` (``scale``: the largest entry of the compared
-        tensor, to read the error against).
-    """
-    config = config or SurgeryConfig.paper()
-    adapter = adapter_for(loaded.model)
-    if not isinstance(adapter, ViTAdapter):
-        raise TypeError("the dual path exists on ViT towers only")
-    if not (config.dual_path and config.skip_ffn and config.keep_residual and config.depth > 0):
-        raise ValueError("the decomposition is for a dual path that skips the FFN (the paper's)")
-    if config.attention not in ("qk", "vv", "qq", "kk", "identity") or config.temperature != "head_dim":
-        raise ValueError(f"the decomposition recomputes plain attention kinds, not {config.attention!r}")
-    device = next(loaded.model.parameters()).device
-    images = images.to(device)
-    trace = Trace()
-    dense_forward(loaded.model, images, config, trace)
-    v = trace.values
-    n, s = adapter.num_blocks, adapter.num_blocks - config.depth
-    final = v["final"][:, 1:]
-    total = v[f"blocks.{s}.input"][:, 1:] + sum(v[f"new_path.{i}.attn_out"][:, 1:] for i in range(s, n))
-    errors, drift = [], []
-    for i in range(s, n):
-        for stream, out in ((v[f"blocks.{i}.input"], errors), (v[f"new_path.{i}.input"], drift)):
-            q, k, vv = adapter.qkv(i, adapter.ln_1(i, stream))
-            recomputed = adapter.attention_residual(i, attend(config.attention, q, k, vv))
-            out.append(float((recomputed - v[f"new_path.{i}.attn_out"]).abs().max()))
-    qk = Trace()
-    dense_forward(loaded.model, images, config.replace(attention="qk"), qk)
-    w = qk.values
-    original = w[f"blocks.{n - 1}.input"] + w[f"blocks.{n - 1}.attn_out"] + w[f"blocks.{n - 1}.ffn_out"]
-    ffn = sum(w[f"blocks.{i}.ffn_out"] for i in range(s, n))
-    rebuilt = (original - ffn)[:, 1:]
-    attn_scale = max(float(v[f"new_path.{i}.attn_out"].abs().max()) for i in range(s, n))
-    return [
-        {
-            "check": f"new path = stream entering block {s} + Σ v-v outputs of blocks {s}–{n - 1}",
-            "max_abs_error": float((final - total).abs().max()),
-            "scale": float(final.abs().max()),
-        },
-        {
-            "check": "v-v outputs recomputed from the original stream LN1(x_i)",
-            "max_abs_error": max(errors),
-            "scale": attn_scale,
-        },
-        {
-            "check": "v-v outputs recomputed from the new path's own stream instead (should differ)",
-            "max_abs_error": max(drift),
-            "scale": attn_scale,
-        },
-        {
-            "check": "q-k on the new path: new path = original path − FFN outputs of the surgery blocks",
-            "max_abs_error": float((w["final"][:, 1:] - rebuilt).abs().max()),
-            "scale": float(ffn[:, 1:].abs().max()),
-        },
-    ]
 
 
 MULTILABEL_SCORES: tuple[str, ...] = ("cosine", "feature surgery")

@@ -121,9 +121,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, PROTOCOL_PRESETS
-from surgery_lib.model.adapters import UnsupportedModelError
-from surgery_lib.model.loading import LoadedCLIP, load_clip
-from surgery_lib.model.shipped import DEFAULT_MODEL, pretrained_for
+from surgery_lib.model import DEFAULT_MODEL, LoadedCLIP, UnsupportedModelError, load_clip, pretrained_for
 from surgery_lib.paths import data_dir
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")

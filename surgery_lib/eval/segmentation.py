@@ -51,7 +51,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import OPENAI_MEAN, OPENAI_STD, reference_transform
 from surgery_lib.maps.pamr import pamr
 from surgery_lib.maps.text import TEMPLATE_SETS, Tokenizer, text_features
-from surgery_lib.model.loading import LoadedCLIP
+from surgery_lib.model import LoadedCLIP
 
 SHORT_SIDE: dict[str, int] = {"ade20k": 448, "cityscapes": 560}
 """Short side of the sliding protocol per dataset; every other dataset: 336."""

@@ -9,9 +9,6 @@ Reports zero-shot top-1 (the class token's best class over all classes, prompt e
 correct when that class is present in the image) and, for raw CLIP and CLIP Surgery, mIoU, mSC,
 pointing game and the share of "opposite" maps (score contrast < 0), per class present in the image
 (see :mod:`surgery_lib.eval.metrics`).
-
-:func:`with_spatial_prior` gives NACLIP's attention (its Gaussian neighbourhood prior on the logits)
-from attention weights, for drawing it as NACLIP computes it (notebook 12).
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
 from surgery_lib.methods import RAW_VS_SURGERY
-from surgery_lib.model.shipped import DEFAULT_MODEL
+from surgery_lib.model import DEFAULT_MODEL
 
 
 @torch.no_grad()
@@ -332,7 +329,7 @@ def presence_records(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from surgery_lib.model.loading import load_clip
+    from surgery_lib.model import load_clip
 
     parser = argparse.ArgumentParser(
         prog="python -m surgery_lib.eval.sets", description=__doc__.split("\n\n")[0]
@@ -364,33 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
-
-
-def with_spatial_prior(weights: torch.Tensor, grid: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Attention weights with NACLIP's Gaussian neighbourhood prior added to their logits.
-
-    ``softmax(l + Ω) = A ⊙ exp(Ω) / Σ_j (A ⊙ exp(Ω))`` for ``A = softmax(l)`` (row-wise, every other
-    constant of a row cancels), so the weights of :func:`surgery_lib.model.introspection.attention_maps`
-    (the temperature already in them) give NACLIP's attention exactly, with
-    :func:`surgery_lib.model.attention.spatial_prior` (0 on the class token's row and column).
-
-    Args:
-        weights: ``(..., 1 + h·w, 1 + h·w)`` attention rows over ``[CLS, patches]`` (each row sums to
-            1; the full matrix, queries along dim -2, since the prior depends on the query).
-        grid: the token grid ``(h, w)``; sigma: the prior's σ in patches (NACLIP: 5), > 0.
-    Returns:
-        the same shape, rows summing to 1.
-    """
-    from surgery_lib.model.attention import spatial_prior
-
-    h, w = grid
-    n = 1 + h * w
-    if weights.ndim < 2 or weights.shape[-1] != n or weights.shape[-2] != n:
-        raise ValueError(f"weights must be (..., {n}, {n}) for the grid {grid}, got {tuple(weights.shape)}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    scaled = weights * torch.exp(spatial_prior(grid, float(sigma), weights))
-    return scaled / scaled.sum(dim=-1, keepdim=True)
 
 
 if __name__ == "__main__":

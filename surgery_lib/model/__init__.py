@@ -15,11 +15,21 @@ from surgery_lib.model.adapters import (
     text_token_features,
     tower_info,
 )
-from surgery_lib.model.engine import HOOK_POINTS, HookFn, SurgeryError, Trace, dense_forward, max_depth
+from surgery_lib.model.attention import with_spatial_prior
+from surgery_lib.model.engine import (
+    HOOK_POINTS,
+    VIT_ONLY_DEFAULTS,
+    HookFn,
+    SurgeryError,
+    Trace,
+    dense_forward,
+    max_depth,
+)
 from surgery_lib.model.gradients import GradientMaps, gradient_maps
 from surgery_lib.model.introspection import (
     ResidualContributions,
     attention_maps,
+    dual_path_decomposition,
     residual_contributions,
     trace_forward,
 )
@@ -38,6 +48,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "HOOK_POINTS",
     "TOY_MODELS",
+    "VIT_ONLY_DEFAULTS",
     "GradientMaps",
     "HookFn",
     "LoadedCLIP",
@@ -53,6 +64,7 @@ __all__ = [
     "check_image_batch",
     "class_token",
     "dense_forward",
+    "dual_path_decomposition",
     "gradient_maps",
     "is_surgery_applied",
     "load_clip",
@@ -67,4 +79,5 @@ __all__ = [
     "tower_info",
     "trace_forward",
     "weights_path",
+    "with_spatial_prior",
 ]

@@ -40,6 +40,31 @@ def spatial_prior(grid: tuple[int, int], sigma: float, like: torch.Tensor) -> to
     return omega.to(like.dtype)
 
 
+def with_spatial_prior(weights: torch.Tensor, grid: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Attention weights with NACLIP's Gaussian neighbourhood prior added to their logits.
+
+    ``softmax(l + Ω) = A ⊙ exp(Ω) / Σ_j (A ⊙ exp(Ω))`` for ``A = softmax(l)`` (row-wise, every other
+    constant of a row cancels), so the weights of :func:`surgery_lib.model.introspection.attention_maps`
+    (the temperature already in them) give NACLIP's attention exactly, with
+    :func:`spatial_prior` (0 on the class token's row and column).
+
+    Args:
+        weights: ``(..., 1 + h·w, 1 + h·w)`` attention rows over ``[CLS, patches]`` (each row sums to
+            1; the full matrix, queries along dim -2, since the prior depends on the query).
+        grid: the token grid ``(h, w)``; sigma: the prior's σ in patches (NACLIP: 5), > 0.
+    Returns:
+        the same shape, rows summing to 1.
+    """
+    h, w = grid
+    n = 1 + h * w
+    if weights.ndim < 2 or weights.shape[-1] != n or weights.shape[-2] != n:
+        raise ValueError(f"weights must be (..., {n}, {n}) for the grid {grid}, got {tuple(weights.shape)}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    scaled = weights * torch.exp(spatial_prior(grid, float(sigma), weights))
+    return scaled / scaled.sum(dim=-1, keepdim=True)
+
+
 def adaptive_temperature(z: torch.Tensor, d_head: int) -> torch.Tensor:
     """GEM's inverse temperature ``β = d_head^-0.5 · mean_i ||z_i||`` per image.
 

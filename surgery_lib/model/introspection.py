@@ -14,7 +14,7 @@ from torch import nn
 
 from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
 from surgery_lib.model.adapters import ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
-from surgery_lib.model.attention import adaptive_temperature, attention_weights
+from surgery_lib.model.attention import adaptive_temperature, attend, attention_weights
 from surgery_lib.model.preprocess import check_image_batch
 from surgery_lib.model.surgery import SurgeryError, Trace, dense_forward
 
@@ -160,3 +160,77 @@ def residual_contributions(
         tokens=adapter.project(trace.final).float(),
         grid=trace.grid,
     )
+
+
+@torch.no_grad()
+def dual_path_decomposition(loaded, images: torch.Tensor, config: SurgeryConfig | None = None) -> list[dict]:
+    """Check numerically what the dual path computes (ViT; recorded with the forward's hook points).
+
+    With the new path starting as a copy ``y = x_s`` of the stream entering the first surgery block
+    ``s`` and skipping the FFN, its output is ``y_L = x_s + Σ_{i ≥ s} a_i`` where ``a_i`` is block
+    i's v-v attention output computed from the *original* stream's ``LN1(x_i)``. Three checks:
+
+    * ``new path = x_s + Σ v-v outputs``: the recorded ``final`` patch tokens against that sum;
+    * ``v-v outputs come from the original stream``: each ``new_path.i.attn_out`` recomputed from
+      ``LN1(blocks.i.input)``; the ``scale`` column of the row ``... (from the new path instead)`` is
+      how far the same attention computed from the new path's own stream would be;
+    * ``with q-k on the new path, new = original − FFN outputs``: the same dual path with ordinary q-k
+      attention equals the original path minus exactly the surgery blocks' FFN outputs (their direct
+      terms; the FFNs still shape later blocks' inputs through the original stream).
+
+    Returns:
+        records ``{"check", "max_abs_error", "scale"}`` (``scale``: the largest entry of the compared
+        tensor, to read the error against).
+    """
+    config = config or SurgeryConfig.paper()
+    model = getattr(loaded, "model", loaded)
+    adapter = adapter_for(model)
+    if not isinstance(adapter, ViTAdapter):
+        raise TypeError("the dual path exists on ViT towers only")
+    if not (config.dual_path and config.skip_ffn and config.keep_residual and config.depth > 0):
+        raise ValueError("the decomposition is for a dual path that skips the FFN (the paper's)")
+    if config.attention not in ("qk", "vv", "qq", "kk", "identity") or config.temperature != "head_dim":
+        raise ValueError(f"the decomposition recomputes plain attention kinds, not {config.attention!r}")
+    device = next(model.parameters()).device
+    images = images.to(device)
+    trace = Trace()
+    dense_forward(model, images, config, trace)
+    v = trace.values
+    n, s = adapter.num_blocks, adapter.num_blocks - config.depth
+    final = v["final"][:, 1:]
+    total = v[f"blocks.{s}.input"][:, 1:] + sum(v[f"new_path.{i}.attn_out"][:, 1:] for i in range(s, n))
+    errors, drift = [], []
+    for i in range(s, n):
+        for stream, out in ((v[f"blocks.{i}.input"], errors), (v[f"new_path.{i}.input"], drift)):
+            q, k, vv = adapter.qkv(i, adapter.ln_1(i, stream))
+            recomputed = adapter.attention_residual(i, attend(config.attention, q, k, vv))
+            out.append(float((recomputed - v[f"new_path.{i}.attn_out"]).abs().max()))
+    qk = Trace()
+    dense_forward(model, images, config.replace(attention="qk"), qk)
+    w = qk.values
+    original = w[f"blocks.{n - 1}.input"] + w[f"blocks.{n - 1}.attn_out"] + w[f"blocks.{n - 1}.ffn_out"]
+    ffn = sum(w[f"blocks.{i}.ffn_out"] for i in range(s, n))
+    rebuilt = (original - ffn)[:, 1:]
+    attn_scale = max(float(v[f"new_path.{i}.attn_out"].abs().max()) for i in range(s, n))
+    return [
+        {
+            "check": f"new path = stream entering block {s} + Σ v-v outputs of blocks {s}–{n - 1}",
+            "max_abs_error": float((final - total).abs().max()),
+            "scale": float(final.abs().max()),
+        },
+        {
+            "check": "v-v outputs recomputed from the original stream LN1(x_i)",
+            "max_abs_error": max(errors),
+            "scale": attn_scale,
+        },
+        {
+            "check": "v-v outputs recomputed from the new path's own stream instead (should differ)",
+            "max_abs_error": max(drift),
+            "scale": attn_scale,
+        },
+        {
+            "check": "q-k on the new path: new path = original path − FFN outputs of the surgery blocks",
+            "max_abs_error": float((w["final"][:, 1:] - rebuilt).abs().max()),
+            "scale": float(ffn[:, 1:].abs().max()),
+        },
+    ]

@@ -11,9 +11,7 @@ import torch
 from surgery_lib.config import ATTENTION_KINDS
 from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.maps.images import ImageLike
-from surgery_lib.model.introspection import attention_maps
-from surgery_lib.model.loading import LoadedCLIP
-from surgery_lib.model.surgery import max_depth
+from surgery_lib.model import LoadedCLIP, attention_maps, max_depth
 from surgery_lib.ui import viz
 from surgery_lib.ui.explorer_base import _LRU, _one_or_many, _PickedImageView, _picker, _widgets
 

@@ -16,7 +16,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import ImageLike
 from surgery_lib.maps.text import empty_prompt_features
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, resolve_method
-from surgery_lib.model.loading import LoadedCLIP
+from surgery_lib.model import LoadedCLIP
 from surgery_lib.ui import viz
 from surgery_lib.ui.explorer_base import (
     _LRU,

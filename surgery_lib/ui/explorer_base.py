@@ -20,7 +20,7 @@ from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.maps.images import ImageLike, to_rgb
 from surgery_lib.maps.text import validate_labels
 from surgery_lib.methods import INT_BOUNDS
-from surgery_lib.model.engine import VIT_ONLY_DEFAULTS
+from surgery_lib.model import VIT_ONLY_DEFAULTS
 from surgery_lib.ui import viz
 
 DISPLAY_SIDE = 224

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from surgery_lib.config import GradientConfig
-from surgery_lib.model.loading import LoadedCLIP
+from surgery_lib.model import LoadedCLIP
 from surgery_lib.ui import viz
 from surgery_lib.ui.explorer_base import CUSTOM, Method
 

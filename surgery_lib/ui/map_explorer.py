@@ -24,9 +24,7 @@ from surgery_lib.maps.explain import configured_similarity, encode_image_tokens,
 from surgery_lib.maps.features import similarity_map, zero_shot_probabilities
 from surgery_lib.maps.text import text_features, validate_labels
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names, resolve_method
-from surgery_lib.model.adapters import class_token, patch_tokens, tower_info
-from surgery_lib.model.loading import LoadedCLIP
-from surgery_lib.model.surgery import max_depth
+from surgery_lib.model import LoadedCLIP, class_token, max_depth, patch_tokens, tower_info
 from surgery_lib.ui import viz
 from surgery_lib.ui.explorer_base import (
     _DEFAULTS,

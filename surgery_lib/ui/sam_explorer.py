@@ -15,7 +15,7 @@ from surgery_lib.maps.explain import explain
 from surgery_lib.maps.images import ImageLike
 from surgery_lib.maps.text import validate_labels
 from surgery_lib.methods import method_names, resolve_method
-from surgery_lib.model.loading import LoadedCLIP
+from surgery_lib.model import LoadedCLIP
 from surgery_lib.ui import viz
 from surgery_lib.ui.caption_explorer import _dense_or_named
 from surgery_lib.ui.explorer_base import (

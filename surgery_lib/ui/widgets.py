@@ -29,7 +29,7 @@ The explorers live in one module each (:mod:`~surgery_lib.ui.map_explorer`,
 
 from surgery_lib.config import ARCHITECTURE_FIELDS
 from surgery_lib.methods import INT_BOUNDS
-from surgery_lib.model.surgery import max_depth
+from surgery_lib.model import max_depth
 from surgery_lib.ui.attention_explorer import CLASS_TOKEN, AttentionExplorer
 from surgery_lib.ui.caption_explorer import CaptionExplorer
 from surgery_lib.ui.explorer_base import (

@@ -170,7 +170,7 @@ def test_table_skips_unsupported_methods_and_ranks_with_a_paired_test(tmp_path):
 
 
 def test_spatial_prior_on_attention_weights_is_naclips_attention():
-    from surgery_lib.eval.sets import with_spatial_prior
+    from surgery_lib.model import with_spatial_prior
     from surgery_lib.model.attention import spatial_prior
 
     grid, sigma = (3, 4), 5.0

@@ -14,6 +14,7 @@ from surgery_lib.eval import analysis
 from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import cosine_similarity
 from surgery_lib.maps.text import text_features
+from surgery_lib.model import dual_path_decomposition
 from surgery_lib.ui.claims import check_claims
 
 
@@ -168,12 +169,12 @@ def test_dual_path_decomposition_holds_to_float_precision(loaded, data):
     q-k attention it is the original path minus the surgery blocks' FFN outputs."""
     _, items = data
     batch = torch.stack([loaded.reference_preprocess(it.image) for it in items[:2]])
-    exact, from_original, from_new_path, minus_ffn = analysis.dual_path_decomposition(loaded, batch)
+    exact, from_original, from_new_path, minus_ffn = dual_path_decomposition(loaded, batch)
     for row in (exact, from_original, minus_ffn):
         assert row["max_abs_error"] <= 1e-4 * row["scale"], row
     assert from_new_path["max_abs_error"] > 0.1 * from_new_path["scale"]  # the other stream would differ
     with pytest.raises(ValueError, match="dual path"):
-        analysis.dual_path_decomposition(loaded, batch, SurgeryConfig.paper().replace(dual_path=False))
+        dual_path_decomposition(loaded, batch, SurgeryConfig.paper().replace(dual_path=False))
 
 
 def test_config_summary_puts_zero_shot_next_to_the_map_scores(loaded, data):
