@@ -60,6 +60,7 @@ from surgery_lib.model import (
     LoadedCLIP,
     attention_maps,
     dense_forward,
+    patch_tokens,
     residual_contributions,
     tower_info,
 )
@@ -103,7 +104,7 @@ def maps_for(
     texts = text_features(model, tokenizer, _with_vocabulary(labels, vocabulary))
     tokens, grid = encode_image_tokens(model, _batch(loaded, item, image_size), config)
     sim = configured_similarity(model, tokenizer, tokens, texts, config)[..., : len(labels)]
-    return similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0]
+    return similarity_map(patch_tokens(sim), (item.image.height, item.image.width), grid)[0]
 
 
 @torch.no_grad()
@@ -113,7 +114,7 @@ def empty_prompt_map(loaded: LoadedCLIP, item: AnnotatedImage, config: SurgeryCo
     model, tokenizer = loaded.model, loaded.tokenizer
     tokens, grid = encode_image_tokens(model, _batch(loaded, item), config)
     sim = cosine_similarity(tokens, empty_prompt_features(model, tokenizer))
-    return similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0, :, :, 0]
+    return similarity_map(patch_tokens(sim), (item.image.height, item.image.width), grid)[0, :, :, 0]
 
 
 def _pair_records(
@@ -508,7 +509,7 @@ def redundancy_subtraction_records(
         size = (item.image.height, item.image.width)
         for name, r in redundants.items():
             shifted = texts if r is None else texts - r.reshape(1, -1).to(texts)
-            maps = similarity_map(cosine_similarity(tokens, shifted)[:, 1:], size, grid)[0]
+            maps = similarity_map(patch_tokens(cosine_similarity(tokens, shifted)), size, grid)[0]
             records += _pair_records(item, maps, classes, name)
     return records
 
@@ -555,7 +556,7 @@ def vocabulary_sweep_records(
                 sim = configured_similarity(
                     model, tokenizer, tokens, text_features(model, tokenizer, vocabulary), config
                 )
-                maps = similarity_map(sim[:, 1:, :1], size, grid)[0]
+                maps = similarity_map(patch_tokens(sim)[..., :1], size, grid)[0]
                 for r in _pair_records(item, maps, [label], f"{len(vocabulary)} classes"):
                     records.append({**r, "vocabulary": len(vocabulary)})
     return records
@@ -606,7 +607,7 @@ def config_summary(
             hits.append(classes[top] in item.masks)
             same.append(top == first)
             sim = configured_similarity(model, tokenizer, tokens, texts, config)
-            maps = similarity_map(sim[:, 1:], (item.image.height, item.image.width), grid)[0]
+            maps = similarity_map(patch_tokens(sim), (item.image.height, item.image.width), grid)[0]
             records += _pair_records(item, maps, classes, name)
         (summary,) = summarise(records) if records else [{"method": name}]
         rows.append(

@@ -19,6 +19,7 @@ from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.multimodal import WordRedundancy, caption_tokens, word_similarity
 from surgery_lib.maps.sam import choose_gate, gate_rates, split_halves
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features
+from surgery_lib.model import patch_tokens
 
 
 def _class_word_position(words: Sequence[str], label: str) -> int | None:
@@ -72,7 +73,7 @@ def word_pointing_records(
         images = transform(item.image)[None]
         for method, config in methods.items():
             tokens, grid = encode_image_tokens(model, images, config)
-            sim = word_similarity(tokens, cap, redundancy, empty)[:, 1:].cpu()
+            sim = patch_tokens(word_similarity(tokens, cap, redundancy, empty)).cpu()
             maps = similarity_map(sim, size, grid)[0]  # (H, W, K)
             for label, (k, mask) in named.items():
                 flat = int(maps[:, :, k].flatten().argmax())

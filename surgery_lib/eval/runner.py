@@ -99,6 +99,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from surgery_lib.model import patch_tokens
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: runs are not locked
@@ -735,7 +737,7 @@ def _explain_maps(
         elif dense:
             sim = similarity(tokens[b : b + 1], ctx.texts_for(cands), ctx.config, ctx.empty)
             cols = [cands.index(c) for c in present]
-            yield present, similarity_map(sim[:, 1:, cols].cpu(), shape, grid)[0]
+            yield present, similarity_map(patch_tokens(sim)[..., cols].cpu(), shape, grid)[0]
         elif isinstance(ctx.config, GradientConfig):
             prompts = [ctx.dataset.prompts[c] for c in present]
             image = transform(sample.image)[None]

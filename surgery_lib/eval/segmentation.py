@@ -51,7 +51,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import OPENAI_MEAN, OPENAI_STD, reference_transform
 from surgery_lib.maps.pamr import pamr
 from surgery_lib.maps.text import TEMPLATE_SETS, Tokenizer, text_features
-from surgery_lib.model import LoadedCLIP
+from surgery_lib.model import LoadedCLIP, patch_tokens
 
 SHORT_SIDE: dict[str, int] = {"ade20k": 448, "cityscapes": 560}
 """Short side of the sliding protocol per dataset; every other dataset: 336."""
@@ -185,7 +185,7 @@ def class_similarity(
         ``(B, T, h, w)`` float32 (class token dropped).
     """
     tokens, (h, w) = encode_image_tokens(model, images, config)
-    sim = configured_similarity(model, tokenizer, tokens, texts, config)[:, 1:]
+    sim = patch_tokens(configured_similarity(model, tokenizer, tokens, texts, config))
     return sim.reshape(sim.shape[0], h, w, -1).permute(0, 3, 1, 2).float()
 
 

@@ -26,11 +26,11 @@ from surgery_lib.data.records import AnnotatedImage, size_groups
 from surgery_lib.data.shipped import read_composite_set
 from surgery_lib.eval.metrics import ExplainabilityMeter
 from surgery_lib.maps.explain import encode_image_tokens, similarity
-from surgery_lib.maps.features import similarity_map
+from surgery_lib.maps.features import similarity_map, zero_shot_probabilities
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
 from surgery_lib.methods import RAW_VS_SURGERY
-from surgery_lib.model import DEFAULT_MODEL
+from surgery_lib.model import DEFAULT_MODEL, class_token
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def raw_vs_surgery_scores(
         for name, config in RAW_VS_SURGERY.items():
             tokens, grid = encode_image_tokens(model, images, config)
             if name == "raw":
-                top = (tokens[:, 0] @ texts.t()).argmax(dim=-1)
+                top = (class_token(tokens) @ texts.t()).argmax(dim=-1)
                 correct += sum(classes[int(t)] in it.masks for t, it in zip(top, chunk, strict=True))
             sim = similarity(tokens, texts, config, empty)
             for b, item in enumerate(chunk):
@@ -314,7 +314,7 @@ def presence_records(
         tokens, _ = encode_image_tokens(
             model, torch.stack([transform(it.image) for it in chunk]), RAW_VS_SURGERY["raw"]
         )
-        probs = torch.softmax(100.0 * tokens[:, 0] @ texts.t(), dim=-1)
+        probs = zero_shot_probabilities(class_token(tokens), texts)
         for b, item in enumerate(chunk):
             for j, label in enumerate(classes):
                 records.append(

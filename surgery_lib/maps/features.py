@@ -8,6 +8,8 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from surgery_lib.model.adapters import class_token
+
 
 def _check_features(image_tokens: torch.Tensor, text_features: torch.Tensor) -> None:
     if image_tokens.ndim != 3:
@@ -69,7 +71,9 @@ def class_weights(
     Returns:
         ``(B, T)``.
     """
-    p = torch.softmax(temperature * (image_tokens[:, 0] @ text_features.to(image_tokens.dtype).t()), dim=-1)
+    p = torch.softmax(
+        temperature * (class_token(image_tokens) @ text_features.to(image_tokens.dtype).t()), dim=-1
+    )
     return p / p.mean(dim=-1, keepdim=True)
 
 

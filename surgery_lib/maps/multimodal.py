@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery_lib.maps.text import Tokenizer, encode_text
-from surgery_lib.model.adapters import text_token_features
+from surgery_lib.model.adapters import class_token, text_token_features
 
 WordRedundancy = Literal["empty_prompt", "word_mean", "none"]
 
@@ -117,6 +117,6 @@ def word_similarity(
 def word_importance(word_sim: torch.Tensor) -> torch.Tensor:
     """Word importance for each image from :func:`word_similarity`: the class token's scores
     min-max normalised over the caption's words, ``(B, K)`` in [0, 1]."""
-    scores = word_sim[:, 0]
+    scores = class_token(word_sim)
     lo, hi = scores.amin(-1, keepdim=True), scores.amax(-1, keepdim=True)
     return (scores - lo) / (hi - lo).clamp_min(torch.finfo(scores.dtype).tiny)

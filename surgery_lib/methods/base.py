@@ -16,7 +16,7 @@ from types import MappingProxyType
 from surgery_lib.config import GradientConfig, SurgeryConfig
 
 TOWERS: tuple[str, ...] = ("vit", "rn")
-"""The tower kinds (:attr:`~surgery_lib.model.adapters.ViTAdapter.kind`, ``ResNetAdapter.kind``)."""
+"""The tower kinds (:attr:`~surgery_lib.model.TowerInfo.kind`)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import ImageLike
 from surgery_lib.maps.text import empty_prompt_features
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, resolve_method
-from surgery_lib.model import LoadedCLIP
+from surgery_lib.model import LoadedCLIP, patch_tokens
 from surgery_lib.ui import viz
 from surgery_lib.ui.explorer_base import (
     _LRU,
@@ -154,7 +154,7 @@ class CaptionExplorer(_PickedImageView):
         cap = caption_tokens(self.loaded.model, self.loaded.tokenizer, caption)
         sim = word_similarity(tokens, cap, redundancy, self._empty)
         size = display_size(self.picture)
-        return cap.words, word_importance(sim)[0], similarity_map(sim[:, 1:], size, grid)[0]
+        return cap.words, word_importance(sim)[0], similarity_map(patch_tokens(sim), size, grid)[0]
 
     def redraw(self) -> None:
         """Show the current caption and redundancy (rendered once per state, then from the cache)."""
