@@ -62,8 +62,7 @@ from bench_surgery import format_table, time_interleaved  # noqa: E402
 from surgery_lib.config import GradientConfig, SurgeryConfig  # noqa: E402
 from surgery_lib.maps.explain import similarity  # noqa: E402
 from surgery_lib.methods import GRADIENT_METHODS, METHODS  # noqa: E402
-from surgery_lib.model.gradients import gradient_maps  # noqa: E402
-from surgery_lib.model.surgery import dense_forward  # noqa: E402
+from surgery_lib.model import dense_forward, gradient_maps  # noqa: E402
 
 MODEL_NAME = "ViT-B-16"
 PATCH_SIZE = 16

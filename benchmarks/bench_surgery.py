@@ -69,7 +69,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from surgery_lib.config import SurgeryConfig  # noqa: E402
 from surgery_lib.maps.features import feature_surgery, feature_surgery_naive  # noqa: E402
-from surgery_lib.model.surgery import dense_forward  # noqa: E402
+from surgery_lib.model import dense_forward  # noqa: E402
 
 MODEL_NAME = "ViT-B-16"
 PATCH_SIZE = 16

@@ -47,24 +47,32 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "8"))
 import matplotlib
 import pandas as pd
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import map_records, maps_for, paired_difference, summarise
-from surgery_lib.maps.explain import explain
-from surgery_lib.model.adapters import ViTAdapter, adapter_for
-from surgery_lib.model.loading import load_clip
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import DEFAULT_CMAP, method_comparison, save_figure
-from surgery_lib.ui.widgets import Explorer
+from surgery_lib import SurgeryConfig, explain, load_clip, tower_info
+from surgery_lib.analysis import (
+    default_source,
+    example_images,
+    map_records,
+    maps_for,
+    paired_difference,
+    summarise,
+)
+from surgery_lib.figures import (
+    DEFAULT_CMAP,
+    Claim,
+    Explorer,
+    check_claims,
+    exercise,
+    method_comparison,
+    save_figure,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
-adapter = adapter_for(loaded.model)
-blocks = adapter.num_blocks
+tower = tower_info(loaded.model)
+blocks = tower.num_blocks
 print(f"model {loaded.name} ({loaded.pretrained}), input {loaded.image_size} px; {len(items)} images")
-print(
-    f"image tower: {type(adapter).__name__}, {blocks} block(s); surgery depth {SurgeryConfig.paper().depth}"
-)
+tower_class = tower.name.rsplit(".", 1)[-1]
+print(f"image tower: {tower_class}, {blocks} block(s); surgery depth {SurgeryConfig.paper().depth}")
 
 # %% [markdown]
 # ## One image, raw CLIP vs CLIP Surgery
@@ -182,7 +190,7 @@ explorer
 
 # %%
 gap = float((results["CLIP Surgery"].image_scores[0] - results["raw CLIP"].image_scores[0]).abs().max())
-vit = isinstance(adapter, ViTAdapter)
+vit = tower.residual_stream
 checks = {}
 if vit:
     checks[

@@ -51,24 +51,24 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import (
+from surgery_lib import SurgeryConfig, load_clip, pretrained_for
+from surgery_lib.analysis import (
+    area_chance,
+    cell_centre_chance,
     compare_interval,
+    default_source,
+    example_images,
     map_records,
     maps_for,
+    null_meter,
     null_records,
     paired_difference,
     pointing_chance,
     summarise,
     token_grid,
+    with_intervals,
 )
-from surgery_lib.eval.nulls import area_chance, cell_centre_chance, null_meter
-from surgery_lib.eval.tables import with_intervals
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.shipped import pretrained_for
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import figure_style, panel_grid, save_figure
+from surgery_lib.figures import Claim, check_claims, exercise, figure_style, panel_grid, save_figure
 
 METHODS = {"raw CLIP": SurgeryConfig.off(), "CLIP Surgery": SurgeryConfig.paper()}
 

@@ -44,14 +44,15 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "16"))
 import pandas as pd
 import seaborn as sns
 
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import attention_locality
-from surgery_lib.eval.metrics import bootstrap_ci
-from surgery_lib.eval.nulls import sign_flip_test
-from surgery_lib.model.loading import load_clip
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import figure_style, save_figure
-from surgery_lib.ui.widgets import AttentionExplorer, max_depth
+from surgery_lib import load_clip, max_depth
+from surgery_lib.analysis import (
+    attention_locality,
+    bootstrap_ci,
+    default_source,
+    example_images,
+    sign_flip_test,
+)
+from surgery_lib.figures import AttentionExplorer, Claim, check_claims, exercise, figure_style, save_figure
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

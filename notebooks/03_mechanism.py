@@ -49,23 +49,31 @@ RESAMPLES = 1000  # bootstrap resamples of every interval
 import pandas as pd
 import torch
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval import mechanism as mech
-from surgery_lib.eval.analysis import attention_locality, null_records, summarise
-from surgery_lib.eval.metrics import bootstrap_ci
-from surgery_lib.model import dual_path_decomposition
-from surgery_lib.model.adapters import ViTAdapter, adapter_for
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.surgery import max_depth
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.mechanism_figures import interval_lines, scatter
-from surgery_lib.ui.viz import dual_path_diagram, line_chart, save_figure
+from surgery_lib import SurgeryConfig, dual_path_decomposition, load_clip, max_depth, tower_info
+from surgery_lib.analysis import (
+    attention_locality,
+    bootstrap_ci,
+    default_source,
+    example_images,
+    null_records,
+    summarise,
+)
+from surgery_lib.analysis import mechanism as mech
+from surgery_lib.figures import (
+    Claim,
+    check_claims,
+    dual_path_diagram,
+    exercise,
+    interval_lines,
+    line_chart,
+    save_figure,
+    scatter,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
 items = [it for it in items if it.masks]
-is_vit = isinstance(adapter_for(loaded.model), ViTAdapter)
+is_vit = tower_info(loaded.model).residual_stream
 n_blocks = max_depth(loaded.model)
 half = max(1, n_blocks // 2)  # the paper's fraction: 6 of 12 blocks
 print(f"{loaded.name}: {f'ViT, {n_blocks} blocks' if is_vit else 'ModifiedResNet'}; {len(items)} images")

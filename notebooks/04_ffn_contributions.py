@@ -48,15 +48,10 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 # %%
 import pandas as pd
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval import mechanism as mech
-from surgery_lib.eval.analysis import contribution_records, maps_for
-from surgery_lib.eval.metrics import bootstrap_ci
-from surgery_lib.model.loading import load_clip
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import line_chart, method_comparison, save_figure
-from surgery_lib.ui.widgets import max_depth
+from surgery_lib import SurgeryConfig, load_clip, max_depth
+from surgery_lib.analysis import bootstrap_ci, contribution_records, default_source, example_images, maps_for
+from surgery_lib.analysis import mechanism as mech
+from surgery_lib.figures import Claim, check_claims, exercise, line_chart, method_comparison, save_figure
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

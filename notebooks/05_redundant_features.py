@@ -59,13 +59,24 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.analysis import (
+from surgery_lib import (
+    METHODS,
+    SurgeryConfig,
+    class_weights,
+    encode_image_tokens,
+    explain,
+    load_clip,
+    text_features,
+)
+from surgery_lib.analysis import (
+    bootstrap_ci,
+    default_source,
     empty_prompt_map,
+    example_images,
     map_records,
     maps_for,
     paired_difference,
+    position_permutation_test,
     random_text_shared_fraction,
     redundancy_controls,
     redundancy_records,
@@ -76,15 +87,15 @@ from surgery_lib.eval.analysis import (
     unrelated_text_controls,
     vocabulary_sweep_records,
 )
-from surgery_lib.eval.metrics import bootstrap_ci
-from surgery_lib.eval.nulls import position_permutation_test
-from surgery_lib.maps.explain import encode_image_tokens, explain
-from surgery_lib.maps.features import class_weights
-from surgery_lib.maps.text import text_features
-from surgery_lib.methods import METHODS
-from surgery_lib.model.loading import load_clip
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import figure_style, line_chart, method_comparison, save_figure
+from surgery_lib.figures import (
+    Claim,
+    check_claims,
+    exercise,
+    figure_style,
+    line_chart,
+    method_comparison,
+    save_figure,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

@@ -48,18 +48,10 @@ LABELS = os.environ.get("SURGERY_LABELS", "")  # comma-separated; "" = classes o
 # %%
 import pandas as pd
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval import mechanism as mech
-from surgery_lib.eval.analysis import map_records
-from surgery_lib.eval.metrics import bootstrap_ci
-from surgery_lib.model.adapters import ViTAdapter, adapter_for
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.surgery import max_depth
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.mechanism_figures import interval_lines
-from surgery_lib.ui.viz import save_figure
-from surgery_lib.ui.widgets import Explorer
+from surgery_lib import SurgeryConfig, load_clip, max_depth, tower_info
+from surgery_lib.analysis import bootstrap_ci, default_source, example_images, map_records
+from surgery_lib.analysis import mechanism as mech
+from surgery_lib.figures import Claim, Explorer, check_claims, exercise, interval_lines, save_figure
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
@@ -109,7 +101,7 @@ print(explorer.status.value)
 # feature surgery; cells of notebook 03's factorial), then the whole method.
 
 # %%
-is_vit = isinstance(adapter_for(loaded.model), ViTAdapter)
+is_vit = tower_info(loaded.model).residual_stream
 n_blocks = max_depth(loaded.model)
 depth = max(1, n_blocks // 2) if is_vit else 1  # the paper's fraction: 6 of 12
 cells = {

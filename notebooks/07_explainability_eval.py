@@ -61,10 +61,17 @@ EVAL_DIR = os.environ.get("SURGERY_EVAL_DIR", "../build/eval")  # resumable resu
 # %%
 import pandas as pd
 
-from surgery_lib.eval.runner import dataset_specs, evaluation_table
-from surgery_lib.eval.tables import beats, interval_text, metric_bars, ranking, row_label, with_intervals
-from surgery_lib.ui.claims import check_claims, exercise
-from surgery_lib.ui.viz import bar_chart, method_title, save_figure
+from surgery_lib.analysis import (
+    beats,
+    dataset_specs,
+    evaluation_table,
+    interval_text,
+    metric_bars,
+    ranking,
+    row_label,
+    with_intervals,
+)
+from surgery_lib.figures import bar_chart, check_claims, exercise, method_title, save_figure
 
 datasets = dataset_specs(DATASETS)
 rows = evaluation_table("explain", BACKBONES, datasets, EVAL_DIR, pretrained=PRETRAINED, limit=LIMIT)

@@ -83,17 +83,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from surgery_lib.data.datasets import load_dataset
-from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
-from surgery_lib.eval.segmentation import ARGMAX, Protocol, paired_miou, records_confusion, segment_samples
-from surgery_lib.eval.tables import metric_bars
-from surgery_lib.maps.explain import encode_image_tokens
-from surgery_lib.methods import METHODS
-from surgery_lib.model.adapters import UnsupportedModelError
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.shipped import pretrained_for
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import bar_chart, save_figure, segmentation_figure
+from surgery_lib import METHODS, UnsupportedModelError, encode_image_tokens, load_clip, pretrained_for
+from surgery_lib.analysis import (
+    ARGMAX,
+    Protocol,
+    dataset_specs,
+    evaluation_table,
+    image_records,
+    load_dataset,
+    metric_bars,
+    paired_miou,
+    records_confusion,
+    segment_samples,
+)
+from surgery_lib.figures import Claim, bar_chart, check_claims, exercise, save_figure, segmentation_figure
 
 threshold = ARGMAX if BG_THRESHOLD == "argmax" else float(BG_THRESHOLD)
 tag = "argmax" if threshold == ARGMAX else f"bg{threshold:g}"

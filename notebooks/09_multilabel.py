@@ -59,15 +59,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from surgery_lib.data.datasets import load_dataset
-from surgery_lib.eval.analysis import multilabel_variants
-from surgery_lib.eval.metrics import bootstrap_statistic, mean_average_precision, precision_recall_curve
-from surgery_lib.eval.runner import dataset_specs, evaluation_table, image_records
-from surgery_lib.eval.tables import metric_bars, with_intervals
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.shipped import pretrained_for
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import bar_chart, pr_curves, save_figure
+from surgery_lib import load_clip, pretrained_for
+from surgery_lib.analysis import (
+    bootstrap_statistic,
+    dataset_specs,
+    evaluation_table,
+    image_records,
+    load_dataset,
+    mean_average_precision,
+    metric_bars,
+    multilabel_variants,
+    precision_recall_curve,
+    with_intervals,
+)
+from surgery_lib.figures import Claim, bar_chart, check_claims, exercise, pr_curves, save_figure
 
 datasets = dataset_specs(DATASETS)
 rows = evaluation_table("multilabel", BACKBONES, datasets, EVAL_DIR, pretrained=PRETRAINED, limit=LIMIT)

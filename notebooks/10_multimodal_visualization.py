@@ -54,26 +54,36 @@ LIMIT = int(os.environ.get("SURGERY_LIMIT", "40"))
 # %%
 import pandas as pd
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.downstream import word_pointing_records
-from surgery_lib.eval.metrics import bootstrap_ci
-from surgery_lib.eval.nulls import sign_flip_test
-from surgery_lib.eval.sets import caption_word_records
-from surgery_lib.maps.explain import encode_image_tokens
-from surgery_lib.maps.features import similarity_map
-from surgery_lib.maps.multimodal import (
+from surgery_lib import (
     END,
+    METHODS,
+    SurgeryConfig,
     caption_tokens,
+    empty_prompt_features,
+    encode_image_tokens,
+    load_clip,
+    similarity_map,
     word_importance,
     word_similarity,
 )
-from surgery_lib.maps.text import empty_prompt_features
-from surgery_lib.methods import METHODS
-from surgery_lib.model.loading import load_clip
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import caption_figure, map_grid, save_figure, word_maps_figure
-from surgery_lib.ui.widgets import CaptionExplorer
+from surgery_lib.analysis import (
+    bootstrap_ci,
+    caption_word_records,
+    default_source,
+    example_images,
+    sign_flip_test,
+    word_pointing_records,
+)
+from surgery_lib.figures import (
+    CaptionExplorer,
+    Claim,
+    caption_figure,
+    check_claims,
+    exercise,
+    map_grid,
+    save_figure,
+    word_maps_figure,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 model, tokenizer = loaded.model, loaded.tokenizer

@@ -60,24 +60,38 @@ import numpy as np
 import pandas as pd
 import torch
 
-from surgery_lib.config import SurgeryConfig
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.downstream import held_out_gate, mask_area_shares
-from surgery_lib.eval.metrics import bootstrap_ci, mask_iou
-from surgery_lib.eval.nulls import sign_flip_test
-from surgery_lib.eval.sets import combined_point_records, point_precision_records, presence_records
-from surgery_lib.maps.explain import explain
-from surgery_lib.maps.sam import (
+from surgery_lib import (
     SamSegmenter,
     SamUnavailableError,
+    SurgeryConfig,
+    explain,
     gate_rates,
+    load_clip,
     target_map,
     text_points,
 )
-from surgery_lib.model.loading import load_clip
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import figure_style, line_chart, points_figure, save_figure
-from surgery_lib.ui.widgets import SamExplorer
+from surgery_lib.analysis import (
+    bootstrap_ci,
+    combined_point_records,
+    default_source,
+    example_images,
+    held_out_gate,
+    mask_area_shares,
+    mask_iou,
+    point_precision_records,
+    presence_records,
+    sign_flip_test,
+)
+from surgery_lib.figures import (
+    Claim,
+    SamExplorer,
+    check_claims,
+    exercise,
+    figure_style,
+    line_chart,
+    points_figure,
+    save_figure,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)

@@ -75,27 +75,38 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.eval.runner import (
-    NULL_METHODS,
+from surgery_lib import (
+    GRADIENT_METHODS,
+    METHODS,
     PROTOCOL_PRESETS,
-    dataset_specs,
-    evaluation_table,
-    explain_protocol,
-    with_feature_surgery,
+    UnsupportedModelError,
+    attention_maps,
+    explain,
+    load_clip,
+    method_names,
+    pretrained_for,
+    with_spatial_prior,
 )
-from surgery_lib.eval.tables import beats, interval_text, ranking, row_label, with_intervals
-from surgery_lib.maps.explain import explain
-from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
-from surgery_lib.model import with_spatial_prior
-from surgery_lib.model.adapters import UnsupportedModelError
-from surgery_lib.model.introspection import attention_maps
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.shipped import pretrained_for
-from surgery_lib.ui.claims import Claim, check_claims, exercise
-from surgery_lib.ui.viz import (
+from surgery_lib.analysis import (
+    NULL_METHODS,
+    beats,
+    dataset_specs,
+    default_source,
+    evaluation_table,
+    example_images,
+    explain_protocol,
+    interval_text,
+    ranking,
+    row_label,
+    with_feature_surgery,
+    with_intervals,
+)
+from surgery_lib.figures import (
+    Claim,
     attention_figure,
     bar_chart,
+    check_claims,
+    exercise,
     method_grid,
     method_label_grid,
     method_title,

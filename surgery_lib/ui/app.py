@@ -35,10 +35,9 @@ CLIP's own; v-v is the surgery's). The model is the one named below the maps; th
 composites with known object masks."""
 
 _CODE = """import os
-from surgery_lib.data.shipped import default_source, example_images
-from surgery_lib.model.loading import load_clip
-from surgery_lib.model.shipped import DEFAULT_MODEL
-from surgery_lib.ui.widgets import AttentionExplorer, Explorer
+from surgery_lib import DEFAULT_MODEL, load_clip
+from surgery_lib.analysis import default_source, example_images
+from surgery_lib.figures import AttentionExplorer, Explorer
 
 MODEL = os.environ.get("SURGERY_MODEL", DEFAULT_MODEL)
 loaded = load_clip(MODEL, pretrained=os.environ.get("SURGERY_PRETRAINED", "default"))
