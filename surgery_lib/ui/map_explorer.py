@@ -48,6 +48,8 @@ from surgery_lib.ui.explorer_base import (
     display_size,
 )
 from surgery_lib.ui.export import _export, _figure_folder, _stem, export_metadata
+from surgery_lib.ui.map_figures import _bare, _opaque, _overlay
+from surgery_lib.ui.style import _as_array, _pyplot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _outline(ax, mask: np.ndarray | None) -> None:
 
 
 def _probability_bars(ax, labels: Sequence[str], probabilities: torch.Tensor, title: str | None) -> None:
-    p = viz._as_array(probabilities).reshape(-1)
+    p = _as_array(probabilities).reshape(-1)
     y = np.arange(len(labels))
     ax.barh(y, p, color="tab:blue", height=0.6)
     ax.set_xlim(0.0, 1.0)
@@ -202,7 +204,7 @@ def _explorer_figure(
 ):
     """Rows = images: the image, its class-token probabilities, then one map per label (ground-truth
     outlines in white, the map's SC / IoU / pointing hit under it where the label has a mask)."""
-    plt = viz._pyplot()
+    plt = _pyplot()
     t = len(labels)
     panel = min(1.55, (viz.page_width("double") - 2.8) / (t + 1))  # the figure fits the page width
     with viz.figure_style():
@@ -215,9 +217,9 @@ def _explorer_figure(
             gridspec_kw={"width_ratios": [1.0, 0.9] + [1.0] * t},
         )
         for r, (image, row, row_masks) in enumerate(zip(images, rows, masks, strict=True)):
-            heat = viz._as_array(row.maps)
+            heat = _as_array(row.maps)
             axes[r, 0].imshow(np.asarray(image))
-            viz._bare(axes[r, 0])
+            _bare(axes[r, 0])
             axes[r, 0].set_ylabel(viz.plain_text(row.name), fontsize=7)
             if row.scores:
                 axes[r, 0].set_xlabel("white outline: ground truth", fontsize=6.5)
@@ -225,7 +227,7 @@ def _explorer_figure(
             _probability_bars(axes[r, 1], labels, row.probabilities, bars_title)
             for j, label in enumerate(labels):
                 ax = axes[r, 2 + j]
-                viz._overlay(ax, image, heat[:, :, j], cmap, alpha, grey_image=True)  # as the figures
+                _overlay(ax, image, heat[:, :, j], cmap, alpha, grey_image=True)  # as the figures
                 _outline(ax, row_masks.get(label))
                 score = row.scores.get(label)
                 if score is not None:
@@ -237,7 +239,7 @@ def _explorer_figure(
                     ax.set_title(viz.plain_text(label))
         axes[0, 0].set_title("image")
         fig.colorbar(
-            viz._opaque(cmap), ax=axes[:, 2:].ravel().tolist(), fraction=0.03, pad=0.01, label="map (min-max)"
+            _opaque(cmap), ax=axes[:, 2:].ravel().tolist(), fraction=0.03, pad=0.01, label="map (min-max)"
         )
         fig.suptitle(viz.plain_text(title), fontsize=8.5)
     return fig

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-from surgery_lib.ui.viz import _pyplot, figure_style, page_width, series_colors
+from surgery_lib.ui.style import _pyplot, figure_style, page_width, series_colors
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
