@@ -24,7 +24,7 @@
 #   attention kind, path, depth, residual / FFN, positional-embedding resampling; NACLIP with its
 #   Gaussian prior), and, in the rows marked "@ own protocol", the part of its official *inference
 #   protocol* that an explainability score depends on — input size and prompt templates
-#   (`surgery_lib.eval.runner.explain_protocol`, from the presets `PROTOCOL_PRESETS`);
+#   (`surgery_lib.eval.presets.explain_protocol`, from the presets `PROTOCOL_PRESETS`);
 # - **common** to every row: CLIP Surgery's protocol (native input size, 85 templates) in the other rows,
 #   and the explainability measure itself (per-class min-max normalised maps, thresholded at 0.5 for
 #   mIoU) — this project's protocol, not any paper's. The presets' sliding windows, logit scales,

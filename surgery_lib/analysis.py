@@ -29,6 +29,7 @@ from surgery_lib.eval.analysis import (
     vocabulary_sweep_records,
 )
 from surgery_lib.eval.downstream import held_out_gate, mask_area_shares, word_pointing_records
+from surgery_lib.eval.experiments import dataset_specs, evaluation_table
 from surgery_lib.eval.metrics import (
     bootstrap_ci,
     bootstrap_statistic,
@@ -43,14 +44,8 @@ from surgery_lib.eval.nulls import (
     position_permutation_test,
     sign_flip_test,
 )
-from surgery_lib.eval.runner import (
-    NULL_METHODS,
-    dataset_specs,
-    evaluation_table,
-    explain_protocol,
-    image_records,
-    with_feature_surgery,
-)
+from surgery_lib.eval.presets import NULL_METHODS, explain_protocol, with_feature_surgery
+from surgery_lib.eval.runner import image_records
 from surgery_lib.eval.segmentation import ARGMAX, Protocol, paired_miou, records_confusion, segment_samples
 from surgery_lib.eval.sets import (
     caption_word_records,

@@ -91,7 +91,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
@@ -108,126 +107,37 @@ except ImportError:  # pragma: no cover - not POSIX: runs are not locked
 
 from surgery_lib.config import GradientConfig, SurgeryConfig
 from surgery_lib.data.datasets import DATASETS, Dataset, Sample, load_dataset
+from surgery_lib.eval.intervals import INTERVAL_LEVEL, INTERVAL_RESAMPLES, _explain_meter, summary_intervals
+from surgery_lib.eval.launcher import _barrier, _init_distributed
 from surgery_lib.eval.metrics import (
-    ExplainabilityMeter,
-    MapScores,
     average_precision,
-    bootstrap_statistic,
     masked_map_scores,
     mean_average_precision,
 )
 from surgery_lib.eval.nulls import centre_prior_map, random_map
+from surgery_lib.eval.presets import NULL_DRAWS, NULL_METHODS, resolve_eval_method
 from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
+from surgery_lib.eval.store import (
+    _UNFINGERPRINTED_FORMATS,
+    RECORD_FORMAT,
+    _append,
+    _batch_sha256,
+    _classes_sha256,
+    _lock,
+    _read_records,
+    _read_run_json,
+    _repair,
+    _run_key,
+    _weights_fingerprint,
+)
 from surgery_lib.maps.explain import encode_image_tokens, explain, similarity
 from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, PROTOCOL_PRESETS
-from surgery_lib.model import DEFAULT_MODEL, LoadedCLIP, UnsupportedModelError, load_clip, pretrained_for
-from surgery_lib.paths import data_dir
+from surgery_lib.model import DEFAULT_MODEL, LoadedCLIP, load_clip
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
-
-EXPLAIN_PROTOCOL_FIELDS: tuple[str, ...] = ("image_size", "templates")
-"""The protocol fields the ``explain`` task uses: the input side (n×n) and the prompt templates. The
-others (``protocol``, ``window``, ``stride``, ``logit_scale``, ``bg_threshold``, ``pamr_steps``) decide
-how a segmentation is made from the maps and leave the explainability scores unchanged: the explain
-task scores each class's own min-max normalised map, with no softmax over classes, no sliding window,
-no background threshold and no PAMR."""
-
-FEATURE_SURGERY_SUFFIXES: dict[str, bool] = {"+fs": True, "-fs": False}
-"""Method-name suffixes that switch feature surgery on or off for any dense method:
-``"<name>+fs"`` is ``METHODS[name].replace(feature_surgery=True)`` and ``"<name>-fs"`` the same with
-``False`` (e.g. ``maskclip+fs``; ``surgery-fs`` is ``surgery-no-fs``, ``raw+fs``
-``feature-surgery-only``). Feature surgery is then an orthogonal switch, so methods can be compared at
-equal feature surgery."""
-
-NULL_METHODS: tuple[str, ...] = ("null:random", "null:centre")
-"""Pseudo-methods of the ``explain`` task: maps with no information about the image, scored like a
-method's (this project's nulls, :mod:`surgery_lib.eval.nulls`). ``null:random``: :data:`NULL_DRAWS`
-draws per (image, class) of uniform noise on the model's token grid at the run's input size, upsampled
-bilinearly like CLIP's maps (each draw stored as one pair, so ``pairs`` counts draws and
-``opposite_rate`` is the expected share); ``null:centre``: a centred Gaussian (σ = 0.25 × each side)."""
-
-NULL_DRAWS = 10
-"""Draws of the random map per (image, class) pair of ``null:random``."""
-
-
-def resolve_eval_method(name: str) -> SurgeryConfig | GradientConfig | str:
-    """What an evaluation method name stands for: a :class:`SurgeryConfig` (a name of
-    :data:`~surgery_lib.methods.METHODS`, or one with a :data:`FEATURE_SURGERY_SUFFIXES` suffix), a
-    :class:`GradientConfig` (a name of :data:`~surgery_lib.methods.GRADIENT_METHODS`), or the name
-    itself for a null of :data:`NULL_METHODS`.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones), or a feature-surgery suffix on
-            a gradient method or a null (they have no feature surgery).
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"a method name must be a string, got {type(name).__name__}")
-    if name in METHODS:
-        return METHODS[name]
-    if name in GRADIENT_METHODS:
-        return GRADIENT_METHODS[name]
-    if name in NULL_METHODS:
-        return name
-    for suffix, on in FEATURE_SURGERY_SUFFIXES.items():
-        base = name[: -len(suffix)]
-        if name.endswith(suffix) and base in METHODS:
-            return METHODS[base].replace(feature_surgery=on)
-        if name.endswith(suffix) and (base in GRADIENT_METHODS or base in NULL_METHODS):
-            raise ValueError(
-                f"method {name!r}: {base!r} has no feature surgery (it applies to the dense methods of "
-                f"METHODS only: {', '.join(METHODS)})"
-            )
-    raise ValueError(
-        f"unknown method {name!r}; expected one of {tuple(METHODS)}, a gradient explainer of "
-        f"{tuple(GRADIENT_METHODS)} (explain task), a null of {NULL_METHODS} (explain task), or a dense "
-        "method with the suffix '+fs' / '-fs' (feature surgery on / off)"
-    )
-
-
-def with_feature_surgery(name: str, on: bool) -> str:
-    """The evaluation method name of dense method ``name`` with feature surgery ``on`` or off: the
-    registry's own name when a preset already has that setting (``surgery`` with ``on``, ``raw``
-    without), else ``"<name>+fs"`` / ``"<name>-fs"`` (:data:`FEATURE_SURGERY_SUFFIXES`).
-
-    Raises:
-        ValueError: ``name`` is not a dense method of :data:`~surgery_lib.methods.METHODS`.
-    """
-    if name not in METHODS:
-        raise ValueError(
-            f"feature surgery is a switch of the dense methods {tuple(METHODS)}, not of {name!r}"
-        )
-    if METHODS[name].feature_surgery == on:
-        return name
-    return f"{name}{'+fs' if on else '-fs'}"
-
-
-def explain_protocol(preset: str | None, dataset: str | None = None) -> tuple[dict[str, object], list[str]]:
-    """The part of a method's official protocol (:data:`PROTOCOL_PRESETS`) that the ``explain`` task
-    uses, and the names of the preset's fields it does not use (:data:`EXPLAIN_PROTOCOL_FIELDS`):
-    ``({"image_size": ..., "templates": ...}, ["protocol", "window", ...])``. Per-dataset values are
-    read for ``dataset``. A sliding preset's ``image_size`` (its short side, ClearCLIP's 448) is the
-    explain task's n×n input side; a preset without one runs at the model's native size.
-    ``preset=None`` (no official protocol, e.g. raw CLIP or a gradient explainer): ``({}, [])``.
-
-    Raises:
-        ValueError: an unknown preset.
-    """
-    if preset is None:
-        return {}, []
-    if preset not in PROTOCOL_PRESETS:
-        raise ValueError(f"unknown protocol preset {preset!r}; expected one of {tuple(PROTOCOL_PRESETS)}")
-    used, unused = {}, []
-    for name, value in PROTOCOL_PRESETS[preset].items():
-        if isinstance(value, dict):
-            value = value.get(dataset, value[None])
-        if name in EXPLAIN_PROTOCOL_FIELDS:
-            used[name] = value
-        else:
-            unused.append(name)
-    return used, unused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,226 +341,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-def _init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """``(rank, world_size, device)``; starts a process group when launched by ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device(f"cuda:{local}" if use_cuda and world > 1 else ("cuda" if use_cuda else "cpu"))
-    if world > 1:
-        if use_cuda:
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        return dist.get_rank(), world, dev
-    return 0, 1, dev
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
-# ---------------------------------------------------------------------------------------------------
-# per-image records (append-only jsonl shards)
-
-
-RECORD_FORMAT = "jsonl+sha256/2"
-"""Written into ``run.json``: records are JSON lines, each with a ``sha256`` (see the module doc); ``/2``:
-``run.json`` holds the resolved root and the classes' digest, each record its data and batch digests."""
-
-_UNFINGERPRINTED_FORMATS = ("jsonl+sha256/1",)
-"""Record formats written before the data was fingerprinted: refused (see :func:`_check_settings`)."""
-
-RESUME_RTOL = 1e-6
-RESUME_ATOL = 1e-9
-"""How close two records of one image must be to count as the same record (:func:`_same_record`): the
-agreement of one computation across machines and thread counts (on one machine and thread count, with
-the same batch size, a recomputed record is bit-equal)."""
-
-_FIX = "delete that line (the image is then recomputed) or use another --out"
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a finite number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
-
-
-def _strict_json(text: str) -> object:
-    """``json.loads`` that refuses NaN, Infinity and numbers that overflow to infinity."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-def _canonical(value: object) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def _run_key(settings: dict) -> bytes:
-    """What every record's checksum is bound to: the canonical JSON of ``run.json``."""
-    return hashlib.sha256(_canonical(settings)).hexdigest().encode()
-
-
-def _record_sha256(record: dict, key: bytes) -> str:
-    body = {k: v for k, v in record.items() if k != "sha256"}
-    return hashlib.sha256(key + b"\n" + _canonical(body)).hexdigest()
-
-
-def _read_run_json(path: Path) -> dict:
-    """The settings in ``run.json``; a ``SystemExit`` naming the file (and line) when it is broken."""
-    fix = "delete the folder (or run.json) or use another --out"
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise SystemExit(f"{path}: not valid UTF-8 (byte {err.start}); {fix}") from None
-    try:
-        settings = _strict_json(text)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {fix}") from None
-    except (ValueError, RecursionError) as err:
-        raise SystemExit(f"{path}: not valid settings ({err}); {fix}") from None
-    if not isinstance(settings, dict):
-        raise SystemExit(f"{path}: not a JSON object of settings; {fix}")
-    return settings
-
-
-def _parse_record(raw: bytes, key: bytes, where: str) -> dict:
-    """One verified record line (without its ``sha256``), or a ``SystemExit`` naming ``where``."""
-
-    def refuse(problem: str) -> SystemExit:
-        return SystemExit(f"{where}: {problem}; {_FIX}")
-
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise refuse(f"not valid UTF-8 (byte {err.start})") from None
-    try:
-        record = _strict_json(text)
-    except (ValueError, RecursionError) as err:
-        raise refuse(f"not a valid JSON record ({err})") from None
-    if not isinstance(record, dict):
-        raise refuse("not a JSON object")
-    if not isinstance(record.get("sha256"), str):
-        raise refuse("the record has no sha256 checksum")
-    if record["sha256"] != _record_sha256(record, key):
-        raise refuse(
-            "the record does not match its sha256: it was edited or damaged, or comes from another run"
-        )
-    index = record.get("index")
-    if (
-        isinstance(index, bool)
-        or not isinstance(index, int)
-        or index < 0
-        or not isinstance(record.get("id"), str)
-    ):
-        raise refuse("the record has no integer image index and string image id")
-    del record["sha256"]
-    return record
-
-
-def _same_record(a: object, b: object) -> bool:
-    """Whether two records are equal, floats to :data:`RESUME_RTOL` relative (:data:`RESUME_ATOL`
-    absolute); every other value (strings, integers, booleans, the structure) exactly."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_record(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_record(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        numbers = (int, float)
-        if (
-            isinstance(a, bool)
-            or isinstance(b, bool)
-            or not (isinstance(a, numbers) and isinstance(b, numbers))
-        ):
-            return False
-        return math.isclose(a, b, rel_tol=RESUME_RTOL, abs_tol=RESUME_ATOL)
-    return type(a) is type(b) and a == b
-
-
-def _read_records(parts: Path) -> dict[int, dict]:
-    """Every record in ``parts/*.jsonl`` by image index, each checked against its ``sha256`` (bound to
-    ``parts/../run.json``). A last line without its newline (an interrupted write) is skipped; any other
-    bad line, or two different records of one image (beyond :data:`RESUME_RTOL`; the first is kept),
-    raises ``SystemExit`` naming ``file:line``."""
-    run_json = parts.parent / "run.json"
-    if not run_json.is_file():
-        raise FileNotFoundError(f"{run_json} is missing: the records in {parts} cannot be checked")
-    key = _run_key(_read_run_json(run_json))
-    records: dict[int, dict] = {}
-    seen_at: dict[int, str] = {}
-    for path in sorted(parts.glob("*.jsonl")):
-        lines = path.read_bytes().split(b"\n")
-        for number, raw in enumerate(lines[:-1], start=1):  # lines[-1]: b"" or a torn last line
-            where = f"{path}:{number}"
-            record = _parse_record(raw, key, where)
-            index = record["index"]
-            if index in records:
-                if not _same_record(records[index], record):
-                    raise SystemExit(
-                        f"{where}: a second, different record of image {index} (the first is at "
-                        f"{seen_at[index]}); {_FIX}"
-                    )
-                continue  # the same record twice: the first one read (in file order) is kept
-            records[index], seen_at[index] = record, where
-    return records
-
-
-def _repair(path: Path) -> None:
-    """Cut a torn last line (an interrupted write) so that new records start on a line of their own."""
-    if path.is_file():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
-def _append(path: Path, records: Sequence[dict], key: bytes) -> None:
-    """Append ``records`` to ``path``, each with its ``sha256`` (refusing NaN or infinite values)."""
-    lines = []
-    for record in records:
-        body = {k: v for k, v in record.items() if k != "sha256"}
-        try:
-            lines.append(json.dumps({**body, "sha256": _record_sha256(body, key)}, allow_nan=False) + "\n")
-        except ValueError as err:
-            raise SystemExit(
-                f"image {body.get('index')} ({body.get('id')!r}) gave a NaN or infinite value ({err}): "
-                "its record is not stored"
-            ) from None
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _lock(out: Path) -> IO[str]:
-    """An exclusive, non-blocking ``flock`` on ``out/.lock``; a ``SystemExit`` when another run holds it."""
-    path = out / ".lock"
-    handle = path.open("a+")
-    if fcntl is None:  # pragma: no cover
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise SystemExit(
-            f"{out} is in use by another evaluation (it holds the lock {path}): wait for that run to "
-            "finish, or use another --out"
-        ) from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-# ---------------------------------------------------------------------------------------------------
 # the three tasks: a batch of samples -> one record per sample
 
 
@@ -806,97 +496,6 @@ def _multilabel_batch(ctx: _Context, samples: Sequence[Sample]) -> list[dict]:
 _BATCH_FUNCTIONS = {"explain": _explain_batch, "segment": _segment_batch, "multilabel": _multilabel_batch}
 
 
-# ---------------------------------------------------------------------------------------------------
-# summaries
-
-
-INTERVAL_LEVEL = 0.95
-INTERVAL_RESAMPLES = 1000
-"""The confidence intervals every ``results.json`` carries: a percentile bootstrap over images
-(:func:`~surgery_lib.eval.metrics.bootstrap_statistic`, seed 0) of each summary number."""
-
-_INTERVAL_KEYS = {
-    "explain": ("mIoU", "mSC", "pointing_game", "opposite_rate"),
-    "segment": ("mIoU", "pixel_accuracy"),
-    "multilabel": ("mAP",),
-}
-
-
-def _explain_meter(records: Sequence[dict]) -> ExplainabilityMeter:
-    """The explainability scores of the records' (image, class) pairs."""
-    meter = ExplainabilityMeter()
-    for record in records:
-        for p in record["pairs"]:
-            meter.add_scores(p["class"], MapScores(p["iou"], p["sc"], p["hit"]))
-    return meter
-
-
-def _interval_statistic(task: str, records: Sequence[dict], num_classes: int, ignore_index: int):
-    """The task's summary numbers of the records at given indices (repeats allowed), computed by the
-    same code as the summary itself, for the bootstrap."""
-    keys = _INTERVAL_KEYS[task]
-    if task == "explain":
-
-        def explain(idx: np.ndarray) -> dict[str, float]:
-            summary = _explain_meter([records[i] for i in idx]).summary()  # no pairs: ValueError
-            return {k: summary[k] for k in keys}
-
-        return explain
-    if task == "segment":
-        owner = np.concatenate([np.full(len(r["confusion"]), i) for i, r in enumerate(records)] + [[]])
-        entries = np.array([e for r in records for e in r["confusion"]], dtype=np.int64).reshape(-1, 3)
-        cells = torch.from_numpy(entries[:, 0] * num_classes + entries[:, 1])
-        counts = entries[:, 2]
-
-        def segment(idx: np.ndarray) -> dict[str, float]:
-            weights = np.bincount(idx, minlength=len(records))[owner.astype(np.int64)]
-            flat = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-            flat.index_add_(0, cells, torch.from_numpy(counts * weights))
-            confusion = ConfusionMatrix(num_classes, ignore_index)
-            confusion.matrix = flat.reshape(num_classes, num_classes)
-            return {"mIoU": confusion.miou(), "pixel_accuracy": confusion.pixel_accuracy()}
-
-        return segment
-    scores = torch.tensor(
-        [[0.0 if s is None else s for s in r["scores"]] for r in records], dtype=torch.float64
-    )
-    targets = torch.tensor([r["targets"] for r in records], dtype=torch.int64)
-
-    def multilabel(idx: np.ndarray) -> dict[str, float]:
-        index = torch.from_numpy(idx)
-        return {"mAP": mean_average_precision(scores[index], targets[index])[0]}
-
-    return multilabel
-
-
-def summary_intervals(
-    task: str,
-    records: Sequence[dict],
-    num_classes: int,
-    ignore_index: int = 255,
-    level: float = INTERVAL_LEVEL,
-    resamples: int = INTERVAL_RESAMPLES,
-    seed: int = 0,
-) -> dict[str, list[float]]:
-    """Bootstrap confidence intervals over images of the task's summary numbers (``explain``: mIoU,
-    mSC, pointing game, opposite rate; ``segment``: mIoU, pixel accuracy; ``multilabel``: mAP):
-    ``{metric: [low, high]}``. The images are resampled with replacement and the summary recomputed
-    as the run computes it (mIoU from the summed confusion matrix, mAP over classes with positives, the
-    explainability means per class then over classes).
-
-    Args:
-        records: the per-image records of a run (:func:`image_records`).
-        num_classes, ignore_index: the dataset's (``segment`` needs them).
-    """
-    if task not in _INTERVAL_KEYS:
-        raise ValueError(f"unknown task {task!r}; expected one of {tuple(_INTERVAL_KEYS)}")
-    if not records:
-        return {}
-    statistic = _interval_statistic(task, records, num_classes, ignore_index)
-    found = bootstrap_statistic(len(records), statistic, level, resamples, seed)
-    return {k: [round(low, 6), round(high, 6)] for k, (low, high) in found.items()}
-
-
 def _summarise(task: str, dataset: Dataset, records: Sequence[dict], confusion: ConfusionMatrix) -> tuple:
     """``(summary dict, per-class rows)`` of the task from all records in image order."""
     names = dataset.class_names
@@ -949,28 +548,6 @@ def _write_results(out: Path, result: dict, rows: Sequence[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-# ---------------------------------------------------------------------------------------------------
-# main
-
-
-def _weights_fingerprint(model: nn.Module) -> str:
-    """sha256 of every tensor of ``model.state_dict()`` (names, dtypes, shapes and bytes, sorted by name):
-    retrained or swapped weights under the same model name and tag change it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _classes_sha256(dataset: Dataset) -> str:
-    """sha256 of what every record of a dataset depends on beyond its own image: the class names, their
-    prompts, the background and ignore index."""
-    what = [list(dataset.class_names), list(dataset.prompts), dataset.background, dataset.ignore_index]
-    return hashlib.sha256(_canonical(what)).hexdigest()
 
 
 def _settings(args: EvalSettings, model: nn.Module, dataset: Dataset | None = None) -> dict:
@@ -1038,11 +615,6 @@ def _check_settings(
             os.replace(partial, path)
     _barrier(world)
     return _run_key(settings)
-
-
-def _batch_sha256(prints: Sequence[dict]) -> str:
-    """sha256 of the fingerprints of a batch's images, in order: what a record's numbers depend on."""
-    return hashlib.sha256(_canonical(list(prints))).hexdigest()
 
 
 def _verify_batch(
@@ -1268,33 +840,6 @@ def image_records(out: str | Path) -> list[dict]:
     return [records[i] for i in sorted(records)]
 
 
-OFFLINE_DATASETS: dict[str, tuple[str, str]] = {
-    "composites-seen": ("composites", "composites/seen_instances"),
-    "composites-new": ("composites", "composites/new_instances"),
-    "real": ("real", "real"),
-}
-"""The evaluation sets shipped in ``data/`` (label -> (dataset name, folder under the data folder))."""
-
-
-def _offline_datasets() -> dict[str, tuple[str, Path]]:
-    root = data_dir()
-    return {label: (name, root / folder) for label, (name, folder) in OFFLINE_DATASETS.items()}
-
-
-def dataset_specs(spec: str = "") -> dict[str, tuple[str, Path]]:
-    """Datasets to evaluate, from ``"NAME=ROOT,NAME=ROOT"`` (NAME in :data:`DATASETS`; the label is
-    NAME), or the shipped :data:`OFFLINE_DATASETS` when ``spec`` is empty."""
-    if not spec.strip():
-        return _offline_datasets()
-    specs = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, sep, root = part.partition("=")
-        if not sep or name not in DATASETS:
-            raise ValueError(f"bad dataset entry {part!r}: expected NAME=ROOT with NAME one of {DATASETS}")
-        specs[name] = (name, Path(root).expanduser())
-    return specs
-
-
 def _table_row(result: dict) -> dict:
     """A run's summary numbers as table columns: each metric, its interval as ``<metric>_low`` and
     ``<metric>_high`` (when the result has one), and ``s_per_image``."""
@@ -1309,76 +854,6 @@ def run_folder_name(*parts: str) -> str:
     """A folder name from its parts joined by ``__`` (``/`` and ``:`` replaced by ``_``, as in the null
     ``null:random``)."""
     return "__".join(parts).replace("/", "_").replace(":", "_")
-
-
-def evaluation_table(
-    task: str,
-    backbones: Sequence[str],
-    datasets: dict[str, tuple[str, Path]],
-    out_dir: str | Path,
-    methods: Sequence[str] = ("raw", "surgery"),
-    pretrained: str = "default",
-    presets: dict[str, str | None] | None = None,
-    skip_unsupported: bool = False,
-    **options: object,
-) -> list[dict]:
-    """One :func:`evaluate` per backbone × dataset × method (each resumable in its own folder under
-    ``out_dir``); rows of ``{"backbone", "dataset", "method", "preset", <summary>, <metric>_low,
-    <metric>_high, "s_per_image", "out"}`` (the limits of the 95 % bootstrap interval over images of
-    each metric).
-
-    Args:
-        methods: names of :func:`resolve_eval_method` (dense methods, ``+fs`` / ``-fs`` variants,
-            gradient explainers and nulls for ``explain``).
-        presets: a ``protocol_preset`` per method name (a method missing or ``None``: the options
-            alone, the common protocol); the run's folder name then ends in ``@<preset>``.
-        skip_unsupported: leave out (no row) a method that has no variant for a backbone's image tower
-            (:class:`~surgery_lib.model.adapters.UnsupportedModelError`) instead of raising.
-    """
-    device = str(options.pop("device", "auto"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    presets = dict(presets or {})
-    rows = []
-    for backbone in backbones:
-        tag = pretrained_for(backbone, pretrained)
-        loaded = load_clip(backbone, pretrained=tag, device=device)
-        for label, (name, root) in datasets.items():
-            for method in methods:
-                preset = presets.get(method)
-                folder = run_folder_name(backbone, tag, label, method) + (f"@{preset}" if preset else "")
-                out = Path(out_dir) / task / folder
-                extra = {"protocol_preset": preset} if preset else {}
-                try:
-                    result = evaluate(
-                        task, name, root, out, backbone, tag, method, loaded, quiet=True, progress=True,
-                        **extra, **options,
-                    )  # fmt: skip
-                except UnsupportedModelError:
-                    if not skip_unsupported:
-                        raise
-                    continue
-                row = {"backbone": backbone, "dataset": label, "method": method, "preset": preset}
-                rows.append({**row, **_table_row(result), "images": result["images"], "out": str(out)})
-    return rows
-
-
-def image_values(out: str | Path, key: str = "sc", limit: int | None = None) -> dict[int, float]:
-    """Per image of an ``explain`` run in ``out``, the mean of one pair score over its pairs (``"sc"``:
-    score contrast ×100 as the summary's mSC; ``"iou"`` and ``"hit"`` in %): ``{image index: value}``;
-    images without a scored pair are left out, and with ``limit`` the images from ``limit`` on (a folder
-    a larger run shared holds more records than a table row used). The unit of a paired test between
-    two methods run on the same images (:func:`surgery_lib.eval.tables.paired_test`)."""
-    if key not in ("sc", "iou", "hit"):
-        raise ValueError(f"key must be one of 'sc', 'iou', 'hit', got {key!r}")
-    scale = 1.0 if key == "sc" else 100.0
-    values = {}
-    for record in image_records(out):
-        if "pairs" not in record:
-            raise ValueError(f"{out} is not an explain run (its records have no 'pairs')")
-        if record["pairs"] and (limit is None or record["index"] < limit):
-            values[record["index"]] = scale * float(np.mean([p[key] for p in record["pairs"]]))
-    return values
 
 
 def evaluate_methods(

@@ -1,6 +1,6 @@
 """Result rows as a reader sees them: means with their confidence intervals, and bar chart inputs.
 
-Rows are the dicts of :func:`surgery_lib.eval.runner.evaluation_table`,
+Rows are the dicts of :func:`surgery_lib.eval.experiments.evaluation_table`,
 :func:`~surgery_lib.eval.runner.evaluate_methods` and :func:`surgery_lib.eval.analysis.summarise`
 (``intervals=True``): a metric ``m`` with its interval in ``m_low`` / ``m_high``.
 """
@@ -67,7 +67,7 @@ _PAIR_KEYS = {"mSC": "sc", "mIoU": "iou", "pointing_game": "hit"}
 def paired_test(a: Mapping, b: Mapping, metric: str = "mSC", resamples: int = 10_000) -> dict:
     """A paired sign-flip permutation test (:func:`surgery_lib.eval.nulls.sign_flip_test`) of two table
     rows of ``explain`` runs on the same images: per image the mean of the metric's pair score
-    (:func:`surgery_lib.eval.runner.image_values`; mSC: score contrast, mIoU: IoU %, pointing game: hit
+    (:func:`surgery_lib.eval.experiments.image_values`; mSC: score contrast, mIoU: IoU %, pointing game: hit
     %), over the images both rows scored (each row's first ``images``).
 
     Returns:
@@ -75,8 +75,8 @@ def paired_test(a: Mapping, b: Mapping, metric: str = "mSC", resamples: int = 10
     Raises:
         ValueError: a metric without a per-pair score, or no image scored by both.
     """
+    from surgery_lib.eval.experiments import image_values
     from surgery_lib.eval.nulls import sign_flip_test
-    from surgery_lib.eval.runner import image_values
 
     if metric not in _PAIR_KEYS:
         raise ValueError(f"metric must be one of {tuple(_PAIR_KEYS)}, got {metric!r}")

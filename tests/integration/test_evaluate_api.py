@@ -7,6 +7,7 @@ import torch
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.data.datasets import load_dataset
+from surgery_lib.eval import experiments
 from surgery_lib.eval import runner as ev
 from surgery_lib.eval.metrics import average_precision, precision_recall_curve
 from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
@@ -14,20 +15,20 @@ from surgery_lib.model.loading import load_clip
 
 
 def test_dataset_specs():
-    assert set(ev.dataset_specs("")) == {"composites-seen", "composites-new", "real"}
-    assert all(root.is_dir() for _, root in ev.dataset_specs().values())
-    specs = ev.dataset_specs("voc=/data/VOCdevkit, ade20k=~/ade")
+    assert set(experiments.dataset_specs("")) == {"composites-seen", "composites-new", "real"}
+    assert all(root.is_dir() for _, root in experiments.dataset_specs().values())
+    specs = experiments.dataset_specs("voc=/data/VOCdevkit, ade20k=~/ade")
     assert specs["voc"][0] == "voc" and str(specs["voc"][1]) == "/data/VOCdevkit"
     assert "~" not in str(specs["ade20k"][1])
     with pytest.raises(ValueError, match="bad dataset entry 'imagenet=/x'"):
-        ev.dataset_specs("imagenet=/x")
+        experiments.dataset_specs("imagenet=/x")
     with pytest.raises(ValueError, match="NAME=ROOT"):
-        ev.dataset_specs("voc")
+        experiments.dataset_specs("voc")
 
 
 def test_evaluation_table_runs_every_combination_and_resumes(tmp_path, capfd):
-    datasets = {"composites-seen": ev.dataset_specs()["composites-seen"]}
-    rows = ev.evaluation_table("explain", ["toy-vit"], datasets, tmp_path, limit=4, batch_size=2)
+    datasets = {"composites-seen": experiments.dataset_specs()["composites-seen"]}
+    rows = experiments.evaluation_table("explain", ["toy-vit"], datasets, tmp_path, limit=4, batch_size=2)
     out, err = capfd.readouterr()
     assert not out  # no summary printed ...
     assert "explain composites surgery: 100%" in err and "4/4" in err  # ... but a progress bar per run
@@ -38,7 +39,7 @@ def test_evaluation_table_runs_every_combination_and_resumes(tmp_path, capfd):
     assert all(r["mIoU"] >= 0 and r["s_per_image"] > 0 for r in rows)
     records = ev.image_records(rows[0]["out"])
     assert [r["index"] for r in records] == [0, 1, 2, 3]
-    again = ev.evaluation_table("explain", ["toy-vit"], datasets, tmp_path, limit=4, batch_size=2)
+    again = experiments.evaluation_table("explain", ["toy-vit"], datasets, tmp_path, limit=4, batch_size=2)
     assert [r["mIoU"] for r in again] == [r["mIoU"] for r in rows]
     assert all(r["s_per_image"] is None for r in again)  # nothing recomputed
     with pytest.raises(FileNotFoundError, match="no evaluation records"):
@@ -46,7 +47,7 @@ def test_evaluation_table_runs_every_combination_and_resumes(tmp_path, capfd):
 
 
 def test_segment_samples_match_the_command_line(tmp_path):
-    root = ev.dataset_specs()["real"][1]
+    root = experiments.dataset_specs()["real"][1]
     result = ev.evaluate("segment", "real", root, tmp_path / "seg", limit=3, batch_size=2, quiet=True)
     dataset = load_dataset("real", root)
     samples = [dataset[i] for i in range(3)]

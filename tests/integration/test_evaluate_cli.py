@@ -17,6 +17,7 @@ from conftest import REPO
 from PIL import Image
 
 from surgery_lib.data.datasets import NUS_WIDE_CLASSES
+from surgery_lib.eval import experiments
 from surgery_lib.eval import runner as evaluate
 from surgery_lib.maps.text import PROMPT_TEMPLATES, text_features
 from surgery_lib.model.loading import load_clip
@@ -238,7 +239,7 @@ def test_results_carry_bootstrap_intervals_over_images(task, voc_root, tmp_path)
     assert any(high > low for low, high in recomputed.values())  # five different images
     one = evaluate.summary_intervals(task, [records[0]] * 4, 21)
     assert one and all(low == high for low, high in one.values())
-    rows = evaluate.evaluation_table(
+    rows = experiments.evaluation_table(
         task, ["toy-vit"], {"voc": ("voc", voc_root)}, tmp_path / "table", methods=("surgery",), batch_size=2
     )
     first = sorted(keys)[0]

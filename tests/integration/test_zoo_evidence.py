@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 
 from surgery_lib.data.datasets import load_dataset
-from surgery_lib.eval import runner
+from surgery_lib.eval import experiments, presets, runner
 from surgery_lib.eval.metrics import ExplainabilityMeter, masked_map_scores
 from surgery_lib.eval.nulls import centre_prior_map
 from surgery_lib.eval.tables import beats, paired_test, ranking, row_label
@@ -31,27 +31,27 @@ def _run(tmp_path, method: str, loaded, limit: int = 2, **options) -> dict:
 
 def test_feature_surgery_is_a_switch_of_every_dense_method():
     for name, config in METHODS.items():
-        assert runner.resolve_eval_method(f"{name}+fs") == config.replace(feature_surgery=True)
-        assert runner.resolve_eval_method(f"{name}-fs") == config.replace(feature_surgery=False)
+        assert presets.resolve_eval_method(f"{name}+fs") == config.replace(feature_surgery=True)
+        assert presets.resolve_eval_method(f"{name}-fs") == config.replace(feature_surgery=False)
         for on in (True, False):
-            variant = runner.with_feature_surgery(name, on)
-            assert runner.resolve_eval_method(variant).feature_surgery is on
-            assert runner.resolve_eval_method(variant) == config.replace(feature_surgery=on)
-    assert runner.with_feature_surgery("surgery", True) == "surgery"
-    assert runner.with_feature_surgery("maskclip", True) == "maskclip+fs"
-    assert runner.resolve_eval_method("surgery-fs") == METHODS["surgery-no-fs"]
-    assert runner.resolve_eval_method("raw+fs") == METHODS["feature-surgery-only"]
+            variant = presets.with_feature_surgery(name, on)
+            assert presets.resolve_eval_method(variant).feature_surgery is on
+            assert presets.resolve_eval_method(variant) == config.replace(feature_surgery=on)
+    assert presets.with_feature_surgery("surgery", True) == "surgery"
+    assert presets.with_feature_surgery("maskclip", True) == "maskclip+fs"
+    assert presets.resolve_eval_method("surgery-fs") == METHODS["surgery-no-fs"]
+    assert presets.resolve_eval_method("raw+fs") == METHODS["feature-surgery-only"]
     for bad in ("gradcam+fs", "null:random-fs"):
         with pytest.raises(ValueError, match="no feature surgery"):
-            runner.resolve_eval_method(bad)
+            presets.resolve_eval_method(bad)
     with pytest.raises(ValueError, match="unknown method 'nope\\+fs'"):
-        runner.resolve_eval_method("nope+fs")
+        presets.resolve_eval_method("nope+fs")
     with pytest.raises(ValueError, match="dense methods"):
-        runner.with_feature_surgery("chefer", True)
+        presets.with_feature_surgery("chefer", True)
 
 
 def test_gradient_and_null_methods_are_explain_only(tmp_path):
-    for method in (*GRADIENT_METHODS, *runner.NULL_METHODS):
+    for method in (*GRADIENT_METHODS, *presets.NULL_METHODS):
         runner.EvalSettings(task="explain", dataset="composites", root=ROOT, out=tmp_path, method=method)
         for task in ("segment", "multilabel"):
             with pytest.raises(ValueError, match="explain task only"):
@@ -69,15 +69,15 @@ def test_gradient_and_null_methods_are_explain_only(tmp_path):
 
 
 def test_explain_protocol_says_what_applies():
-    assert runner.explain_protocol(None) == ({}, [])
-    used, unused = runner.explain_protocol("sclip", "voc")
+    assert presets.explain_protocol(None) == ({}, [])
+    used, unused = presets.explain_protocol("sclip", "voc")
     assert used == {"templates": "openai80"}
     assert {"protocol", "window", "stride", "logit_scale", "bg_threshold", "pamr_steps"} == set(unused)
-    assert runner.explain_protocol("maskclip")[0] == {"image_size": 512, "templates": "surgery85"}
-    assert runner.explain_protocol("gem")[0] == {"image_size": 448, "templates": "single"}
-    assert runner.explain_protocol("clearclip")[0]["image_size"] == 448
+    assert presets.explain_protocol("maskclip")[0] == {"image_size": 512, "templates": "surgery85"}
+    assert presets.explain_protocol("gem")[0] == {"image_size": 448, "templates": "single"}
+    assert presets.explain_protocol("clearclip")[0]["image_size"] == 448
     with pytest.raises(ValueError, match="unknown protocol preset"):
-        runner.explain_protocol("nope")
+        presets.explain_protocol("nope")
 
 
 def test_a_gradient_explainer_is_scored_like_a_dense_method(tmp_path, toy_vit):
@@ -144,8 +144,10 @@ def test_table_skips_unsupported_methods_and_ranks_with_a_paired_test(tmp_path):
     datasets = {"composites-seen": ("composites", ROOT)}
     methods = ["raw", "maskclip", "gradcam", "null:centre"]
     with pytest.raises(UnsupportedModelError):
-        runner.evaluation_table("explain", ["toy-rn"], datasets, tmp_path, methods, limit=2, device="cpu")
-    rows = runner.evaluation_table(
+        experiments.evaluation_table(
+            "explain", ["toy-rn"], datasets, tmp_path, methods, limit=2, device="cpu"
+        )
+    rows = experiments.evaluation_table(
         "explain", ["toy-rn"], datasets, tmp_path, methods, limit=2, device="cpu", skip_unsupported=True,
         presets={"raw": None, "gradcam": None},
     )  # fmt: skip
@@ -156,7 +158,7 @@ def test_table_skips_unsupported_methods_and_ranks_with_a_paired_test(tmp_path):
     assert values == sorted(values, reverse=True)
     assert test["a"] == ranked[0]["method"] and test["b"] == ranked[1]["method"]
     assert 0.0 < test["p_value"] <= 1.0 and test["images"] == 2
-    with_preset = runner.evaluation_table(
+    with_preset = experiments.evaluation_table(
         "explain",
         ["toy-vit"],
         datasets,

@@ -231,7 +231,8 @@ def test_multilabel_variants_reproduce_the_runner(loaded, tmp_path):
     """The two combinations the runner compares give the runner's mAP; the other six separate the score
     from its normalisation (on a ViT's dual path both presets share the class token)."""
     from surgery_lib.data.datasets import load_dataset
-    from surgery_lib.eval.runner import dataset_specs, evaluate
+    from surgery_lib.eval.experiments import dataset_specs
+    from surgery_lib.eval.runner import evaluate
 
     name, root = dataset_specs("")["composites-seen"]
     rows = analysis.multilabel_variants(loaded, load_dataset(name, root), limit=8)
