@@ -4,6 +4,7 @@ its README protocol adds PAMR: sliding windows as SCLIP's, logit scale 40, PAMR 
 
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.methods.base import Method
+from surgery_lib.methods.sclip import SCLIP_PROTOCOL
 
 METHODS = (
     Method(
@@ -22,15 +23,7 @@ METHODS = (
         reference="Hajimiri et al., WACV 2025 (NACLIP); github.com/sinahmr/NACLIP",
         position=60,
         towers=("vit",),
-        protocol={
-            "protocol": "sliding",
-            "window": 224,
-            "stride": 112,
-            "templates": "openai80",
-            "logit_scale": 40.0,
-            "bg_threshold": 0.1,
-            "pamr_steps": 10,
-        },
+        protocol={**SCLIP_PROTOCOL, "logit_scale": 40.0, "pamr_steps": 10},  # SCLIP's windows and threshold
         knobs={"spatial_prior_sigma": (0, 10)},
     ),
 )

@@ -5,6 +5,17 @@ the 80 OpenAI templates, a per-dataset logit scale, background where the top pro
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.methods.base import Method
 
+SCLIP_PROTOCOL = {
+    "protocol": "sliding",
+    "window": 224,
+    "stride": 112,
+    "templates": "openai80",
+    "logit_scale": {"voc": 65.0, "context": 50.0, "coco_object": 50.0, None: 40.0},
+    "bg_threshold": 0.1,
+    "pamr_steps": 0,
+}
+"""SCLIP's main-table protocol (NACLIP's README protocol starts from it)."""
+
 METHODS = (
     Method(
         name="sclip",
@@ -21,14 +32,6 @@ METHODS = (
         reference="Wang et al., ECCV 2024 (SCLIP); github.com/wangf3014/SCLIP",
         position=30,
         towers=("vit",),
-        protocol={
-            "protocol": "sliding",
-            "window": 224,
-            "stride": 112,
-            "templates": "openai80",
-            "logit_scale": {"voc": 65.0, "context": 50.0, "coco_object": 50.0, None: 40.0},
-            "bg_threshold": 0.1,
-            "pamr_steps": 0,
-        },
+        protocol=SCLIP_PROTOCOL,
     ),
 )

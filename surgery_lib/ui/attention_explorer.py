@@ -13,7 +13,7 @@ from surgery_lib.data.records import AnnotatedImage
 from surgery_lib.maps.images import ImageLike
 from surgery_lib.model import LoadedCLIP, attention_maps, max_depth
 from surgery_lib.ui import viz
-from surgery_lib.ui.explorer_base import _LRU, _one_or_many, _PickedImageView, _picker, _widgets
+from surgery_lib.ui.explorer_base import _LRU, _one_or_many, _PickedImageView, _picker, _widgets, rendered_png
 
 
 def _query_token(row: int, col: int, grid: tuple[int, int]) -> int:
@@ -183,11 +183,7 @@ class AttentionExplorer(_PickedImageView):
         token, marker = self._query()
         key = (self.picker.value, self.block.value, self.head.value, token, self.kinds)
         if key not in self._png:
-            fig = self.figure()
-            try:
-                self._png[key] = viz.figure_png(fig)
-            finally:
-                viz.close(fig)
+            self._png[key] = rendered_png(self.figure())
         self.image.value = self._png[key]
         where = "the class token" if marker is None else f"patch {marker}"
         self.status.value = (

@@ -255,3 +255,12 @@ def _picker(w, names: list[str]):
     if len(names) == 1:
         picker.layout.display = "none"
     return picker
+
+
+def rendered_png(fig) -> bytes:
+    """The PNG bytes of an explorer's figure (screen resolution), the figure closed afterwards, also on
+    errors."""
+    try:
+        return viz.figure_png(fig)
+    finally:
+        viz.close(fig)

@@ -27,6 +27,7 @@ from surgery_lib.ui.explorer_base import (
     _picker,
     _widgets,
     display_size,
+    rendered_png,
 )
 
 
@@ -186,11 +187,7 @@ class SamExplorer(_PickedImageView):
             self.hits += 1
         else:
             self.misses += 1
-            fig = self.figure()
-            try:
-                self._png[key] = viz.figure_png(fig)
-            finally:
-                viz.close(fig)
+            self._png[key] = rendered_png(self.figure())
         self.image.value = self._png[key]
         self.status.value = (
             f"target {html.escape(key[2])} · {html.escape(key[1])} · cached {self.hits} / drawn {self.misses}"
