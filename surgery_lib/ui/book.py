@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from surgery_lib.paths import checkout_dir
+
 _CONF = """
 project = "CLIP Surgery toolkit: the notebooks"
 author = "the surgery_lib authors"
@@ -127,6 +129,18 @@ checked on the model the notebook ran on.
 """
 
 
+def current_notebooks(notebooks_dir: Path, sources: Path | None) -> tuple[list[Path], list[Path]]:
+    """The executed notebooks ``notebooks_dir/NN_*.ipynb`` that belong in the book, and the stale ones:
+    with a ``sources`` folder (the checkout's ``notebooks/``), an executed notebook whose source
+    ``NN_name.py`` is gone (an older numbering, a removed notebook) is stale and left out; without one
+    (an installed package) every executed notebook belongs."""
+    executed = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    if sources is None or not Path(sources).is_dir():
+        return executed, []
+    current = [nb for nb in executed if (Path(sources) / f"{nb.stem}.py").is_file()]
+    return current, [nb for nb in executed if nb not in current]
+
+
 def build_book(notebooks_dir: Path, out: Path, quiet: bool = True) -> Path:
     """Build the HTML book of the executed notebooks ``notebooks_dir/NN_*.ipynb`` into ``out``.
 
@@ -142,7 +156,11 @@ def build_book(notebooks_dir: Path, out: Path, quiet: bool = True) -> Path:
     """
     from sphinx.cmd import build as sphinx_build
 
-    notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    checkout = checkout_dir()
+    notebooks, stale = current_notebooks(notebooks_dir, checkout / "notebooks" if checkout else None)
+    if stale:
+        names = ", ".join(nb.name for nb in stale)
+        print(f"left out of the book (no notebooks/<name>.py any more): {names}", file=sys.stderr)
     if not notebooks:
         raise BookError(f"no executed notebooks NN_*.ipynb in {notebooks_dir}: run `make figures` first")
     given = Path(out)
