@@ -55,6 +55,22 @@ class NotebookRun:
     error: str = ""
 
 
+def figures_line(figures: Path, runs: Sequence[NotebookRun]) -> str:
+    """Where the figures of ``runs`` are, counting only the PNG files these notebooks wrote; PNG files in
+    the folder that none of them wrote (an earlier numbering, a figure since removed, another notebook)
+    are named, never deleted."""
+    written = {name for run in runs for name in run.figures}
+    others = sorted(p.name for p in Path(figures).glob("*.png") if p.name not in written)
+    line = f"figures ({len(written)} PNG + PDF written by these notebooks): {Path(figures).resolve()}/"
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        line += (
+            f"\n  {len(others)} other PNG file(s) there were not written by these notebooks (earlier runs or "
+            f"other notebooks; delete them if they are stale): {shown}"
+        )
+    return line
+
+
 def notebook_paths(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks ``NN_*.py`` of ``folder``, in order."""
     paths = sorted(p for p in folder.glob("[0-9][0-9]_*.py"))
@@ -353,10 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"surgery figures: no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 2
     runs = run_notebooks(paths, args.out, args.figures, timeout, args.resume, progress=_ProgressLine())
-    figures = sorted(args.figures.glob("*.png"))
     print(f"\n{summary_table(runs)}")
     print(f"\nexecuted notebooks: {args.out.resolve()}/")
-    print(f"figures ({len(figures)} PNG + PDF): {args.figures.resolve()}/")
+    print(figures_line(args.figures, runs))
     failed = [r.name for r in runs if r.status == "failed"]
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)

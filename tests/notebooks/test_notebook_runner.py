@@ -39,6 +39,22 @@ def test_a_failing_notebook_leaves_the_others_figures_a_summary_and_a_nonzero_ex
     assert rows["03_third.py"].split()[-2:] == ["2", "✓"]
     assert "1 notebook(s) failed: 02_broken.py" in captured.err
     assert "deliberately broken" in captured.err
+    assert "figures (3 PNG + PDF written by these notebooks)" in captured.out
+
+
+def test_figures_left_by_an_earlier_numbering_are_named_not_counted_and_kept(tmp_path, capsys):
+    first, _, third = _notebooks(tmp_path / "nbs")
+    out, figures = tmp_path / "out", tmp_path / "figs"
+    figures.mkdir()
+    (figures / "02_old_name.png").write_bytes(b"x")  # an earlier run's figure under another number
+    assert main([str(first), str(third), "--out", str(out), "--figures", str(figures)]) == 0
+    printed = capsys.readouterr().out
+    assert "figures (3 PNG + PDF written by these notebooks)" in printed
+    assert (
+        "1 other PNG file(s) there were not written by these notebooks" in printed
+        and "02_old_name.png" in printed
+    )
+    assert (figures / "02_old_name.png").is_file()
 
 
 def test_resume_skips_finished_notebooks_whose_inputs_did_not_change(tmp_path, capsys):
