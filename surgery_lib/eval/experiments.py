@@ -10,11 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
 from surgery_lib.data.datasets import DATASETS
 from surgery_lib.eval.runner import _table_row, evaluate, image_records, run_folder_name
 from surgery_lib.model import UnsupportedModelError, load_clip, pretrained_for

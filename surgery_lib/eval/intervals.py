@@ -9,11 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
 from surgery_lib.eval.metrics import (
     ExplainabilityMeter,
     MapScores,

@@ -8,12 +8,6 @@ import os
 import torch
 import torch.distributed as dist
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
-
 # ---------------------------------------------------------------------------------------------------
 # distributed helpers
 

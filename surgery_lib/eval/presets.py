@@ -5,11 +5,6 @@ a gradient explainer or a null (:data:`NULL_METHODS`), and which part of a metho
 
 from __future__ import annotations
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
 from surgery_lib.config import GradientConfig, SurgeryConfig
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, PROTOCOL_PRESETS
 

@@ -98,13 +98,6 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from surgery_lib.model import patch_tokens
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
 from surgery_lib.config import GradientConfig, SurgeryConfig
 from surgery_lib.data.datasets import DATASETS, Dataset, Sample, load_dataset
 from surgery_lib.eval.intervals import INTERVAL_LEVEL, INTERVAL_RESAMPLES, _explain_meter, summary_intervals
@@ -135,7 +128,7 @@ from surgery_lib.maps.features import similarity_map
 from surgery_lib.maps.images import reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, PROTOCOL_PRESETS
-from surgery_lib.model import DEFAULT_MODEL, LoadedCLIP, load_clip
+from surgery_lib.model import DEFAULT_MODEL, LoadedCLIP, load_clip, patch_tokens
 
 TASKS: tuple[str, ...] = ("explain", "segment", "multilabel")
 
