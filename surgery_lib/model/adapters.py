@@ -9,11 +9,14 @@ tensors, and every call reads the current parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from surgery_lib.model.timm_towers import EvaAdapter, SigLIPAdapter
 
 
 class UnsupportedModelError(TypeError):
@@ -31,8 +34,10 @@ class TowerInfo:
         num_blocks: attention blocks (a ModifiedResNet: 1, its attention pool).
         residual_stream: the blocks have a residual stream (dual path, skip-FFN, traces, residual
             contributions and per-block patching apply).
-        class_token: how the image embedding's token is made: ``"learned"`` (a class token) or
-            ``"mean"`` (the attention pool's mean token). Either way it is token 0 of the engine's output.
+        class_token: how the image embedding's token is made: ``"learned"`` (a class token),
+            ``"mean"`` (the attention pool's mean token) or ``"pooled"`` (no class token: a SigLIP
+            attention-pool head over all tokens). Either way it is token 0 of the engine's output; only
+            ``"learned"`` towers have it in their residual stream.
         fused_qkv: q, k and v come from one fused projection.
         rotary: rotary position embedding on q and k.
         layer_scale: the blocks scale their residual updates (LayerScale).
@@ -147,6 +152,8 @@ class ViTAdapter:
     open_clip's own ``Attention``)."""
 
     kind = "vit"
+    prefix = 1
+    """Prefix tokens (the class token) before the patch tokens of the stream."""
 
     def __init__(self, visual: nn.Module) -> None:
         from open_clip.transformer import Attention, VisionTransformer
@@ -318,6 +325,11 @@ class ViTAdapter:
         """``ln_post(x) @ proj``: ``(B, N, C)`` -> ``(B, N, D)``."""
         return self.visual.ln_post(x) @ self.visual.proj
 
+    def output(self, final: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """The engine's output tokens ``(B, 1 + N, D)`` from the final stream ``final`` (its class token
+        is the original path's already; ``original``, the original path's whole stream, is not needed)."""
+        return self.project(final)
+
 
 class ResNetAdapter:
     """Pieces of an open_clip ``ModifiedResNet``: the convolutional trunk and the attention pool."""
@@ -422,8 +434,10 @@ class Tower(Protocol):
     def qkv(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
-Adapter = ViTAdapter | ResNetAdapter
-"""The towers the engine runs (each a :class:`Tower`)."""
+Adapter: TypeAlias = "ViTAdapter | ResNetAdapter | SigLIPAdapter | EvaAdapter"
+"""The towers the engine runs (each a :class:`Tower`): ``kind == "vit"`` for the token towers (OpenAI-style
+open_clip ViTs, and timm's SigLIP and EVA02 trunks in :mod:`surgery_lib.model.timm_towers`), ``"rn"``
+for a ModifiedResNet."""
 
 
 def adapter_for(model: nn.Module) -> Adapter:
@@ -436,12 +450,14 @@ def adapter_for(model: nn.Module) -> Adapter:
         return ViTAdapter(visual)
     if isinstance(visual, ModifiedResNet):
         return ResNetAdapter(visual)
-    hint = ""
     if type(visual).__name__ == "TimmModel":
-        trunk = getattr(visual, "trunk", None)
-        hint = f" (timm trunk {_type_name(trunk)})" if trunk is not None else ""
-        hint += "; timm image towers are not supported: use an open_clip ViT or ModifiedResNet tower"
-    raise UnsupportedModelError(f"unsupported image tower {_type_name(visual)}{hint}")
+        from surgery_lib.model.timm_towers import timm_adapter
+
+        return timm_adapter(visual)
+    raise UnsupportedModelError(
+        f"unsupported image tower {_type_name(visual)}: the supported towers are open_clip's "
+        "VisionTransformer and ModifiedResNet, and its timm towers with a SigLIP or EVA02 trunk"
+    )
 
 
 def tower_info(model: nn.Module) -> TowerInfo:

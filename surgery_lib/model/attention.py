@@ -23,20 +23,21 @@ def _pair(kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple
     return pairs[kind]
 
 
-def spatial_prior(grid: tuple[int, int], sigma: float, like: torch.Tensor) -> torch.Tensor:
-    """NACLIP's neighbourhood prior over ``[CLS, patches]``: ``(1 + h·w, 1 + h·w)``.
+def spatial_prior(grid: tuple[int, int], sigma: float, like: torch.Tensor, prefix: int = 1) -> torch.Tensor:
+    """NACLIP's neighbourhood prior over ``[prefix tokens, patches]``: ``(p + h·w, p + h·w)``.
 
     ``Ω_ij = exp(-((r_i − r_j)² + (c_i − c_j)²) / 2σ²)`` over the patches' (row, col) on the ``h×w``
-    grid (untruncated, peak 1, the same for every head); 0 on the class token's row and column.
-    ``like``: a tensor whose dtype and device the result takes.
+    grid (untruncated, peak 1, the same for every head); 0 on the prefix tokens' rows and columns (the
+    class token; ``prefix=0`` for a tower without one). ``like``: a tensor whose dtype and device the
+    result takes.
     """
     h, w = grid
     rows = torch.arange(h, dtype=torch.float64, device=like.device)
     cols = torch.arange(w, dtype=torch.float64, device=like.device)
     gr = torch.exp(-((rows[:, None] - rows[None, :]) ** 2) / (2.0 * sigma**2))  # (h, h)
     gc = torch.exp(-((cols[:, None] - cols[None, :]) ** 2) / (2.0 * sigma**2))  # (w, w)
-    omega = torch.zeros(1 + h * w, 1 + h * w, dtype=torch.float64, device=like.device)
-    omega[1:, 1:] = (gr[:, None, :, None] * gc[None, :, None, :]).reshape(h * w, h * w)
+    omega = torch.zeros(prefix + h * w, prefix + h * w, dtype=torch.float64, device=like.device)
+    omega[prefix:, prefix:] = (gr[:, None, :, None] * gc[None, :, None, :]).reshape(h * w, h * w)
     return omega.to(like.dtype)
 
 

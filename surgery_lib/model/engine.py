@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
-from surgery_lib.model.adapters import Adapter, ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
+from surgery_lib.model.adapters import Adapter, ResNetAdapter, UnsupportedModelError, adapter_for
 from surgery_lib.model.attention import adaptive_temperature, attend, attention_weights, spatial_prior
 
 
@@ -207,7 +207,7 @@ def check_config(adapter: Adapter, config: SurgeryConfig) -> None:
     """Raise when the tower cannot run ``config``: a depth beyond its blocks
     (:class:`SurgeryError`), or a ViT-only method on a ModifiedResNet (:class:`UnsupportedModelError`
     naming the method when ``config`` is a named preset)."""
-    if isinstance(adapter, ViTAdapter) and config.depth > adapter.num_blocks:
+    if adapter.kind == "vit" and config.depth > adapter.num_blocks:
         raise SurgeryError(
             f"SurgeryConfig.depth={config.depth} but the image tower has {adapter.num_blocks} blocks"
         )
@@ -266,7 +266,7 @@ def _block_kinds(
 
 
 def _vit_forward(
-    adapter: ViTAdapter,
+    adapter: Adapter,
     images: torch.Tensor,
     config: SurgeryConfig,
     hook: HookFn | None,
@@ -275,10 +275,14 @@ def _vit_forward(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """All output tokens of a ViT under ``config``, reporting :data:`HOOK_POINTS` to ``hook``.
 
+    The stream holds ``adapter.prefix`` prefix tokens (the class token; none on SigLIP) before the
+    patch tokens; the output's token 0 is the image embedding either way (:meth:`output`).
+
     Returns:
         projected tokens ``(B, 1 + h·w, D)`` (not normalised), grid ``(h, w)``.
     """
     recording = hook is not None
+    p = adapter.prefix
     emit = _emitter(hook)
     x, grid = adapter.embed(images, config.pos_embed_interp)
     x = emit("embed", x)
@@ -286,7 +290,7 @@ def _vit_forward(
     kinds = _block_kinds(config, n_blocks, block_kinds)
     start = next((i for i, kind in enumerate(kinds) if kind is not None), n_blocks)
     y: torch.Tensor | None = None
-    prior = spatial_prior(grid, config.spatial_prior_sigma, x) if config.spatial_prior_sigma else None
+    prior = spatial_prior(grid, config.spatial_prior_sigma, x, p) if config.spatial_prior_sigma else None
     for i in range(n_blocks):
         x = emit(f"blocks.{i}.input", x)
         # a vanilla block: before the first surgery block, or a block left out on a single path
@@ -319,16 +323,18 @@ def _vit_forward(
         y = y + new_attn if config.keep_residual else new_attn
         if not config.skip_ffn:
             y = y + emit(f"new_path.{i}.ffn_out", adapter.ffn_residual(i, y))
-        # Original path. In the last block only its class token is read, so only that query runs.
-        last = i == n_blocks - 1 and not recording
+        # Original path. In the last block only its class token is read, so only that query runs
+        # (a tower without a class token pools every token of it).
+        last = i == n_blocks - 1 and not recording and p == 1
         q_used, x_used = (q[:, :, :1], x[:, :1]) if last else (q, x)
         o = _attention("qk", q_used, k, v, {}, f"blocks.{i}.attn_probs" if probs else None, emit)
         x = x_used + emit(f"blocks.{i}.attn_out", adapter.attention_residual(i, o))
         x = x + emit(f"blocks.{i}.ffn_out", adapter.ffn_residual(i, x))
+    original = x
     if y is not None:
-        x = torch.cat([x[:, :1], y[:, 1:]], dim=1)
+        x = torch.cat([x[:, :p], y[:, p:]], dim=1)
     x = emit("final", x)
-    return adapter.project(x), grid
+    return adapter.output(x, original), grid
 
 
 def _resnet_forward(
@@ -393,7 +399,7 @@ def dense_forward(
         raise SurgeryError(
             f"attention_probs must name blocks 0..{adapter.num_blocks - 1}, got {sorted(blocks, key=str)}"
         )
-    if isinstance(adapter, ViTAdapter):
+    if adapter.kind == "vit":
         if trace is not None:
             record, user = trace.record, hook
 
