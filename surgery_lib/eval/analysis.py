@@ -53,7 +53,7 @@ from surgery_lib.eval.metrics import (
 from surgery_lib.eval.nulls import null_scores
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, similarity
 from surgery_lib.maps.features import cosine_similarity, similarity_map
-from surgery_lib.maps.images import reference_transform
+from surgery_lib.maps.images import image_normalisation, reference_transform
 from surgery_lib.maps.text import empty_prompt_features, text_features
 from surgery_lib.methods import METHODS
 from surgery_lib.model import (
@@ -67,7 +67,11 @@ from surgery_lib.model import (
 
 
 def _batch(loaded: LoadedCLIP, item: AnnotatedImage, image_size: int | None = None) -> torch.Tensor:
-    transform = loaded.reference_preprocess if image_size is None else reference_transform(image_size)
+    transform = (
+        loaded.reference_preprocess
+        if image_size is None
+        else reference_transform(image_size, *image_normalisation(loaded.model))
+    )
     return transform(item.image).unsqueeze(0)
 
 
@@ -648,7 +652,7 @@ def multilabel_variants(loaded: LoadedCLIP, dataset: Dataset, limit: int | None 
     position = {c: j for j, c in enumerate(fg)}
     texts = text_features(model, tokenizer, [dataset.prompts[c] for c in fg])
     empty = empty_prompt_features(model, tokenizer)
-    transform = reference_transform(loaded.image_size)
+    transform = reference_transform(loaded.image_size, *image_normalisation(model))
     count = len(dataset) if limit is None else min(limit, len(dataset))
     k = len(dataset.class_names)
     keys = [(t, sc, sm) for t in ("raw", "surgery") for sc in MULTILABEL_SCORES for sm in (False, True)]

@@ -15,7 +15,7 @@ from surgery_lib.eval.metrics import bootstrap_ci
 from surgery_lib.eval.nulls import area_chance
 from surgery_lib.maps.explain import encode_image_tokens
 from surgery_lib.maps.features import similarity_map
-from surgery_lib.maps.images import reference_transform
+from surgery_lib.maps.images import image_normalisation, reference_transform
 from surgery_lib.maps.multimodal import WordRedundancy, caption_tokens, word_similarity
 from surgery_lib.maps.sam import choose_gate, gate_rates, split_halves
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features
@@ -57,7 +57,7 @@ def word_pointing_records(
 
     if len(captions) != len(items):
         raise ValueError(f"{len(captions)} captions for {len(items)} images")
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     empty = empty_prompt_features(model, tokenizer)
     records = []
     for i, (item, caption) in enumerate(zip(items, captions, strict=True)):

@@ -125,7 +125,7 @@ from surgery_lib.eval.store import (
 )
 from surgery_lib.maps.explain import encode_image_tokens, explain, similarity
 from surgery_lib.maps.features import similarity_map
-from surgery_lib.maps.images import reference_transform
+from surgery_lib.maps.images import image_normalisation, reference_transform
 from surgery_lib.maps.text import TEMPLATE_SETS, empty_prompt_features, text_features
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, PROTOCOL_PRESETS
 from surgery_lib.model import DEFAULT_MODEL, LoadedCLIP, load_clip, patch_tokens
@@ -377,7 +377,7 @@ class _Context:
         return self.texts[[self.position[c] for c in candidates]]
 
     def tokens(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, tuple[int, int]]:
-        transform = reference_transform(self.size)
+        transform = reference_transform(self.size, *image_normalisation(self.model))
         config = self.config if isinstance(self.config, SurgeryConfig) else METHODS["raw"]
         return encode_image_tokens(self.model, torch.stack([transform(s.image) for s in samples]), config)
 
@@ -409,7 +409,7 @@ def _explain_maps(
     dense = isinstance(ctx.config, SurgeryConfig)
     if dense:
         tokens, grid = ctx.tokens(samples)
-    transform = reference_transform(ctx.size)
+    transform = reference_transform(ctx.size, *image_normalisation(ctx.model))
     for b, sample in enumerate(samples):
         cands = ctx.candidates(sample)
         label = torch.from_numpy(sample.label)

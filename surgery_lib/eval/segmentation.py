@@ -48,7 +48,7 @@ from surgery_lib.data.datasets import Dataset, Sample
 from surgery_lib.eval.metrics import bootstrap_statistic
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens
 from surgery_lib.maps.features import similarity_map
-from surgery_lib.maps.images import OPENAI_MEAN, OPENAI_STD, reference_transform
+from surgery_lib.maps.images import OPENAI_MEAN, OPENAI_STD, image_normalisation, reference_transform
 from surgery_lib.maps.pamr import pamr
 from surgery_lib.maps.text import TEMPLATE_SETS, Tokenizer, text_features
 from surgery_lib.model import LoadedCLIP, patch_tokens
@@ -231,7 +231,8 @@ def predict_paper(
         per image, ``(H, W)`` int64 positions into ``texts`` at the image's size; -1 for background.
     """
     n = protocol.image_size or native_size
-    batch = torch.stack([reference_transform(n)(im) for im in images])
+    transform = reference_transform(n, *image_normalisation(model))
+    batch = torch.stack([transform(im) for im in images])
     sim = class_similarity(model, tokenizer, batch, texts, config).cpu()
     preds = []
     for b, im in enumerate(images):
@@ -248,15 +249,17 @@ def predict_paper(
     return preds
 
 
-def _resize_short(image: Image.Image, short: int) -> torch.Tensor:
-    """Short side to ``short`` (bicubic, aspect ratio kept), CLIP-normalised ``(3, H', W')``."""
+def _resize_short(
+    image: Image.Image, short: int, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD
+) -> torch.Tensor:
+    """Short side to ``short`` (bicubic, aspect ratio kept), normalised with the tower's ``mean`` / ``std``
+    (CLIP's by default), ``(3, H', W')``."""
     w, h = image.size
     scale = short / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     x = torch.from_numpy(np.asarray(image.resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0)
     x = x.permute(2, 0, 1)
-    mean, std = torch.tensor(OPENAI_MEAN).view(3, 1, 1), torch.tensor(OPENAI_STD).view(3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -288,7 +291,8 @@ def predict_sliding(
     Returns:
         per image, ``(H, W)`` int64 positions into ``texts`` at the image's size; -1 for background.
     """
-    inputs = [_resize_short(im, protocol.short_side) for im in images]
+    mean, std = image_normalisation(model)
+    inputs = [_resize_short(im, protocol.short_side, mean, std) for im in images]
     crops: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
     for i, x in enumerate(inputs):
         for box in window_boxes(x.shape[1], x.shape[2], protocol.window, protocol.stride):

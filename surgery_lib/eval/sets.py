@@ -27,7 +27,7 @@ from surgery_lib.data.shipped import read_composite_set
 from surgery_lib.eval.metrics import ExplainabilityMeter
 from surgery_lib.maps.explain import encode_image_tokens, similarity
 from surgery_lib.maps.features import similarity_map, zero_shot_probabilities
-from surgery_lib.maps.images import reference_transform
+from surgery_lib.maps.images import image_normalisation, reference_transform
 from surgery_lib.maps.text import Tokenizer, empty_prompt_features, text_features
 from surgery_lib.methods import RAW_VS_SURGERY
 from surgery_lib.model import DEFAULT_MODEL, class_token
@@ -43,7 +43,7 @@ def raw_vs_surgery_scores(
     batch: int = 16,
 ) -> dict:
     """Zero-shot top-1 and explainability scores of raw CLIP and CLIP Surgery on ``items``."""
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     texts = text_features(model, tokenizer, classes)
     empty = empty_prompt_features(model, tokenizer)
     meters = {name: ExplainabilityMeter() for name in RAW_VS_SURGERY}
@@ -88,7 +88,7 @@ def point_scores(
     from surgery_lib.maps.explain import explain
     from surgery_lib.maps.sam import text_points
 
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     hits: dict[str, dict[str, list[float]]] = {name: {} for name in RAW_VS_SURGERY}
     absent_pass = absent = present_pass = present = 0
     for item in items:
@@ -155,7 +155,7 @@ def caption_word_records(
 
     if len(captions) != len(items):
         raise ValueError(f"{len(captions)} captions for {len(items)} images")
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     empty = empty_prompt_features(model, tokenizer)
     records = []
     for i, (item, caption) in enumerate(zip(items, captions, strict=True)):
@@ -209,7 +209,7 @@ def point_precision_records(
     from surgery_lib.maps.features import similarity_to_points
     from surgery_lib.maps.sam import point_precision
 
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     texts = text_features(model, tokenizer, classes)
     empty = empty_prompt_features(model, tokenizer)
     records = []
@@ -259,7 +259,7 @@ def combined_point_records(
     from surgery_lib.maps.explain import explain
     from surgery_lib.maps.sam import point_precision, text_points
 
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     records = []
     for i, item in enumerate(items):
         known = [label for label in item.masks if label in classes]
@@ -306,7 +306,7 @@ def presence_records(
     Returns:
         records ``{"image", "class", "probability", "present"}``, ``len(items) × len(classes)``.
     """
-    transform = reference_transform(image_size)
+    transform = reference_transform(image_size, *image_normalisation(model))
     texts = text_features(model, tokenizer, classes)
     records = []
     for start in range(0, len(items), batch):

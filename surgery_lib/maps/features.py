@@ -7,6 +7,7 @@ import operator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from surgery_lib.model.adapters import class_token
 
@@ -41,14 +42,19 @@ ZERO_SHOT_SCALE = 100.0
 model's own ``logit_scale.exp()`` instead (they explain CLIP's ``logits_per_image``)."""
 
 
-def zero_shot_probabilities(class_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """CLIP's zero-shot probabilities ``softmax(100 · f_cls · textᵀ)`` over the texts.
+def zero_shot_probabilities(
+    class_features: torch.Tensor, text_features: torch.Tensor, model: nn.Module | None = None
+) -> torch.Tensor:
+    """CLIP's zero-shot probabilities ``softmax(100 · f_cls · textᵀ)`` over the texts; for a model with a
+    ``logit_bias`` (SigLIP), its own sigmoid probabilities ``σ(logit_scale.exp() · cos + logit_bias)``, one
+    per text (they need not sum to 1: SigLIP scores each image-text pair on its own).
 
     Args:
-        class_features: ``(B, D)`` unit-norm image embeddings (the class token of the engine's output).
+        class_features: ``(B, D)`` unit-norm image embeddings (token 0 of the engine's output).
         text_features: ``(T, D)`` unit-norm text features.
+        model: the model they come from (only SigLIP-style models change the result).
     Returns:
-        ``(B, T)``, rows summing to 1.
+        ``(B, T)``.
     """
     if (
         class_features.ndim != 2
@@ -59,8 +65,12 @@ def zero_shot_probabilities(class_features: torch.Tensor, text_features: torch.T
             f"expected (B, D) image and (T, D) text features, got {tuple(class_features.shape)} and "
             f"{tuple(text_features.shape)}"
         )
-    logits = ZERO_SHOT_SCALE * class_features @ text_features.to(class_features).t()
-    return torch.softmax(logits, dim=-1)
+    cosine = class_features @ text_features.to(class_features).t()
+    bias = getattr(model, "logit_bias", None) if model is not None else None
+    if isinstance(bias, torch.Tensor):
+        scale = model.logit_scale.detach().exp().to(cosine)
+        return torch.sigmoid(scale * cosine + bias.detach().to(cosine))
+    return torch.softmax(ZERO_SHOT_SCALE * cosine, dim=-1)
 
 
 def class_weights(

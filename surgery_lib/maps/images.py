@@ -27,6 +27,7 @@ from surgery_lib.model.preprocess import (
     OPENAI_STD,
     ImageInputError,
     check_image_batch,
+    image_normalisation,
     reference_transform,
 )
 
@@ -210,6 +211,7 @@ def preprocess_images(
     images: ImageLike | Sequence[ImageLike],
     size: int | tuple[int, int] = 224,
     transform=None,
+    model: object | None = None,
 ) -> torch.Tensor:
     """Validate, convert to RGB and preprocess one image or a list of images.
 
@@ -217,6 +219,8 @@ def preprocess_images(
         images: see :func:`to_rgb`.
         size: resize target for the reference transform, ``n`` or ``(H, W)``.
         transform: PIL -> tensor transform to use instead (e.g. open_clip's own preprocessing).
+        model: the model the images are for: the reference transform then normalises with its mean and
+            std (:func:`image_normalisation`; SigLIP's differ from CLIP's, the default).
     Returns:
         ``(B, 3, H, W)`` float32.
     """
@@ -234,7 +238,7 @@ def preprocess_images(
     images = list(images)
     if not images:
         raise ImageInputError("the image list is empty")
-    transform = transform or reference_transform(size)
+    transform = transform or reference_transform(size, *image_normalisation(model))
     return torch.stack([transform(to_rgb(im, f"image {i}")) for i, im in enumerate(images)])
 
 
@@ -243,6 +247,7 @@ __all__ = [
     "OPENAI_STD",
     "ImageInputError",
     "check_image_batch",
+    "image_normalisation",
     "open_image",
     "preprocess_images",
     "read_image",

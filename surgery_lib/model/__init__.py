@@ -34,7 +34,7 @@ from surgery_lib.model.introspection import (
     trace_forward,
 )
 from surgery_lib.model.loading import LoadedCLIP, WeightsNotAvailableError, load_clip, read_state_dict
-from surgery_lib.model.preprocess import check_image_batch, reference_transform
+from surgery_lib.model.preprocess import check_image_batch, image_normalisation, reference_transform
 from surgery_lib.model.shipped import (
     DEFAULT_MODEL,
     TOY_MODELS,
@@ -66,6 +66,7 @@ __all__ = [
     "dense_forward",
     "dual_path_decomposition",
     "gradient_maps",
+    "image_normalisation",
     "is_surgery_applied",
     "load_clip",
     "max_depth",

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from surgery_lib.model.preprocess import reference_transform
+from surgery_lib.model.preprocess import image_normalisation, reference_transform
 from surgery_lib.model.shipped import DEFAULT_MODEL
 
 _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -520,7 +520,7 @@ def load_clip(
         model=model,
         tokenizer=tokenizer,
         preprocess=preprocess,
-        reference_preprocess=reference_transform(reference_size or image_size),
+        reference_preprocess=reference_transform(reference_size or image_size, *image_normalisation(model)),
         name=shown_name,
         pretrained=pretrained if checkpoint is None else str(checkpoint),
         image_size=image_size,

@@ -7,6 +7,7 @@ re-exports these names for users.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 
 import torch
 
@@ -39,8 +40,22 @@ def resize_size(size: object) -> tuple[int, int]:
     return h, w
 
 
-def reference_transform(size: int | tuple[int, int] = 224):
-    """The reference code's preprocessing: ``Resize((n, n))`` bicubic (no crop), CLIP mean/std.
+def image_normalisation(model: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std ``model``'s image tower was trained with: open_clip records them in
+    ``model.visual.preprocess_cfg`` (SigLIP: 0.5, 0.5; OpenAI CLIP: :data:`OPENAI_MEAN`,
+    :data:`OPENAI_STD`); a model without that record gets OpenAI's."""
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    mean, std = cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def reference_transform(
+    size: int | tuple[int, int] = 224,
+    mean: Sequence[float] = OPENAI_MEAN,
+    std: Sequence[float] = OPENAI_STD,
+):
+    """The reference code's preprocessing: ``Resize((n, n))`` bicubic (no crop), then normalisation with
+    ``mean`` / ``std`` (CLIP's by default; pass :func:`image_normalisation` ``(model)`` for other towers).
 
     ``size`` may be ``(H, W)`` for a non-square resize. Returns a torchvision transform
     PIL image -> ``(3, H, W)`` float tensor.
@@ -52,7 +67,7 @@ def reference_transform(size: int | tuple[int, int] = 224):
         [
             T.Resize(hw, interpolation=T.InterpolationMode.BICUBIC),
             T.ToTensor(),
-            T.Normalize(OPENAI_MEAN, OPENAI_STD),
+            T.Normalize(tuple(mean), tuple(std)),
         ]
     )
 

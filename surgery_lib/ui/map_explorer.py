@@ -122,7 +122,7 @@ class MapCache:
             tokens, grid = self._image_tokens(key, image, method)
             texts = text_features(model, tokenizer, names)
             sim = configured_similarity(model, tokenizer, tokens, texts, method)[..., : len(labels)]
-            probabilities = zero_shot_probabilities(class_token(tokens), texts)[0, : len(labels)]
+            probabilities = zero_shot_probabilities(class_token(tokens), texts, model)[0, : len(labels)]
             computed = _Computed(similarity_map(patch_tokens(sim), size, grid)[0], probabilities)
         self.misses += 1
         self._maps[entry] = computed

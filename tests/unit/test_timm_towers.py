@@ -1,0 +1,187 @@
+"""open_clip's timm image towers (SigLIP-style and EVA02) on the engine: vanilla equality with open_clip's own
+forward, the definitions of ``../shared/METHODS.md`` §13 as properties, every dense method running, nothing
+changed in the model, and clear refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import open_clip
+import pytest
+import torch
+from conftest import assert_unchanged, snapshot
+
+import surgery_lib as sl
+from surgery_lib.config import SurgeryConfig
+from surgery_lib.methods import METHODS
+from surgery_lib.model import UnsupportedModelError, dense_forward, tower_info
+from surgery_lib.model.tiny_towers import tiny_eva02, tiny_siglip
+
+TOKENIZER = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+TOWERS = {"siglip": tiny_siglip, "eva02": tiny_eva02}
+
+
+@pytest.fixture(scope="module", params=sorted(TOWERS))
+def tower(request) -> tuple[str, torch.nn.Module]:
+    return request.param, TOWERS[request.param](seed=3)
+
+
+def _images(seed: int = 0, batch: int = 2, size: int = 96) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_vanilla_forward_gives_open_clips_image_embedding(tower) -> None:
+    """``SurgeryConfig.off()``: token 0 is open_clip's ``encode_image``, on the fast path and on the
+    recording path (every block run from the adapter's pieces)."""
+    _, model = tower
+    x = _images()
+    with torch.no_grad():
+        want = model.encode_image(x)
+        fast, grid = dense_forward(model, x, SurgeryConfig.off())
+        recorded, _ = dense_forward(model, x, SurgeryConfig.off(), hook=lambda name, value: None)
+    assert grid == (6, 6) and fast.shape[1] == 37
+    scale = want.abs().max()
+    assert (fast[:, 0] - want).abs().max() <= 1e-5 * scale
+    assert (recorded - fast).abs().max() <= 1e-5 * fast.abs().max()
+
+
+def test_siglip_dense_readout_of_equal_tokens_is_the_pooled_embedding() -> None:
+    """§13: the dense readout of a token is the pool with it as its only key/value, so when every token of
+    the final stream is equal, every dense token equals the pooled embedding."""
+    model = tiny_siglip(seed=1)
+    equal = torch.randn(1, 1, 64).expand(2, 36, 64)
+
+    def flatten(name: str, value: torch.Tensor) -> torch.Tensor | None:
+        return equal.to(value) if name == "final" else None
+
+    with torch.no_grad():
+        tokens, _ = dense_forward(model, _images(seed=5, batch=2), SurgeryConfig.off(), hook=flatten)
+    dense = tokens[:, 1:]
+    assert (dense - dense[:, :1]).abs().max() < 1e-5  # equal tokens in, equal readouts out
+    # the pooled embedding of a stream of equal tokens is their readout (the softmax averages equal values)
+    adapter = sl.model.adapters.adapter_for(model)
+    z = adapter.final_norm(equal[:1, :1])
+    with torch.no_grad():
+        assert (
+            adapter.attention_pool(adapter.final_norm(equal[:1])) - adapter.dense_readout(z)[:, 0]
+        ).abs().max() < 1e-5
+        assert (tokens[:, 1:] - adapter.dense_readout(z)).abs().max() < 1e-5
+        # end to end: equal tokens entering block 0 stay equal, and the output's token 0 (the pool)
+        # equals every dense token
+        same, _ = dense_forward(
+            model,
+            _images(batch=2),
+            SurgeryConfig.off(),
+            hook=lambda n, v: equal.to(v) if n == "embed" else None,
+        )
+    assert (same[:, 1:] - same[:, :1]).abs().max() < 1e-5
+
+
+def test_siglip_info_and_logits() -> None:
+    model = tiny_siglip()
+    info = tower_info(model)
+    assert info.class_token == "pooled" and info.kind == "vit" and info.num_blocks == 6
+    feats = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    probs = sl.zero_shot_probabilities(feats, texts, model)
+    want = torch.sigmoid(model.logit_scale.exp() * feats @ texts.t() + model.logit_bias)
+    assert torch.allclose(probs, want)
+    assert not torch.allclose(probs.sum(-1), torch.ones(2))  # SigLIP scores each pair on its own
+
+
+def test_eva02_vv_attention_does_not_see_the_rotary_embedding() -> None:
+    """§13: v is not rotated, so v-v attention in every block gives the same tokens with the rotary
+    embedding removed; q-k attention (the control) does not."""
+    model = tiny_eva02(seed=2)
+    no_rope = copy.deepcopy(model)
+    no_rope.visual.trunk.rope = None
+    x = _images(seed=4)
+    blocks = tower_info(model).num_blocks
+    with torch.no_grad():
+        for kind, same in (("vv", True), ("qk", False)):
+            config = SurgeryConfig(depth=blocks, attention=kind, dual_path=False, skip_ffn=False)
+            a, _ = dense_forward(model, x, config)
+            b, _ = dense_forward(no_rope, x, config)
+            assert ((a - b).abs().max() < 1e-6) == same, kind
+    assert tower_info(model).rotary and not tower_info(no_rope).rotary
+
+
+def test_every_dense_method_runs_and_leaves_the_model_as_it_was(tower) -> None:
+    _, model = tower
+    before = snapshot(model)
+    x = _images(batch=1)
+    for name, config in METHODS.items():
+        result = sl.explain(model, TOKENIZER, x, ["cat", "dog", "car"], method=name)
+        assert result.maps.shape == (1, 96, 96, 3), name
+        assert torch.isfinite(result.maps).all(), name
+        assert config is METHODS[name]
+    assert_unchanged(model, before)
+
+
+def test_surgery_changes_the_patch_tokens_not_the_image_embedding(tower) -> None:
+    """Dual path: the image embedding (token 0) is the original path's, the patch tokens the new path's."""
+    _, model = tower
+    x = _images()
+    with torch.no_grad():
+        vanilla, _ = dense_forward(model, x, SurgeryConfig.off())
+        surgery, _ = dense_forward(model, x, METHODS["surgery"])
+    assert (surgery[:, 0] - vanilla[:, 0]).abs().max() <= 1e-5 * vanilla.abs().max()
+    assert (surgery[:, 1:] - vanilla[:, 1:]).abs().max() > 1e-3
+
+
+def test_error_inside_the_forward_leaves_the_model_as_it_was(tower) -> None:
+    _, model = tower
+    before = snapshot(model)
+
+    def boom(name: str, value: torch.Tensor) -> None:
+        if name == "blocks.3.attn_input":
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        dense_forward(model, _images(), METHODS["surgery"], hook=boom)
+    assert_unchanged(model, before)
+
+
+def test_eva02_other_input_sizes_are_refused_with_the_native_size() -> None:
+    """timm caches EVA02's rotary embedding for the native grid: another grid is refused, naming the size."""
+    model = tiny_eva02()
+    with pytest.raises(UnsupportedModelError, match=r"native input size 96×96"):
+        dense_forward(model, _images(size=128), SurgeryConfig.off())
+
+
+def test_siglip_runs_at_other_input_sizes() -> None:
+    """The positional embedding is resampled into a new tensor; the grid follows the input."""
+    model = tiny_siglip()
+    with torch.no_grad():
+        tokens, grid = dense_forward(model, _images(size=128, batch=1), METHODS["surgery"])
+    assert grid == (8, 8) and tokens.shape == (1, 65, 64)
+
+
+def test_naclip_prior_has_no_class_row_on_siglip() -> None:
+    """NACLIP's neighbourhood prior covers only patches when the stream has no class token."""
+    from surgery_lib.model.attention import spatial_prior
+
+    omega = spatial_prior((2, 3), 1.0, torch.zeros(()), prefix=0)
+    assert omega.shape == (6, 6) and torch.allclose(omega.diagonal(), torch.ones(6))
+    with_cls = spatial_prior((2, 3), 1.0, torch.zeros(()))
+    assert torch.equal(with_cls[1:, 1:], omega) and with_cls[0].abs().sum() == 0
+
+
+def test_unsupported_timm_trunks_are_refused_by_name() -> None:
+    """A timm ViT with a class token and token pooling (no attention pool) is not a SigLIP tower."""
+    from surgery_lib.model.tiny_towers import timm_clip
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32,
+            "timm_model_name": "surgery_test_vit_tok",
+            "timm_pool": "token",
+            "timm_proj": "none",
+        },
+        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
+    kwargs = {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32}
+    model = timm_clip("siglip", {**kwargs, "class_token": True, "global_pool": "token"}, cfg)
+    with pytest.raises(UnsupportedModelError, match="attention-pool head"):
+        tower_info(model)
