@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from surgery_lib.config import ATTENTION_KINDS, SurgeryConfig
-from surgery_lib.model.adapters import ResNetAdapter, UnsupportedModelError, ViTAdapter, adapter_for
+from surgery_lib.model.adapters import ResNetAdapter, UnsupportedModelError, adapter_for
 from surgery_lib.model.attention import adaptive_temperature, attend, attention_weights
 from surgery_lib.model.preprocess import check_image_batch
 from surgery_lib.model.surgery import SurgeryError, Trace, dense_forward
@@ -28,9 +28,23 @@ def trace_forward(model: nn.Module, images: torch.Tensor, config: SurgeryConfig 
         and FFN updates of the path that reaches the output, the final stream).
     """
     check_image_batch(images)
+    adapter = adapter_for(model)
+    if adapter.kind == "vit":
+        _need_class_token(adapter, "traces of the residual stream")
     trace = Trace()
     dense_forward(model, images, config or SurgeryConfig.off(), trace)
     return trace
+
+
+def _need_class_token(adapter: object, what: str) -> None:
+    """Refuse a tower without a class token in its residual stream (SigLIP: the attention pool makes
+    the image embedding), naming the tower and what needs it."""
+    info = adapter.info
+    if info.class_token != "learned":
+        raise UnsupportedModelError(
+            f"{what} index the class token of the residual stream (token 0); the {info.name} tower has "
+            f"none (its image embedding is {info.class_token!r}): use a tower with a class token"
+        )
 
 
 @torch.no_grad()
@@ -67,6 +81,7 @@ def attention_maps(
         z = tokens
         q, k, v = adapter.qkv(0, tokens)
     else:
+        _need_class_token(adapter, "attention maps by query token")
         n = adapter.num_blocks
         if not -n <= block < n:
             raise IndexError(f"block {block} out of range for {n} blocks")
@@ -140,7 +155,7 @@ def residual_contributions(
 ) -> ResidualContributions:
     """Per-block attention and FFN contributions to the output tokens under ``config``."""
     adapter = adapter_for(model)
-    if not isinstance(adapter, ViTAdapter):
+    if adapter.kind != "vit":
         raise SurgeryError("residual contributions need a ViT tower: a ModifiedResNet has no residual stream")
     if config is not None and config.depth and not config.keep_residual:
         raise SurgeryError(
@@ -185,8 +200,9 @@ def dual_path_decomposition(loaded, images: torch.Tensor, config: SurgeryConfig 
     config = config or SurgeryConfig.paper()
     model = getattr(loaded, "model", loaded)
     adapter = adapter_for(model)
-    if not isinstance(adapter, ViTAdapter):
+    if adapter.kind != "vit":
         raise TypeError("the dual path exists on ViT towers only")
+    _need_class_token(adapter, "the dual-path decomposition")
     if not (config.dual_path and config.skip_ffn and config.keep_residual and config.depth > 0):
         raise ValueError("the decomposition is for a dual path that skips the FFN (the paper's)")
     if config.attention not in ("qk", "vv", "qq", "kk", "identity") or config.temperature != "head_dim":

@@ -310,24 +310,42 @@ class EvaAdapter(_TimmTower):
                 cached for the native grid.
         """
         x, grid = super().embed(images, interpolation)
+        self._rope = self._rope_for(grid)
+        return x, grid
+
+    def _rope_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The rotary embedding ``(h·w, 2·d)`` of ``grid`` as the model builds it (``None``: no rope)."""
         rope = self.trunk.rope
         if rope is None:
-            self._rope = None
-        elif grid == self.pos_grid:
-            self._rope = rope.get_embed()
-        elif getattr(rope, "_use_cached_embed", True) is False:
-            self._rope = rope.get_embed(shape=list(grid))
-        else:
-            native = (self.pos_grid[0] * self.patch_size[0], self.pos_grid[1] * self.patch_size[1])
-            raise UnsupportedModelError(
-                f"{_type_name(self.trunk)} caches its rotary embedding for the {self.pos_grid} grid; this "
-                f"input gives a {grid} grid: use its native input size {native[0]}×{native[1]}"
-            )
-        return x, grid
+            return None
+        if grid == self.pos_grid:
+            return rope.get_embed()
+        if getattr(rope, "_use_cached_embed", True) is False:
+            return rope.get_embed(shape=list(grid))
+        native = (self.pos_grid[0] * self.patch_size[0], self.pos_grid[1] * self.patch_size[1])
+        raise UnsupportedModelError(
+            f"{_type_name(self.trunk)} caches its rotary embedding for the {self.pos_grid} grid; this "
+            f"input gives a {grid} grid: use its native input size {native[0]}×{native[1]}"
+        )
+
+    def _rope_of(self, n_tokens: int) -> torch.Tensor | None:
+        """The rotary embedding for a stream of ``n_tokens``: the embedded grid's, or — for an adapter
+        that did not embed the images itself — the native grid's when the count matches it."""
+        if self.trunk.rope is None:
+            return None
+        patches = n_tokens - self.prefix
+        if self._rope is not None and self._rope.shape[0] == patches:
+            return self._rope
+        if patches == self.pos_grid[0] * self.pos_grid[1]:
+            return self._rope_for(self.pos_grid)
+        raise UnsupportedModelError(
+            f"cannot tell the grid of {patches} patch tokens for the rotary embedding: embed the images "
+            "with this adapter first"
+        )
 
     def run_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Block ``i`` exactly as timm runs it (with the grid's rotary embedding). ``x``: ``(B, N, C)``."""
-        return self.blocks[i](x, rope=self._rope)
+        return self.blocks[i](x, rope=self._rope_of(x.shape[1]))
 
     def qkv(self, i: int, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head q, k, v of block ``i`` for the normalised input ``a`` ``(B, N, C)``, each
@@ -344,15 +362,12 @@ class EvaAdapter(_TimmTower):
             q, k, v = attn.q_proj(a), attn.k_proj(a), attn.v_proj(a)
         q, k, v = _split_heads(q, h), _split_heads(k, h), _split_heads(v, h)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        if self._rope is not None:
+        rope = self._rope_of(a.shape[1])
+        if rope is not None:
             n = self.prefix
             half = getattr(attn, "rotate_half", False)
-            q = torch.cat(
-                [q[:, :, :n], apply_rot_embed_cat(q[:, :, n:], self._rope, half=half)], dim=2
-            ).type_as(v)
-            k = torch.cat(
-                [k[:, :, :n], apply_rot_embed_cat(k[:, :, n:], self._rope, half=half)], dim=2
-            ).type_as(v)
+            q = torch.cat([q[:, :, :n], apply_rot_embed_cat(q[:, :, n:], rope, half=half)], dim=2).type_as(v)
+            k = torch.cat([k[:, :, :n], apply_rot_embed_cat(k[:, :, n:], rope, half=half)], dim=2).type_as(v)
         return q, k, v
 
     def attention_residual(self, i: int, o: torch.Tensor) -> torch.Tensor:

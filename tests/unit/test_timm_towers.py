@@ -185,3 +185,28 @@ def test_unsupported_timm_trunks_are_refused_by_name() -> None:
     model = timm_clip("siglip", {**kwargs, "class_token": True, "global_pool": "token"}, cfg)
     with pytest.raises(UnsupportedModelError, match="attention-pool head"):
         tower_info(model)
+
+
+def test_eva02_attention_maps_rotate_as_the_forward_does() -> None:
+    """``attention_maps`` (a second adapter, after the trace) rotates q and k like the forward: its q-k
+    weights equal the probabilities the engine reports for the same block."""
+    model = tiny_eva02(seed=6)
+    x = _images(batch=1)
+    seen: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        dense_forward(
+            model, x, SurgeryConfig.off(), hook=lambda n, v: seen.setdefault(n, v), attention_probs=[4]
+        )
+        maps, grid = sl.model.attention_maps(model, x, block=4, query=None, kinds=("qk",))
+    assert grid == (6, 6)
+    assert (maps["qk"] - seen["blocks.4.attn_probs"]).abs().max() < 1e-6
+
+
+def test_class_token_analyses_refuse_siglip_by_name() -> None:
+    model = tiny_siglip()
+    for call in (
+        lambda: sl.model.attention_maps(model, _images(batch=1), block=0, query=0),
+        lambda: sl.model.trace_forward(model, _images(batch=1)),
+    ):
+        with pytest.raises(UnsupportedModelError, match="class token of the residual stream"):
+            call()
