@@ -34,10 +34,11 @@ class TowerInfo:
         num_blocks: attention blocks (a ModifiedResNet: 1, its attention pool).
         residual_stream: the blocks have a residual stream (dual path, skip-FFN, traces, residual
             contributions and per-block patching apply).
-        class_token: how the image embedding's token is made: ``"learned"`` (a class token),
-            ``"mean"`` (the attention pool's mean token) or ``"pooled"`` (no class token: a SigLIP
-            attention-pool head over all tokens). Either way it is token 0 of the engine's output; only
-            ``"learned"`` towers have it in their residual stream.
+        class_token: how the image embedding's token is made: ``"learned"`` (the class token),
+            ``"avg"`` (the mean of the patch tokens, open_clip's ``pool_type='avg'``, e.g. CLIPA; a class
+            token is still in the stream but unused), ``"mean"`` (a ModifiedResNet attention pool's mean
+            token) or ``"pooled"`` (no class token: a SigLIP attention-pool head over all tokens). Either
+            way it is token 0 of the engine's output; only ``"learned"`` towers read it from the stream.
         fused_qkv: q, k and v come from one fused projection.
         rotary: rotary position embedding on q and k.
         layer_scale: the blocks scale their residual updates (LayerScale).
@@ -165,10 +166,10 @@ class ViTAdapter:
                 "VisionTransformer with an attentional pooler (CoCa-style) is not supported: "
                 "its tokens do not map to image-text similarities"
             )
-        if visual.pool_type != "tok":
+        if visual.pool_type not in ("tok", "avg"):
             raise UnsupportedModelError(
-                f"VisionTransformer with pool_type={visual.pool_type!r} is not supported: CLIP Surgery "
-                "reads the class token ('tok' pooling)"
+                f"VisionTransformer with pool_type={visual.pool_type!r} is not supported: the image "
+                "embedding must be the class token ('tok') or the mean patch token ('avg', e.g. CLIPA)"
             )
         if visual.proj is None:
             raise UnsupportedModelError("VisionTransformer without an output projection (proj is None)")
@@ -210,7 +211,7 @@ class ViTAdapter:
             name=_type_name(self.visual),
             num_blocks=self.num_blocks,
             residual_stream=True,
-            class_token="learned",
+            class_token="learned" if self.visual.pool_type == "tok" else "avg",
             fused_qkv=True,
             rotary=False,
             layer_scale=any(not isinstance(b.ls_1, nn.Identity) for b in self.blocks),
@@ -226,9 +227,14 @@ class ViTAdapter:
         ``ln_post``'s bias projected, so the parts plus ``bias`` add up to :meth:`project` ``(final)``.
 
         Raises:
-            UnsupportedModelError: ``ln_post`` is not a LayerNorm.
+            UnsupportedModelError: ``ln_post`` is not a LayerNorm, or the image embedding is not the class
+                token's readout (``pool_type='avg'``).
         """
         ln = self.visual.ln_post
+        if self.visual.pool_type != "tok":
+            raise UnsupportedModelError(
+                f"residual contributions read the class token; this tower pools {self.visual.pool_type!r}"
+            )
         if not isinstance(ln, nn.LayerNorm):
             raise UnsupportedModelError(f"cannot linearise ln_post of type {type(ln).__name__}")
         final = final.float()
@@ -326,9 +332,21 @@ class ViTAdapter:
         return self.visual.ln_post(x) @ self.visual.proj
 
     def output(self, final: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """The engine's output tokens ``(B, 1 + N, D)`` from the final stream ``final`` (its class token
-        is the original path's already; ``original``, the original path's whole stream, is not needed)."""
-        return self.project(final)
+        """The engine's output tokens ``(B, 1 + N, D)``: each token of the final stream ``final`` through
+        ``ln_post`` and the projection (its class token is the original path's already). With
+        ``pool_type='avg'`` (CLIPA) token 0 is instead the image embedding open_clip pools from the
+        original path's patch tokens ``original[:, 1:]`` (their mean, before or after ``ln_post`` as the
+        model's ``final_ln_after_pool`` says)."""
+        tokens = self.project(final)
+        v = self.visual
+        if v.pool_type == "tok":
+            return tokens
+        patches = original[:, 1:]
+        if v.final_ln_after_pool:
+            pooled = v.ln_post(patches.mean(dim=1)) @ v.proj
+        else:
+            pooled = v.ln_post(patches).mean(dim=1) @ v.proj
+        return torch.cat([pooled[:, None], tokens[:, 1:]], dim=1)
 
 
 class ResNetAdapter:

@@ -283,6 +283,7 @@ def _vit_forward(
     """
     recording = hook is not None
     p = adapter.prefix
+    reads_class_token = p == 1 and adapter.info.class_token == "learned"
     emit = _emitter(hook)
     x, grid = adapter.embed(images, config.pos_embed_interp)
     x = emit("embed", x)
@@ -324,8 +325,8 @@ def _vit_forward(
         if not config.skip_ffn:
             y = y + emit(f"new_path.{i}.ffn_out", adapter.ffn_residual(i, y))
         # Original path. In the last block only its class token is read, so only that query runs
-        # (a tower without a class token pools every token of it).
-        last = i == n_blocks - 1 and not recording and p == 1
+        # (a tower that pools its patch tokens reads every token of it).
+        last = i == n_blocks - 1 and not recording and reads_class_token
         q_used, x_used = (q[:, :, :1], x[:, :1]) if last else (q, x)
         o = _attention("qk", q_used, k, v, {}, f"blocks.{i}.attn_probs" if probs else None, emit)
         x = x_used + emit(f"blocks.{i}.attn_out", adapter.attention_residual(i, o))

@@ -210,3 +210,33 @@ def test_class_token_analyses_refuse_siglip_by_name() -> None:
     ):
         with pytest.raises(UnsupportedModelError, match="class token of the residual stream"):
             call()
+
+
+@pytest.mark.parametrize("after_pool", [True, False])
+def test_native_vit_with_average_pooling_gives_open_clips_embedding(after_pool: bool) -> None:
+    """open_clip ViTs pooled by the mean patch token (CLIPA: ``pool_type='avg'``, ``final_ln_after_pool``):
+    token 0 is open_clip's image embedding, also under a dual-path surgery (from the original path)."""
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(
+        layers=4,
+        width=64,
+        head_width=32,
+        patch_size=8,
+        image_size=32,
+        pool_type="avg",
+        final_ln_after_pool=after_pool,
+        no_ln_pre=True,
+    )
+    text = CLIPTextCfg(context_length=16, vocab_size=100, width=32, heads=2, layers=1)
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model.encode_image(x)
+        for config in (SurgeryConfig.off(), SurgeryConfig(depth=2)):
+            tokens, _ = dense_forward(model, x, config)
+            assert (tokens[:, 0] - want).abs().max() < 1e-5, config
+    assert tower_info(model).class_token == "avg"
+    with pytest.raises(UnsupportedModelError, match="class token"):
+        sl.model.attention_maps(model, x, block=0, query=0)
