@@ -1,4 +1,5 @@
-"""Time of every method of the zoo against one vanilla image forward (ViT-B/16, random weights).
+"""Time of every method of the zoo against one vanilla image forward (ViT-B/16 or ``--tower``, random
+weights; a method the tower does not run gets a row saying why).
 
 For each batch size (default 1 and 8) at one image size (default 224 px), every method is timed
 against the vanilla forward ``model.visual(x)`` of the same model and images:
@@ -28,6 +29,7 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/bench_methods.py                  # CPU, 224 px, batch 1 and 8
     .venv/bin/python benchmarks/bench_methods.py --quick          # smoke run: 2 repeats
     .venv/bin/python benchmarks/bench_methods.py --device cuda
+    .venv/bin/python benchmarks/bench_methods.py --tower ViT-B-16-SigLIP   # another tower (§13)
 
 ``main(argv)`` can also be called from Python with a list of arguments; it returns 0. Progress goes to
 stderr, the table to stdout. CPU timings are only meaningful on an otherwise idle machine: the header
@@ -62,10 +64,9 @@ from bench_surgery import format_table, time_interleaved  # noqa: E402
 from surgery_lib.config import GradientConfig, SurgeryConfig  # noqa: E402
 from surgery_lib.maps.explain import similarity  # noqa: E402
 from surgery_lib.methods import GRADIENT_METHODS, METHODS  # noqa: E402
-from surgery_lib.model import dense_forward, gradient_maps  # noqa: E402
+from surgery_lib.model import UnsupportedModelError, dense_forward, gradient_maps, tower_info  # noqa: E402
 
 MODEL_NAME = "ViT-B-16"
-PATCH_SIZE = 16
 TARGET_FORWARD = 1.10  # forward-only method / vanilla forward, at most
 TARGET_GRADIENT = 3.0  # gradient method (one text) / vanilla forward, at most
 QUICK_REPEATS = 2
@@ -79,7 +80,8 @@ class Row:
     batch: int
     vanilla_s: float
     method_s: float
-    ratio: float  # median of the per-repeat method / vanilla ratios
+    ratio: float  # median of the per-repeat method / vanilla ratios (nan: not run on this tower)
+    why_not: str = ""  # why the method does not run on the tower
 
     @property
     def target(self) -> float | None:
@@ -91,7 +93,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Every method of the zoo against one vanilla forward (ViT-B/16, random weights)."
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--size", type=int, default=224, help="image size in pixels (default: 224)")
+    parser.add_argument(
+        "--tower",
+        default=MODEL_NAME,
+        help="open_clip model name of the tower, random weights (default: ViT-B-16; e.g. ViT-B-16-SigLIP, "
+        "EVA02-B-16, ViT-L-14-336)",
+    )
+    parser.add_argument("--size", type=int, default=None, help="image size in pixels (default: the tower's)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (default: 5)")
     parser.add_argument(
@@ -107,8 +115,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeats = min(args.repeats, QUICK_REPEATS)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    if args.size % PATCH_SIZE:
-        parser.error(f"image size {args.size} is not a multiple of the patch size {PATCH_SIZE}")
     if args.classes < 2:
         parser.error("--classes must be >= 2 (feature surgery's class mean needs more than one text)")
     known = [*METHODS, *GRADIENT_METHODS]
@@ -119,11 +125,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_model(size: int, device: torch.device) -> nn.Module:
-    """ViT-B/16 with random weights, created for ``size`` px inputs (vanilla open_clip needs that)."""
+def build_model(tower: str, size: int | None, device: torch.device) -> tuple[nn.Module, int]:
+    """The tower's open_clip model with random weights, created for ``size`` px inputs (vanilla open_clip
+    needs that; timm towers only at their own size): ``(model, size)``."""
     torch.manual_seed(0)
-    model = open_clip.create_model(MODEL_NAME, pretrained=None, force_image_size=size)
-    return model.eval().to(device)
+    cfg = open_clip.get_model_config(tower)
+    if cfg is None:
+        raise SystemExit(f"unknown open_clip model {tower!r}")
+    native = cfg["vision_cfg"].get("image_size", 224)
+    native = int(native if isinstance(native, int) else native[0])
+    size = size or native
+    timm_tower = bool(cfg["vision_cfg"].get("timm_model_name"))
+    if timm_tower and size != native:
+        raise SystemExit(f"{tower} is a timm tower: it runs at its own size {native} px only")
+    forced = {} if timm_tower or size == native else {"force_image_size": size}
+    model = open_clip.create_model(tower, pretrained=None, **forced)
+    patch = tower_info(model).stride[0]
+    if size % patch:
+        raise SystemExit(f"image size {size} is not a multiple of the patch size {patch}")
+    return model.eval().to(device), size
 
 
 def method_call(
@@ -141,10 +161,27 @@ def method_call(
     return forward
 
 
+@torch.no_grad()
+def _embed_dim(model: nn.Module, size: int) -> int:
+    """The image embedding's width (open_clip's timm towers do not record it)."""
+    device = next(model.parameters()).device
+    return int(model.encode_image(torch.zeros(1, 3, size, size, device=device)).shape[-1])
+
+
+def _why_not(call: Callable[[], object]) -> str:
+    """Why the method does not run on this tower (its error), or "" when it runs."""
+    try:
+        call()
+    except UnsupportedModelError as error:
+        return str(error).split(":")[0]
+    return ""
+
+
 def bench(args: argparse.Namespace, device: torch.device) -> list[Row]:
-    model = build_model(args.size, device)
+    model, args.size = build_model(args.tower, args.size, device)
     texts = F.normalize(
-        torch.randn(args.classes, model.visual.output_dim, generator=torch.Generator().manual_seed(0)), dim=-1
+        torch.randn(args.classes, _embed_dim(model, args.size), generator=torch.Generator().manual_seed(0)),
+        dim=-1,
     )
     texts = texts.to(device)
     configs = {**METHODS, **GRADIENT_METHODS}
@@ -160,9 +197,14 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[Row]:
         cases: dict[str, Callable[[], object]] = {CONTROL: vanilla}
         cases.update({m: method_call(model, images, texts, configs[m]) for m in args.methods})
         for name, fn in cases.items():
+            kind = "control" if name == CONTROL else "gradient" if name in GRADIENT_METHODS else "forward"
+            why_not = _why_not(fn) if name != CONTROL else ""
+            if why_not:
+                nan = float("nan")
+                rows.append(Row(name, kind, batch, nan, nan, nan, why_not))
+                continue
             times = time_interleaved({"vanilla": vanilla, "method": fn}, device, args.repeats)
             ratios = [m / v for m, v in zip(times["method"], times["vanilla"], strict=True)]
-            kind = "control" if name == CONTROL else "gradient" if name in GRADIENT_METHODS else "forward"
             rows.append(
                 Row(
                     method=name,
@@ -182,6 +224,9 @@ def table(rows: Sequence[Row]) -> str:
     cells = []
     for r in rows:
         target = r.target
+        if r.why_not:
+            cells.append((r.method, r.kind, str(r.batch), "", "", "", "", f"n/a: {r.why_not}"))
+            continue
         cells.append(
             (
                 r.method,
@@ -218,7 +263,7 @@ def header(device: torch.device, args: argparse.Namespace) -> str:
             f"device:    {device} ({name})",
             f"threads:   {torch.get_num_threads()}",
             f"load avg:  {load()} (1, 5, 15 min; before the run)",
-            f"model:     {MODEL_NAME}, random weights, {args.size} px, float32",
+            f"model:     {args.tower}, random weights, {args.size or 'native'} px, float32",
             f"texts:     {args.classes} random text features (forward-only methods); 1 (gradient methods)",
             f"repeats:   {args.repeats} interleaved pairs per case (median, after 1 warm-up call){quick}",
         ]
