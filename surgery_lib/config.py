@@ -222,38 +222,52 @@ class SurgeryConfig:
         return dataclasses.replace(self, **changes)
 
 
-GradientExplainer = Literal["gradcam", "attn_gradcam", "chefer"]
+GradientExplainer = Literal["gradcam", "attn_gradcam", "chefer", "legrad", "grad_eclip"]
 """The gradient explainers (``surgery_lib.model.gradients``)."""
 
 GRADIENT_EXPLAINERS: tuple[str, ...] = get_args(GradientExplainer)
 
+LAYERED_EXPLAINERS: Mapping[str, int] = MappingProxyType({"chefer": -1, "legrad": -2})
+"""The explainers that read a range of blocks, with the default of their ``start_layer`` (their
+official code's: Chefer's CLIP notebook ``start_layer=-1``, LeGrad's ``layer_index=-2``)."""
+
 
 @dataclass(frozen=True)
 class GradientConfig:
-    """A gradient explainer and its options (not a modified forward: it back-propagates
-    ``logit_scale.exp() · cos(class feature, text)`` through vanilla CLIP).
+    """A gradient explainer and its options (not a modified forward: it back-propagates an image-text
+    similarity through CLIP).
 
     Fields:
         explainer: ``gradcam`` (Grad-CAM on the last block's ``ln_1`` output, or ``layer4`` of a
-            ModifiedResNet), ``attn_gradcam`` (Grad-CAM on the last attention probabilities) or
-            ``chefer`` (Chefer et al.'s relevancy).
-        start_layer: ``chefer`` only: the first block whose attention enters the relevancy
-            (negative counts from the end). ``-1``, the CLIP notebook's default, is the last block
-            only; ``0`` is every block (the paper's rule).
+            ModifiedResNet), ``attn_gradcam`` (Grad-CAM on the last attention probabilities),
+            ``chefer`` (Chefer et al.'s relevancy), ``legrad`` (LeGrad: the gradient of each late
+            block's pooled embedding with respect to that block's attention) or ``grad_eclip``
+            (Grad-ECLIP: the gradient at the last attention output, weighted by values and q-k
+            cosines).
+        start_layer: ``chefer`` and ``legrad`` only (:data:`LAYERED_EXPLAINERS`): the first block used
+            (negative counts from the end). ``None`` (the default) is the explainer's official default:
+            ``-1`` for ``chefer`` (the CLIP notebook's: the last block only; ``0`` is every block, the
+            paper's rule) and ``-2`` for ``legrad`` (its ``layer_index``: the last two blocks); the
+            other explainers read no range of blocks and store ``-1``.
     """
 
     explainer: GradientExplainer
-    start_layer: int = -1
+    start_layer: int | None = None
 
     def __post_init__(self) -> None:
         if self.explainer not in GRADIENT_EXPLAINERS:
             raise ValueError(
                 f"unknown gradient explainer {self.explainer!r}; expected one of {GRADIENT_EXPLAINERS}"
             )
+        if self.start_layer is None:
+            object.__setattr__(self, "start_layer", LAYERED_EXPLAINERS.get(self.explainer, -1))
         if isinstance(self.start_layer, bool) or not isinstance(self.start_layer, int):
             raise TypeError(f"GradientConfig.start_layer must be an int, got {self.start_layer!r}")
-        if self.start_layer != -1 and self.explainer != "chefer":
-            raise ValueError(f"start_layer={self.start_layer} applies to explainer='chefer' only")
+        if self.start_layer != -1 and self.explainer not in LAYERED_EXPLAINERS:
+            raise ValueError(
+                f"start_layer={self.start_layer} applies to explainer="
+                f"{' or '.join(repr(e) for e in LAYERED_EXPLAINERS)} only, not {self.explainer!r}"
+            )
 
     def replace(self, **changes: object) -> GradientConfig:
         """A copy with some fields changed (validated like a new config)."""
