@@ -26,13 +26,14 @@ from surgery_lib.maps.text import (
     check_label_tokens,
     distinct_by_tokens,
     empty_prompt_features,
+    encode_text,
     model_device,
     text_features,
     validate_labels,
 )
 from surgery_lib.methods import resolve_method
 from surgery_lib.model.adapters import class_token, patch_tokens, tower_info
-from surgery_lib.model.gradients import gradient_maps
+from surgery_lib.model.gradients import LEGRAD_EMPTY_PROMPT, gradient_maps
 from surgery_lib.model.surgery import dense_forward
 
 
@@ -229,20 +230,28 @@ def explain(
     out = size or (images.shape[-2], images.shape[-1])
     if isinstance(resolved, GradientConfig):
         check_image_batch(images, _min_input_hw(model))
-        result = gradient_maps(model, images, texts, resolved)
+        result = gradient_maps(model, images, texts, resolved, _legrad_empty(model, tokenizer, resolved))
         cls_sim = result.image_features @ texts.to(result.image_features).t()  # (B, T)
         relevance = result.relevance.flatten(2).transpose(1, 2)  # (B, N, T)
         sim = torch.cat([cls_sim[:, None], relevance], dim=1)
-        scores = zero_shot_probabilities(result.image_features, every_text)[:, : len(labels)]
+        scores = zero_shot_probabilities(result.image_features, every_text, model)[:, : len(labels)]
         maps = similarity_map(relevance, out, result.grid)
         return Explanation(list(labels), sim, maps, result.grid, scores, resolved)
     tokens, grid = encode_image_tokens(model, images, resolved)
     sim = configured_similarity(model, tokenizer, tokens, every_text, resolved)[..., : len(labels)]
-    scores = zero_shot_probabilities(class_token(tokens), every_text)[:, : len(labels)]
+    scores = zero_shot_probabilities(class_token(tokens), every_text, model)[:, : len(labels)]
     cosine = cosine_similarity(tokens, texts)
     empty = cosine_similarity(tokens, empty_prompt_features(model, tokenizer))[..., 0]
     maps = similarity_map(patch_tokens(sim), out, grid)
     return Explanation(list(labels), sim, maps, grid, scores, resolved, cosine, empty)
+
+
+def _legrad_empty(model: nn.Module, tokenizer: Tokenizer, method: GradientConfig) -> torch.Tensor | None:
+    """LeGrad's "empty" text embedding for its SigLIP correction (the plain prompt
+    :data:`~surgery_lib.model.gradients.LEGRAD_EMPTY_PROMPT`, no template), ``(D,)``; ``None`` elsewhere."""
+    if method.explainer != "legrad" or tower_info(model).class_token != "pooled":
+        return None
+    return encode_text(model, tokenizer, [LEGRAD_EMPTY_PROMPT])[0]
 
 
 def _with_vocabulary(tokenizer: Tokenizer, labels: list[str], vocabulary: Sequence[str]) -> list[str]:

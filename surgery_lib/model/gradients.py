@@ -158,9 +158,13 @@ def _texts(text_features: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _logits(model: nn.Module, features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """The model's logits ``logit_scale.exp() · cos`` (CLIP's ``logits_per_image``), plus ``logit_bias``
+    where the model has one (SigLIP: its sigmoid reads these logits)."""
     scale = getattr(model, "logit_scale", None)
     scale = torch.ones(()) if scale is None else scale.detach().exp()
-    return scale.to(features) * F.normalize(features, dim=-1) @ _texts(text_features, features).t()
+    logits = scale.to(features) * F.normalize(features, dim=-1) @ _texts(text_features, features).t()
+    bias = getattr(model, "logit_bias", None)
+    return logits if not isinstance(bias, torch.Tensor) else logits + bias.detach().to(logits)
 
 
 def _check(images: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -197,7 +201,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, text_features: torch.Tensor)
         :class:`GradientMaps` with ``relevance`` ``(B, T, h, w)``.
     """
     _check(images, text_features)
-    adapter = _tower(model, "gradcam", (ViTAdapter, ResNetAdapter))
+    adapter = _tower(model, "gradcam")
     with _untouched(model):
         images = images.to(_device(model))
         run = _forward(model, images)
@@ -206,9 +210,10 @@ def gradcam(model: nn.Module, images: torch.Tensor, text_features: torch.Tensor)
         act = run.activation.detach()
         maps = []
         for (grad,) in _per_text(logits, [run.activation]):
-            if isinstance(adapter, ViTAdapter):
-                alpha = grad[:, 1:].mean(dim=1)  # (B, C), over the patch tokens only
-                cam = (act[:, 1:] * alpha[:, None]).sum(-1).reshape(-1, h, w)
+            if adapter.kind == "vit":
+                p = adapter.prefix  # the class token is dropped (a SigLIP stream has none)
+                alpha = grad[:, p:].mean(dim=1)  # (B, C), over the patch tokens only
+                cam = (act[:, p:] * alpha[:, None]).sum(-1).reshape(-1, h, w)
             else:
                 alpha = grad.mean(dim=(2, 3))  # (B, C)
                 cam = (act * alpha[:, :, None, None]).sum(1)
@@ -240,32 +245,45 @@ def _start_block(start_layer: int, n: int) -> int:
     return start_layer % n
 
 
-_TOWER_WORDS = {
-    ViTAdapter: "OpenAI-style ViT towers (open_clip VisionTransformer)",
-    ResNetAdapter: "ModifiedResNet towers",
-    SigLIPAdapter: "SigLIP-style timm towers (attention-pool head)",
+_READOUT_WORDS = {
+    "learned": "ViT towers whose image embedding is the class token (open_clip's, EVA02, Hugging Face CLIP)",
+    "avg": "ViT towers pooled by the mean patch token (CLIPA)",
+    "pooled": "SigLIP-style towers (attention-pool head, no class token)",
+    "mean": "ModifiedResNet towers",
 }
+"""How each kind of image embedding (:attr:`~surgery_lib.model.adapters.TowerInfo.class_token`) is named
+in the refusals."""
+
+DEFINED_ON: dict[str, tuple[str, ...]] = {
+    "gradcam": ("learned", "avg", "pooled", "mean"),
+    "attn_gradcam": ("learned",),
+    "chefer": ("learned",),
+    "legrad": ("learned", "pooled"),
+    "grad_eclip": ("learned",),
+}
+"""The towers each explainer is defined on, by the kind of their image embedding: Grad-CAM needs an
+activation and a target only; attention Grad-CAM, Chefer's relevancy and Grad-ECLIP read the class
+token's row of the attention (a tower without one has no such row); LeGrad reads a mean-token readout
+(class-token towers) or the attention pool's probabilities (SigLIP), as its official code does."""
 
 
-def _tower(model: nn.Module, method: str, towers: tuple[type, ...]) -> Adapter:
-    """``model``'s tower adapter when it is one of ``towers`` (the adapter types ``method`` is defined
-    on), else :class:`UnsupportedModelError` naming the method and the tower."""
+def _tower(model: nn.Module, method: str) -> Adapter:
+    """``model``'s tower adapter when ``method`` is defined on it (:data:`DEFINED_ON`), else
+    :class:`UnsupportedModelError` naming the method and the tower."""
     adapter = adapter_for(model)
-    if isinstance(adapter, towers):
+    kinds = DEFINED_ON[method]
+    if adapter.info.class_token in kinds:
         return adapter
-    defined = " and ".join(_TOWER_WORDS[t] for t in towers)
     if isinstance(adapter, ResNetAdapter):
         raise UnsupportedModelError(
             f"gradient method {method!r} needs the attention of a ViT image tower; "
             f"{adapter.info.name} (ModifiedResNet) has none: use 'gradcam'"
         )
+    defined = "; ".join(_READOUT_WORDS[k] for k in kinds)
     raise UnsupportedModelError(
-        f"gradient method {method!r} is defined on {defined} only, not on {adapter.info.name}"
+        f"gradient method {method!r} is defined on {defined} only, not on {adapter.info.name} "
+        f"(image embedding: {adapter.info.class_token!r})"
     )
-
-
-def _vit_only(model: nn.Module, method: str) -> ViTAdapter:
-    return _tower(model, method, (ViTAdapter,))  # type: ignore[return-value]
 
 
 def attention_gradcam(model: nn.Module, images: torch.Tensor, text_features: torch.Tensor) -> GradientMaps:
@@ -279,7 +297,7 @@ def attention_gradcam(model: nn.Module, images: torch.Tensor, text_features: tor
         :class:`GradientMaps` with ``relevance`` ``(B, T, h, w)``.
     """
     _check(images, text_features)
-    adapter = _vit_only(model, "attn_gradcam")
+    adapter = _tower(model, "attn_gradcam")
     with _untouched(model):
         run = _forward(model, images.to(_device(model)), probs_from=adapter.num_blocks - 1)
         logits = _logits(model, run.features, text_features)
@@ -309,7 +327,7 @@ def chefer_relevancy(
         :class:`GradientMaps` with ``relevance`` ``(B, T, h, w)``.
     """
     _check(images, text_features)
-    adapter = _vit_only(model, "chefer")
+    adapter = _tower(model, "chefer")
     start = _start_block(start_layer, adapter.num_blocks)
     with _untouched(model):
         run = _forward(model, images.to(_device(model)), probs_from=start)
@@ -384,8 +402,8 @@ def legrad(
         ValueError: a SigLIP tower without ``empty_text_feature``, or a bad ``start_layer``.
     """
     _check(images, text_features)
-    adapter = _tower(model, "legrad", (ViTAdapter, SigLIPAdapter))
-    siglip = isinstance(adapter, SigLIPAdapter)
+    adapter = _tower(model, "legrad")
+    siglip = adapter.info.class_token == "pooled"
     if siglip and (empty_text_feature is None or empty_text_feature.numel() != text_features.shape[-1]):
         raise ValueError(
             "LeGrad on a SigLIP tower needs empty_text_feature, the (D,) text embedding of "
@@ -514,7 +532,7 @@ def grad_eclip(model: nn.Module, images: torch.Tensor, text_features: torch.Tens
         ``logits`` and ``image_features`` are CLIP's own (its heads), as for the other explainers.
     """
     _check(images, text_features)
-    adapter = _vit_only(model, "grad_eclip")
+    adapter = _tower(model, "grad_eclip")
     last = adapter.num_blocks - 1
     entry = f"blocks.{last}.input"
     with _untouched(model):

@@ -13,7 +13,7 @@ from conftest import assert_unchanged, snapshot
 
 import surgery_lib as sl
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.methods import METHODS
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
 from surgery_lib.model import UnsupportedModelError, dense_forward, tower_info
 from surgery_lib.model.tiny_towers import tiny_eva02, tiny_siglip
 
@@ -106,16 +106,57 @@ def test_eva02_vv_attention_does_not_see_the_rotary_embedding() -> None:
     assert tower_info(model).rotary and not tower_info(no_rope).rotary
 
 
-def test_every_dense_method_runs_and_leaves_the_model_as_it_was(tower) -> None:
+def test_every_method_runs_or_is_refused_by_name_and_leaves_the_model_as_it_was(tower) -> None:
+    """Every dense preset runs; each gradient explainer runs where ``DEFINED_ON`` says it is defined (by
+    the tower's kind of image embedding) and elsewhere refuses naming the method and the tower."""
+    from surgery_lib.model.gradients import DEFINED_ON
+
     _, model = tower
     before = snapshot(model)
     x = _images(batch=1)
-    for name, config in METHODS.items():
-        result = sl.explain(model, TOKENIZER, x, ["cat", "dog", "car"], method=name)
-        assert result.maps.shape == (1, 96, 96, 3), name
-        assert torch.isfinite(result.maps).all(), name
-        assert config is METHODS[name]
+    kind = tower_info(model).class_token
+    for method in method_names():
+        explainer = getattr(METHODS.get(method) or GRADIENT_METHODS[method], "explainer", None)
+        if explainer is not None and kind not in DEFINED_ON[explainer]:
+            with pytest.raises(UnsupportedModelError, match=f"'{explainer}'.*TimmModel"):
+                sl.explain(model, TOKENIZER, x, ["cat", "dog", "car"], method=method)
+            continue
+        result = sl.explain(model, TOKENIZER, x, ["cat", "dog", "car"], method=method)
+        assert result.maps.shape == (1, 96, 96, 3), method
+        assert torch.isfinite(result.maps).all(), method
     assert_unchanged(model, before)
+
+
+def test_gradcam_on_siglip_is_pytorch_grad_cams_rule_on_all_tokens() -> None:
+    """Grad-CAM on a tower without a class token: every stream token is a patch (none is dropped), and the
+    target is SigLIP's logit ``logit_scale.exp()·cos + logit_bias`` of the pooled embedding."""
+    from surgery_lib.model.gradients import gradcam
+
+    model = tiny_siglip(seed=4)
+    x = _images(batch=2)
+    texts = torch.nn.functional.normalize(
+        torch.randn(2, 64, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    result = gradcam(model, x, texts)
+    # independently: the activation is the last block's norm1 input, via open_clip's own modules
+    trunk = model.visual.trunk
+    with torch.enable_grad():
+        h = trunk.norm_pre(trunk._pos_embed(trunk.patch_embed(x)))
+        for block in trunk.blocks[:-1]:
+            h = block(h)
+        a = trunk.blocks[-1].norm1(h).detach().requires_grad_(True)
+        last = trunk.blocks[-1]
+        out = h + last.ls1(last.attn(a))
+        out = out + last.ls2(last.mlp(last.norm2(out)))
+        emb = torch.nn.functional.normalize(model.visual.head(trunk.attn_pool(trunk.norm(out))), dim=-1)
+        logits = model.logit_scale.exp() * emb @ texts.t() + model.logit_bias
+        maps = []
+        for t in range(2):
+            (g,) = torch.autograd.grad(logits[:, t].sum(), a, retain_graph=True)
+            maps.append((a * g.mean(dim=1, keepdim=True)).sum(-1).clamp(min=0).reshape(2, 6, 6))
+    want = torch.stack(maps, dim=1).detach()
+    assert torch.allclose(result.logits, logits.detach(), atol=1e-5)
+    assert (result.relevance - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_surgery_changes_the_patch_tokens_not_the_image_embedding(tower) -> None:
