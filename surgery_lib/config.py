@@ -5,7 +5,7 @@ published: v-v attention on a dual path over the last 6 blocks, FFN skipped on t
 surgery on). Widgets are generated from the fields, so a new flag gets its control for free.
 
 The other training-free dense methods (MaskCLIP, SCLIP, GEM, ClearCLIP, NACLIP) are presets of the same
-config, and the gradient explainers (Grad-CAM, attention Grad-CAM, Chefer relevancy) are
+config, and the gradient explainers (Grad-CAM, attention Grad-CAM, Chefer relevancy, LeGrad, Grad-ECLIP) are
 :class:`GradientConfig` records: both are named in the method registry, :mod:`surgery_lib.methods`
 (one file per method), whose ``resolve_method`` resolves any name.
 """
