@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -144,6 +145,11 @@ def _explain_parser(sub) -> None:
         help="colormap of the overlays (inferno, as the figures; jet: the paper's look)",
     )
     ex.add_argument("--device", default="cpu")
+    ex.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the persistent feature cache (as SURGERY_NO_CACHE=1)",
+    )
     ex.add_argument("--out", type=Path, default=Path("explanations"))
 
 
@@ -156,7 +162,51 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("options", nargs=argparse.REMAINDER)
     fig = sub.add_parser("figures", help="execute the notebooks (options: surgery figures --help)")
     fig.add_argument("options", nargs=argparse.REMAINDER)
+    _cache_parser(sub)
     return parser
+
+
+def _cache_parser(sub) -> None:
+    cache = sub.add_parser("cache", help="the persistent feature cache: where it is, how big; clear it")
+    cache.add_argument(
+        "action",
+        choices=("info", "clear"),
+        help="info: location ($SURGERY_CACHE_DIR, else $XDG_CACHE_HOME/surgery_lib or "
+        "~/.cache/surgery_lib), entries and size; clear: delete the cached text features",
+    )
+
+
+def _cache_command(args: argparse.Namespace) -> int:
+    """``surgery cache info|clear``: print the feature cache's state, or empty it."""
+    from surgery_lib.maps.feature_cache import cache_info, clear_disk_cache
+
+    if args.action == "clear":
+        removed = clear_disk_cache()
+        print(f"removed {removed} cached text-feature files from {cache_info()['location']}")
+        return 0
+    info = cache_info()
+    state = "on" if info["enabled"] else "off (SURGERY_NO_CACHE is set)"
+    print(f"feature cache: {info['location']}")
+    print(
+        f"  disk cache {state}; {info['entries']} text-feature entries of {info['models']} models, "
+        f"{info['bytes'] / 1e6:.2f} MB"
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _disk_cache_off(off: bool):
+    """``SURGERY_NO_CACHE=1`` for the duration (``surgery explain --no-cache``), restored after."""
+    saved = os.environ.get("SURGERY_NO_CACHE")
+    if off:
+        os.environ["SURGERY_NO_CACHE"] = "1"
+    try:
+        yield
+    finally:
+        if off and saved is None:
+            os.environ.pop("SURGERY_NO_CACHE", None)
+        elif off:
+            os.environ["SURGERY_NO_CACHE"] = saved
 
 
 def _methods(spec: str) -> dict[str, SurgeryConfig | GradientConfig]:
@@ -367,8 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return figures_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "cache":
+        return _cache_command(args)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _disk_cache_off(args.no_cache):
             run_explain(args)
     except USER_ERRORS as error:
         if args.debug:

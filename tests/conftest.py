@@ -9,6 +9,8 @@ models), ``golden/`` (exact agreement with reference outputs), ``notebooks/`` (e
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import open_clip
@@ -40,6 +42,7 @@ NUMERIC_MODULES = (
     "unit/test_pamr.py",
     "unit/test_introspection.py",
     "unit/test_analysis.py",
+    "integration/test_hf_towers.py",
 )
 
 
@@ -71,6 +74,29 @@ def golden_files(env: str, default: Path, pattern: str = "*.pt") -> list[Path]:
 def golden_dir() -> Path:
     """``$SURGERY_GOLDEN_DIR``, default ``../shared/golden`` beside the repository."""
     return Path(os.environ.get("SURGERY_GOLDEN_DIR") or REPO.parent / "shared" / "golden")
+
+
+_SAVED_CACHE_DIR: list[str | None] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The persistent feature cache (``$SURGERY_CACHE_DIR``) in a temporary folder for the whole run,
+    set before collection: tests never read or write the user's cache; subprocesses (notebooks)
+    inherit the variable."""
+    _SAVED_CACHE_DIR.append(os.environ.get("SURGERY_CACHE_DIR"))
+    os.environ["SURGERY_CACHE_DIR"] = tempfile.mkdtemp(prefix="surgery_test_cache_")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the temporary feature cache and restore ``$SURGERY_CACHE_DIR``."""
+    if not _SAVED_CACHE_DIR:
+        return
+    shutil.rmtree(os.environ.get("SURGERY_CACHE_DIR", ""), ignore_errors=True)
+    saved = _SAVED_CACHE_DIR.pop()
+    if saved is None:
+        os.environ.pop("SURGERY_CACHE_DIR", None)
+    else:
+        os.environ["SURGERY_CACHE_DIR"] = saved
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Text features: CLIP's prompt ensemble with a per-model cache, and label validation.
+"""Text features: CLIP's prompt ensemble, cached in memory per model and on disk, and label validation.
 
 Labels too long for the text context raise :class:`LabelTooLongError` rather than being truncated:
 a truncated prompt would silently describe another class.
@@ -8,11 +8,26 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from surgery_lib.maps.feature_cache import (
+    clear_disk_cache,  # noqa: F401 (re-exported beside clear_text_cache)
+    disk_cache_enabled,
+    disk_cacheable,
+    entry_path,
+    forget_weights_hash,
+    load_entry,
+    store_entry,
+    text_entry_key,
+    text_weights_hash,
+    tokenizer_fingerprint,
+    weights_signature,
+)
 from surgery_lib.model.adapters import check_clip
+from surgery_lib.model.text_encoding import encode_prompts
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
@@ -66,6 +81,7 @@ class LabelTooLongError(ValueError):
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+_SIGNATURES: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def validate_labels(labels: Sequence[str], allow_empty_label: bool = False) -> list[str]:
@@ -176,11 +192,60 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def encode_text(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str]) -> torch.Tensor:
-    """Normalised features of plain texts (no templates), ``(T, D)``; texts may be empty strings."""
+    """Normalised features of plain texts (no templates), ``(T, D)``; texts may be empty strings.
+    Encoded in chunks on the short context where exact (:func:`encode_prompts`)."""
     check_clip(model)
     texts = validate_labels(texts, allow_empty_label=True)
     tokens = torch.cat([_tokenize(model, tokenizer, t, [t]) for t in texts]).to(model_device(model))
-    return model.encode_text(tokens, normalize=True).float()
+    return encode_prompts(model, tokens)
+
+
+def _memory_cache(model: nn.Module) -> dict[tuple, torch.Tensor]:
+    """``model``'s in-memory cache, emptied first when its text weights changed since it was filled
+    (a replaced or in-place changed tensor: :func:`~surgery_lib.maps.feature_cache.weights_signature`)."""
+    signature = weights_signature(model)
+    if signature is None or _SIGNATURES.get(model) != signature:
+        _CACHE.pop(model, None)
+        if signature is not None:
+            _SIGNATURES[model] = signature
+    return _CACHE.setdefault(model, {})
+
+
+def _encode_labels(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    todo: list[str],
+    templates: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
+    """The prompt-ensemble features of the labels ``todo`` (each ``(D,)`` float32 on the CPU), all
+    their prompts (labels × templates) encoded in one batched call of
+    :func:`~surgery_lib.model.text_encoding.encode_prompts` (chunked, short context where exact)."""
+    tokens = [_tokenize(model, tokenizer, label, [t.format(label) for t in templates]) for label in todo]
+    feats = encode_prompts(model, torch.cat(tokens).to(model_device(model)))  # (labels·templates, D)
+    out = {}
+    for label, per_label in zip(todo, feats.split(len(templates)), strict=True):
+        mean = per_label.mean(dim=0)
+        if not torch.isfinite(mean).all():
+            raise ValueError(
+                f"the text tower's outputs for {label!r} are not finite (NaN or infinite): the "
+                "model's weights hold NaN/Inf values or overflow in this dtype"
+            )
+        out[label] = (mean / mean.norm()).cpu()
+    return out
+
+
+def _disk_keys(
+    model: nn.Module, tokenizer: Tokenizer, templates: tuple[str, ...], labels: list[str]
+) -> dict[str, tuple[Path, str]]:
+    """Each label's disk-cache file and key (:mod:`surgery_lib.maps.feature_cache`)."""
+    weights = text_weights_hash(model)
+    tokens = tokenizer_fingerprint(tokenizer, _context_length(model, tokenizer))
+    param = next(model.parameters())
+    keys = {}
+    for label in labels:
+        key = text_entry_key(weights, tokens, templates, label, param.dtype, param.device)
+        keys[label] = (entry_path(weights, key), key)
+    return keys
 
 
 @torch.no_grad()
@@ -191,45 +256,58 @@ def text_features(
     templates: str | Sequence[str] | None = None,
     use_cache: bool = True,
     allow_empty_label: bool = False,
+    use_disk_cache: bool = True,
 ) -> torch.Tensor:
     """Prompt-ensemble features per label: each prompt normalised, mean over templates normalised.
 
-    Results are cached per (model, tokenizer, templates, label); the cache assumes frozen weights (call
-    :func:`clear_text_cache` after changing them).
+    Looked up in the in-memory cache (per model, tokenizer, templates and label; emptied when the
+    text weights change in place or are replaced), then in the disk cache
+    (:mod:`surgery_lib.maps.feature_cache`: ``$SURGERY_CACHE_DIR``, off with ``SURGERY_NO_CACHE=1``
+    or ``use_disk_cache=False``), else computed: the prompts of all missing labels in one batched,
+    chunked forward, on the context cut to the longest prompt where that is exact
+    (:func:`~surgery_lib.model.text_encoding.encode_prompts`); then stored in both caches.
 
     Args:
         labels: class names; empty names are refused unless ``allow_empty_label``.
         templates: a set name of :data:`TEMPLATE_SETS` (``"surgery85"``, ``"openai80"``, ``"single"``)
             or format strings with one ``{}``; default :data:`PROMPT_TEMPLATES` (= ``"surgery85"``).
+        use_cache: ``False`` computes afresh, reading and writing neither cache.
+        use_disk_cache: ``False`` leaves the disk cache out (the memory cache is still used).
     Returns:
         ``(T, D)`` float32, rows of unit norm.
     """
     check_clip(model)
     labels = validate_labels(labels, allow_empty_label=allow_empty_label)
-    model_device(model)
+    device = model_device(model)
     templates = resolve_templates(templates)
     try:
         hash(tokenizer)
     except TypeError:  # an unhashable tokenizer cannot key the cache: compute without it
         use_cache = False
-    cache = _CACHE.setdefault(model, {}) if use_cache else {}
-    rows = []
-    for label in labels:
-        key = (tokenizer, templates, label)
-        if key not in cache:
-            if not allow_empty_label:
-                _check_has_text(tokenizer, label, labels.index(label))
-            tokens = _tokenize(model, tokenizer, label, [t.format(label) for t in templates])
-            feats = model.encode_text(tokens.to(model_device(model)), normalize=True).float()
-            mean = feats.mean(dim=0)
-            if not torch.isfinite(mean).all():
-                raise ValueError(
-                    f"the text tower's outputs for {label!r} are not finite (NaN or infinite): the "
-                    "model's weights hold NaN/Inf values or overflow in this dtype"
-                )
-            cache[key] = (mean / mean.norm()).cpu()
-        rows.append(cache[key])
-    return torch.stack(rows).to(model_device(model))
+    if not allow_empty_label:  # before any cache: a cached entry never hides an empty label
+        for i, label in enumerate(labels):
+            _check_has_text(tokenizer, label, i)
+    memory = _memory_cache(model) if use_cache else {}
+    found: dict[str, torch.Tensor] = {}
+    for label in dict.fromkeys(labels):
+        if (tokenizer, templates, label) in memory:
+            found[label] = memory[(tokenizer, templates, label)]
+    missing = [label for label in dict.fromkeys(labels) if label not in found]
+    disk = {}
+    if missing and use_cache and disk_cache_enabled(use_disk_cache) and disk_cacheable(model):
+        disk = _disk_keys(model, tokenizer, templates, missing)
+        for label, (path, key) in disk.items():
+            value = load_entry(path, key)
+            if value is not None:
+                found[label] = memory[(tokenizer, templates, label)] = value
+    todo = [label for label in missing if label not in found]
+    if todo:
+        computed = _encode_labels(model, tokenizer, todo, templates)
+        for label, value in computed.items():
+            memory[(tokenizer, templates, label)] = found[label] = value
+            if label in disk:
+                store_entry(*disk[label], value, label=label)
+    return torch.stack([found[label] for label in labels]).to(device)
 
 
 def empty_prompt_features(
@@ -240,8 +318,12 @@ def empty_prompt_features(
 
 
 def clear_text_cache(model: nn.Module | None = None) -> None:
-    """Forget cached text features (of one model, or of all)."""
+    """Forget the text features cached in memory (of one model, or of all) and the remembered
+    weights hash; the disk cache is left as it is (:func:`clear_disk_cache`)."""
     if model is None:
         _CACHE.clear()
+        _SIGNATURES.clear()
     else:
         _CACHE.pop(model, None)
+        _SIGNATURES.pop(model, None)
+    forget_weights_hash(model)
