@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-fast test-threads test-realscale lint format bench clean figures lab book app
 REQUIREMENTS := requirements.txt requirements-dev.txt requirements-notebooks.txt requirements-browser.txt \
-	requirements-book.txt
+	requirements-book.txt requirements-hf.txt
 LINTED := surgery_lib surgery_tools tests benchmarks notebooks
 
 setup: $(STAMP)

@@ -472,9 +472,14 @@ def adapter_for(model: nn.Module) -> Adapter:
         from surgery_lib.model.timm_towers import timm_adapter
 
         return timm_adapter(visual)
+    if type(visual).__module__ == "surgery_lib.model.hf_towers":  # transformers' CLIPModel / SiglipModel
+        from surgery_lib.model.hf_towers import hf_adapter
+
+        return hf_adapter(visual)
     raise UnsupportedModelError(
         f"unsupported image tower {_type_name(visual)}: the supported towers are open_clip's "
-        "VisionTransformer and ModifiedResNet, and its timm towers with a SigLIP or EVA02 trunk"
+        "VisionTransformer and ModifiedResNet, its timm towers with a SigLIP or EVA02 trunk, and "
+        "transformers' CLIPModel and SiglipModel (surgery_lib.model.hf_towers.HFCLIP)"
     )
 
 

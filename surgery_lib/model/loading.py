@@ -369,6 +369,8 @@ def load_clip(
 
     Args:
         name: the project's own ``"toy-vit"`` / ``"toy-rn"`` (the default: shipped weights, offline),
+            its random-weight towers of other families ``"tiny-siglip"``, ``"tiny-eva02"``,
+            ``"tiny-clipa"`` (:data:`~surgery_lib.model.tiny_towers.TINY_TOWERS`: code paths only),
             or an open_clip model name (``"ViT-B-16"``, ``"ViT-B/16"``, ``"RN50"``, ``"ViT-L-14-336"``…);
             ``None`` with ``checkpoint`` infers the architecture from the weights: a state dict with
             exactly the parameters of one of the project's own configs loads with that config (and its
@@ -384,11 +386,32 @@ def load_clip(
         quick_gelu: force the activation; by default QuickGELU for OpenAI weights (the ``openai``
             tag and OpenAI-format checkpoints loaded with ``name=None``), the config's otherwise.
         reference_size: input size of ``reference_preprocess`` (default: the native size).
+
+    Hugging Face ``transformers`` models: ``name="hf:<org>/<name>"`` (e.g.
+    ``load_clip("hf:openai/clip-vit-base-patch16")``, ``"hf:google/siglip-base-patch16-224"``) or
+    ``"hf:/path/to/folder"`` (written by ``save_pretrained``) loads a ``CLIPModel`` or ``SiglipModel`` from
+    the HF cache (``cache_dir``, ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``; only the cache when
+    ``HF_HUB_OFFLINE`` is set or the hub is unreachable) with its own tokenizer and image processor,
+    wrapped so that every method runs on it (:func:`surgery_lib.model.hf_towers.load_hf_clip`; needs
+    ``pip install -r requirements-hf.txt``). ``pretrained``, ``checkpoint`` and ``quick_gelu`` do not apply.
     """
     import open_clip
 
-    from surgery_lib.model.shipped import TOY_MODELS, register_configs, weights_path
+    if isinstance(name, str) and name.startswith("hf:"):
+        if pretrained != "default" or checkpoint is not None or quick_gelu is not None:
+            raise ValueError(
+                f"{name!r} is a Hugging Face model: its repository holds its weights and settings; "
+                "pretrained, checkpoint and quick_gelu do not apply"
+            )
+        from surgery_lib.model.hf_towers import load_hf_clip
 
+        return load_hf_clip(name[3:], device=device, cache_dir=cache_dir, reference_size=reference_size)
+
+    from surgery_lib.model.shipped import TOY_MODELS, register_configs, weights_path
+    from surgery_lib.model.tiny_towers import TINY_TOWERS, load_tiny
+
+    if name in TINY_TOWERS and checkpoint is None:
+        return load_tiny(name, pretrained, device)
     if name is not None and not isinstance(name, str):
         raise TypeError(
             f"name must be a model name (a string such as 'toy-vit' or 'ViT-B-16') or None, "
