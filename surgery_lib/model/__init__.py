@@ -25,11 +25,13 @@ from surgery_lib.model.engine import (
     dense_forward,
     max_depth,
 )
+from surgery_lib.model.gradients import DEFINED_ON as GRADIENT_TOWERS
 from surgery_lib.model.gradients import GradientMaps, gradient_maps
 from surgery_lib.model.introspection import (
     ResidualContributions,
     attention_maps,
     dual_path_decomposition,
+    pool_attention,
     residual_contributions,
     trace_forward,
 )
@@ -43,9 +45,17 @@ from surgery_lib.model.shipped import (
     weights_path,
 )
 from surgery_lib.model.surgery import SurgeryHandle, apply_surgery, is_surgery_applied
+from surgery_lib.model.text_encoding import (
+    ShortContextPlan,
+    encode_prompts,
+    short_context_exact,
+    short_context_plan,
+)
+from surgery_lib.model.tiny_towers import tiny_clipa, tiny_eva02, tiny_siglip
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GRADIENT_TOWERS",
     "HOOK_POINTS",
     "TOY_MODELS",
     "VIT_ONLY_DEFAULTS",
@@ -53,6 +63,7 @@ __all__ = [
     "HookFn",
     "LoadedCLIP",
     "ResidualContributions",
+    "ShortContextPlan",
     "SurgeryError",
     "SurgeryHandle",
     "TowerInfo",
@@ -65,18 +76,25 @@ __all__ = [
     "class_token",
     "dense_forward",
     "dual_path_decomposition",
+    "encode_prompts",
     "gradient_maps",
     "image_normalisation",
     "is_surgery_applied",
     "load_clip",
     "max_depth",
     "patch_tokens",
+    "pool_attention",
     "pretrained_for",
     "read_state_dict",
     "reference_transform",
     "register_configs",
     "residual_contributions",
+    "short_context_exact",
+    "short_context_plan",
     "text_token_features",
+    "tiny_clipa",
+    "tiny_eva02",
+    "tiny_siglip",
     "tower_info",
     "trace_forward",
     "weights_path",

@@ -250,3 +250,23 @@ def dual_path_decomposition(loaded, images: torch.Tensor, config: SurgeryConfig 
             "scale": float(ffn[:, 1:].abs().max()),
         },
     ]
+
+
+@torch.no_grad()
+def pool_attention(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Where a SigLIP-style tower's attention pool looks (vanilla forward): its latent query's attention
+    over the patch tokens, ``(B, heads, h, w)``, and the grid — the pool plays the class token's role, so
+    this is what stands in for the class token's attention row on such a tower.
+
+    Raises:
+        UnsupportedModelError: a tower without an attention-pool head.
+    """
+    check_image_batch(images)
+    adapter = adapter_for(model)
+    if getattr(adapter, "attention_pool", None) is None:
+        raise UnsupportedModelError(f"the {adapter.info.name} tower has no attention-pool head")
+    seen: dict[str, torch.Tensor] = {}
+    _, grid = dense_forward(model, images, SurgeryConfig.off(), hook=lambda n, v: seen.__setitem__(n, v))
+    adapter.attention_pool(adapter.final_norm(seen["final"]), hook=lambda n, v: seen.__setitem__(n, v))
+    probs = seen["pool.attn_probs"][:, :, 0]  # (B, heads, N)
+    return probs.reshape(*probs.shape[:2], *grid), grid

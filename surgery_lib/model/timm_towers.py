@@ -148,8 +148,8 @@ class SigLIPAdapter(_TimmTower):
         pool = getattr(trunk, "attn_pool", None)
         if not isinstance(pool, AttentionPoolLatent):
             raise UnsupportedModelError(
-                f"{_type_name(trunk)} without an attention-pool head (global_pool={trunk.global_pool!r}) is "
-                "not supported: only SigLIP-style 'map' pooling"
+                f"{_type_name(visual)} with the timm trunk {_type_name(trunk)} without an attention-pool head "
+                f"(global_pool={trunk.global_pool!r}) is not supported: only SigLIP-style 'map' pooling"
             )
         if self.prefix != 0 or trunk.cls_token is not None:
             raise UnsupportedModelError("SigLIP-style tower with a class token is not supported")

@@ -163,3 +163,69 @@ def _spread_eva_parameters(model: nn.Module, seed: int) -> None:
         if name.startswith("head.") or name == "cls_token" or p.ndim == 1:
             base = 1.0 if name.endswith("weight") and p.ndim == 1 else 0.0
             p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+
+
+def tiny_clipa(seed: int = 0, grid: int = 4, patch: int = 8, width: int = 64, depth: int = 6):
+    """A native open_clip ViT pooled by the mean patch token, as CLIPA is (``pool_type='avg'``,
+    ``final_ln_after_pool``, no ``ln_pre``), with random weights and a bidirectional text tower pooled at
+    the last token: input ``grid·patch`` pixels."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionCfg(
+        layers=depth,
+        width=width,
+        head_width=32,
+        patch_size=patch,
+        image_size=grid * patch,
+        pool_type="avg",
+        final_ln_after_pool=True,
+        no_ln_pre=True,
+    )
+    text = CLIPTextCfg(**_text_cfg(32, 16, causal=False))
+    return CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
+
+
+TINY_TOWERS: dict[str, Callable[..., nn.Module]] = {
+    "tiny-siglip": tiny_siglip,
+    "tiny-eva02": tiny_eva02,
+    "tiny-clipa": tiny_clipa,
+}
+"""Names :func:`~surgery_lib.model.loading.load_clip` accepts for the project-built towers of other
+families (random weights: for exercising code paths, e.g. ``SURGERY_MODEL=tiny-siglip`` in the notebooks;
+their maps mean nothing)."""
+
+_SIGLIP_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def load_tiny(name: str, pretrained: str | None = "default", device: str | torch.device = "cpu"):
+    """A :data:`TINY_TOWERS` model as a :class:`~surgery_lib.model.loading.LoadedCLIP`: random weights
+    (seed 0), CLIP's tokenizer with the towers' 16-token context, the reference preprocessing with the
+    family's normalisation (SigLIP: 0.5 / 0.5).
+
+    Raises:
+        ValueError: ``pretrained`` other than ``"default"`` or ``None`` (these towers have no weights).
+    """
+    import open_clip
+
+    from surgery_lib.model.loading import LoadedCLIP
+    from surgery_lib.model.preprocess import OPENAI_MEAN, OPENAI_STD, reference_transform
+
+    if pretrained not in ("default", None):
+        raise ValueError(
+            f"{name} is built by the project with random weights: it has no pretrained {pretrained!r}"
+        )
+    model = TINY_TOWERS[name]().to(device)
+    mean, std = _SIGLIP_MEAN_STD if name == "tiny-siglip" else (OPENAI_MEAN, OPENAI_STD)
+    model.visual.preprocess_cfg = {"mean": mean, "std": std}
+    size = model.visual.image_size
+    size = int(size if isinstance(size, int) else size[0])
+    return LoadedCLIP(
+        model=model,
+        tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=16),
+        preprocess=open_clip.image_transform(size, is_train=False, mean=mean, std=std),
+        reference_preprocess=reference_transform(size, mean, std),
+        name=name,
+        pretrained=None,
+        image_size=size,
+    )

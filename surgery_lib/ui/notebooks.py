@@ -124,6 +124,24 @@ def _last_progress_line(text: str) -> str:
     return ""
 
 
+SKIP_REST_MIME = "application/vnd.surgery-lib.skip-rest+json"
+"""The display type by which a notebook tells :func:`run_notebook` that its remaining cells do not apply
+to the model it runs on (see :func:`skip_rest`)."""
+
+
+def skip_rest(reason: str) -> None:
+    """Say, in a notebook, that the cells below do not apply to this model, and why.
+
+    It shows ``reason``; :func:`run_notebook` (``make figures``, the notebook tests) then leaves the
+    remaining cells unexecuted and counts the notebook as run. Run by hand in Jupyter, the cells below still
+    run (and fail where they need what the model lacks): the message says so.
+    """
+    from IPython.display import display
+
+    text = f"**The rest of this notebook is skipped on this model.** {reason}"
+    display({"text/markdown": text, "text/plain": text, SKIP_REST_MIME: {"reason": reason}}, raw=True)
+
+
 def run_notebook(
     path: Path,
     out_dir: Path,
@@ -167,7 +185,7 @@ def run_notebook(
     code_cells = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     number = {index: n for n, index in enumerate(code_cells, start=1)}
     start = time.perf_counter()
-    state = {"cell": 0}
+    state: dict[str, object] = {"cell": 0, "skip": None}
 
     def tell(text: str = "") -> None:
         if progress is not None:
@@ -179,11 +197,20 @@ def run_notebook(
 
     class _Client(NotebookClient):
         def output(self, outs, msg, display_id, cell_index):
+            content = msg.get("content", {})
             if msg.get("msg_type") == "stream":
-                line = _last_progress_line(msg.get("content", {}).get("text", ""))
+                line = _last_progress_line(content.get("text", ""))
                 if line:
                     tell(line)
+            if SKIP_REST_MIME in content.get("data", {}):
+                state["skip"] = content["data"][SKIP_REST_MIME].get("reason", "")
+                tell(f"the rest is skipped: {state['skip']}")
             return super().output(outs, msg, display_id, cell_index)
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if state.get("skip") is not None:  # skip_rest() ran: the remaining cells do not apply
+                return cell
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
 
     client = _Client(
         notebook,

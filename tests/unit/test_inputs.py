@@ -211,8 +211,8 @@ def test_timm_tower_is_named():
 def test_unsupported_vit_variants_are_named():
     with pytest.raises(UnsupportedModelError, match="scaled cosine"):
         apply_surgery(make_vit("custom", scaled_cosine_attn=True))
-    with pytest.raises(UnsupportedModelError, match="pool_type='avg'"):
-        apply_surgery(make_vit(pool_type="avg"))
+    with pytest.raises(UnsupportedModelError, match="pool_type='none'"):
+        apply_surgery(make_vit(pool_type="none"))
 
 
 def test_bad_configs():
