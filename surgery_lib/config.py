@@ -120,6 +120,11 @@ class SurgeryConfig:
             show it.
         pos_embed_interp: how the positional embedding is resampled for a non-native token grid
             (:data:`PosEmbedInterp`; each method's official code has its own).
+        forward: the name of a method's own forward, registered by its file in
+            :mod:`surgery_lib.methods` with :func:`~surgery_lib.model.engine.register_forward` (SC-CLIP,
+            ResCLIP, CLIPtrase, ProxyCLIP: what the fields above cannot say); ``""``: the engine's. The
+            other fields still say what that forward builds on (e.g. ResCLIP over NACLIP's preset) and
+            feature surgery applies as to any dense method.
     """
 
     attention: AttentionKind = "vv"
@@ -133,8 +138,13 @@ class SurgeryConfig:
     self_attn_iters: int = 0
     spatial_prior_sigma: int = 0
     pos_embed_interp: PosEmbedInterp = "bilinear"
+    forward: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.forward, str) or self.forward != self.forward.strip() or " " in self.forward:
+            raise ValueError(
+                f"SurgeryConfig.forward must be a registered forward's name or '', got {self.forward!r}"
+            )
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention kind {self.attention!r}; expected one of {ATTENTION_KINDS}")
         if self.redundant_features not in REDUNDANT_FEATURES:

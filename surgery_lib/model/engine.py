@@ -168,6 +168,7 @@ def max_depth(model: nn.Module) -> int:
 
 
 VIT_ONLY_DEFAULTS = {
+    "forward": "",
     "keep_residual": True,
     "attn_temperature": "auto",
     "self_attn_iters": 0,
@@ -192,6 +193,24 @@ def resnet_refusals(config: SurgeryConfig) -> list[str]:
         for name, default in VIT_ONLY_DEFAULTS.items()
         if getattr(config, name) != default
     ]
+
+
+ForwardFn = Callable[[nn.Module, torch.Tensor, SurgeryConfig], tuple[torch.Tensor, tuple[int, int]]]
+"""A method's own forward: ``fn(model, images, config) -> (tokens (B, 1 + h·w, D), grid)`` — the same
+contract as :func:`dense_forward` (image embedding first, not normalised, the model untouched)."""
+
+_FORWARDS: dict[str, ForwardFn] = {}
+
+
+def register_forward(name: str, fn: ForwardFn) -> None:
+    """Register a method's own forward under ``name`` (``SurgeryConfig(forward=name)`` runs it). A method
+    file of :mod:`surgery_lib.methods` does this for a method whose forward the engine's fields cannot
+    express; registering a name twice with another function is refused."""
+    if not name or not callable(fn):
+        raise ValueError(f"register_forward needs a name and a function, got {name!r}, {fn!r}")
+    if _FORWARDS.get(name, fn) is not fn:
+        raise ValueError(f"a forward is already registered as {name!r}")
+    _FORWARDS[name] = fn
 
 
 _PRESET_NAMES: dict[SurgeryConfig, str] = {}
@@ -363,6 +382,31 @@ def _resnet_forward(
     return adapter.output(o), grid
 
 
+def _own_forward(
+    model: nn.Module,
+    images: torch.Tensor,
+    config: SurgeryConfig,
+    trace: Trace | None,
+    hook: HookFn | None,
+    attention_probs: Collection[int],
+    block_kinds: Sequence[str | None] | None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Run the method forward ``config.forward`` names (see :func:`register_forward`)."""
+    fn = _FORWARDS.get(config.forward)
+    if fn is None:
+        known = ", ".join(sorted(_FORWARDS)) or "none"
+        raise SurgeryError(
+            f"no forward is registered as {config.forward!r} (registered: {known}; the method files of "
+            "surgery_lib.methods register theirs when imported)"
+        )
+    if trace is not None or hook is not None or attention_probs or block_kinds is not None:
+        raise SurgeryError(
+            f"the forward {config.forward!r} is a method's own: it reports no hook points, traces or "
+            "attention probabilities and takes no block_kinds"
+        )
+    return fn(model, images, config)
+
+
 def dense_forward(
     model: nn.Module,
     images: torch.Tensor,
@@ -395,6 +439,8 @@ def dense_forward(
     """
     adapter = adapter_for(model)
     check_config(adapter, config)
+    if config.forward:
+        return _own_forward(model, images, config, trace, hook, attention_probs, block_kinds)
     blocks = frozenset(attention_probs)
     if any(not isinstance(i, int) or not 0 <= i < adapter.num_blocks for i in blocks):
         raise SurgeryError(

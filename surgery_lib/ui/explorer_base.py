@@ -61,6 +61,8 @@ def config_controls(config: SurgeryConfig, depth_max: int) -> dict[str, object]:
     hints = typing.get_type_hints(SurgeryConfig)
     controls: dict[str, object] = {}
     for f in dataclasses.fields(SurgeryConfig):
+        if f.name == "forward":  # a method's own forward is picked with the method, not toggled
+            continue
         value, kind = getattr(config, f.name), hints[f.name]
         if kind is bool:
             control = w.Checkbox(value=value, description=f.name, indent=False)
@@ -83,10 +85,11 @@ def config_controls(config: SurgeryConfig, depth_max: int) -> dict[str, object]:
     return controls
 
 
-def config_from_controls(controls: Mapping[str, object]) -> SurgeryConfig:
-    """The config the controls show (validated like any new config: a conflicting combination raises
-    ``ValueError`` naming it)."""
-    return SurgeryConfig(**{name: control.value for name, control in controls.items()})
+def config_from_controls(controls: Mapping[str, object], base: SurgeryConfig | None = None) -> SurgeryConfig:
+    """The config the controls show, over ``base`` (the selected method's preset: the fields without a
+    control, a method's own ``forward``, are kept; default: the defaults), validated like any new config:
+    a conflicting combination raises ``ValueError`` naming it."""
+    return (base or SurgeryConfig()).replace(**{name: control.value for name, control in controls.items()})
 
 
 def display_size(image: Image.Image, side: int = DISPLAY_SIDE) -> tuple[int, int]:

@@ -416,7 +416,9 @@ class Explorer(_View):
     @property
     def config(self) -> SurgeryConfig:
         """The config the controls show (raises ``ValueError`` for a combination the validation refuses)."""
-        return config_from_controls(self.controls)
+        picker = getattr(self, "method", None)  # absent while the controls are being built
+        preset = METHODS.get(picker.value) if picker is not None else None
+        return config_from_controls(self.controls, preset if isinstance(preset, SurgeryConfig) else None)
 
     @property
     def method_config(self) -> Method:
@@ -537,7 +539,7 @@ class Explorer(_View):
             for name in ("dual_path", "skip_ffn"):
                 inactive[name] = "a ModifiedResNet: only its attention pool changes"
             for name in _VIT_ONLY:
-                if values[name] == getattr(_DEFAULTS, name):
+                if name in values and values[name] == getattr(_DEFAULTS, name):
                     inactive[name] = "ViT towers only"
         if values["depth"] == 0:
             for name in ARCHITECTURE_FIELDS:
