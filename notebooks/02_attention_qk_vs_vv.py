@@ -52,12 +52,29 @@ from surgery_lib.analysis import (
     example_images,
     sign_flip_test,
 )
-from surgery_lib.figures import AttentionExplorer, Claim, check_claims, exercise, figure_style, save_figure
+from surgery_lib.figures import (
+    AttentionExplorer,
+    Claim,
+    check_claims,
+    exercise,
+    figure_style,
+    save_figure,
+    skip_without_class_token,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
 items = [it for it in items if it.masks]
 blocks = list(range(max_depth(loaded.model)))
+
+# %%
+# A tower without a class token in its residual stream (SigLIP) cannot run this analysis: it shows its
+# attention pool instead, and `make figures` skips the cells below, saying why.
+skipped = skip_without_class_token(
+    loaded,
+    items[0].image,
+    "This notebook compares the attention kinds of each block with the class token's row among the queries",
+)
 
 # %% [markdown]
 # ## One query token, four kinds of attention

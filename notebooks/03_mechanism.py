@@ -68,6 +68,7 @@ from surgery_lib.figures import (
     line_chart,
     save_figure,
     scatter,
+    skip_without_class_token,
 )
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
@@ -77,6 +78,15 @@ is_vit = tower_info(loaded.model).residual_stream
 n_blocks = max_depth(loaded.model)
 half = max(1, n_blocks // 2)  # the paper's fraction: 6 of 12 blocks
 print(f"{loaded.name}: {f'ViT, {n_blocks} blocks' if is_vit else 'ModifiedResNet'}; {len(items)} images")
+
+# %%
+# A tower without a class token in its residual stream (SigLIP) cannot run this analysis: it shows its
+# attention pool instead, and `make figures` skips the cells below, saying why.
+skipped = skip_without_class_token(
+    loaded,
+    items[0].image,
+    "This notebook's factorial reads the class token of the original path and decomposes the stream",
+)
 
 # %% [markdown]
 # ## How the dual path works

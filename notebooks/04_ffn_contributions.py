@@ -51,12 +51,29 @@ import pandas as pd
 from surgery_lib import SurgeryConfig, load_clip, max_depth
 from surgery_lib.analysis import bootstrap_ci, contribution_records, default_source, example_images, maps_for
 from surgery_lib.analysis import mechanism as mech
-from surgery_lib.figures import Claim, check_claims, exercise, line_chart, method_comparison, save_figure
+from surgery_lib.figures import (
+    Claim,
+    check_claims,
+    exercise,
+    line_chart,
+    method_comparison,
+    save_figure,
+    skip_without_class_token,
+)
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 classes, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
 items = [it for it in items if it.masks]
 n_blocks = max_depth(loaded.model)
+
+# %%
+# A tower without a class token in its residual stream (SigLIP) cannot run this analysis: it shows its
+# attention pool instead, and `make figures` skips the cells below, saying why.
+skipped = skip_without_class_token(
+    loaded,
+    items[0].image,
+    "This notebook splits the class token's and the patch tokens' readout into per-block residual updates",
+)
 
 # %% [markdown]
 # ## Per block: the attention's and the FFN's share of the map's contrast (raw CLIP)

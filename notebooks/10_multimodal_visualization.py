@@ -82,11 +82,13 @@ from surgery_lib.figures import (
     exercise,
     map_grid,
     save_figure,
+    skip_without_token_text_features,
     word_maps_figure,
 )
 
 loaded = load_clip(MODEL, pretrained=PRETRAINED)
 model, tokenizer = loaded.model, loaded.tokenizer
+skipped = skip_without_token_text_features(loaded)  # SigLIP's bidirectional text tower: skipped, saying why
 _, items = example_images(IMAGES or default_source(MODEL), limit=LIMIT)
 captions = [item.describe() for item in items]
 empty = empty_prompt_features(model, tokenizer)

@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     fig = sub.add_parser("figures", help="execute the notebooks (options: surgery figures --help)")
     fig.add_argument("options", nargs=argparse.REMAINDER)
     _cache_parser(sub)
+    sub.add_parser(
+        "towers", help="print the method × tower matrix (README, Towers), computed by running every method"
+    )
     return parser
 
 
@@ -419,6 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "cache":
         return _cache_command(args)
+    if args.command == "towers":
+        from surgery_lib.eval.towers import markdown_matrix, method_tower_matrix, project_towers
+
+        print(
+            markdown_matrix(method_tower_matrix({name: build() for name, build in project_towers().items()}))
+        )
+        return 0
     try:
         with torch.no_grad(), _disk_cache_off(args.no_cache):
             run_explain(args)

@@ -5,7 +5,7 @@ claim checks and exercises, and the interactive explorers. A notebook imports fr
 from surgery_lib.ui.claims import Claim, check_claims, exercise
 from surgery_lib.ui.mechanism_figures import interval_lines, scatter
 from surgery_lib.ui.notebooks import skip_rest
-from surgery_lib.ui.tower_guard import skip_without_class_token
+from surgery_lib.ui.tower_guard import skip_without_class_token, skip_without_token_text_features
 from surgery_lib.ui.viz import (
     DEFAULT_CMAP,
     attention_figure,
@@ -57,5 +57,6 @@ __all__ = [
     "segmentation_figure",
     "skip_rest",
     "skip_without_class_token",
+    "skip_without_token_text_features",
     "word_maps_figure",
 ]

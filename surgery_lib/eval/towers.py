@@ -22,6 +22,8 @@ from surgery_lib.model import (
     UnsupportedModelError,
     dense_forward,
     gradient_maps,
+    hf_clip_from_open_clip,
+    hf_siglip_from_open_clip,
     tiny_clipa,
     tiny_eva02,
     tiny_siglip,
@@ -104,7 +106,9 @@ def markdown_matrix(matrix: Mapping[str, Mapping[str, str]]) -> str:
 
 def project_towers() -> dict[str, Callable[[], nn.Module]]:
     """One small model per supported tower family, by column name (built on demand, random weights
-    except the shipped toy models)."""
+    except the shipped toy models; the Hugging Face columns are the same weights as ``toy-vit-v2`` and
+    the tiny SigLIP, mapped into ``transformers``' ``CLIPModel`` / ``SiglipModel``, which need the ``hf``
+    extra)."""
     from surgery_lib.model import load_clip
 
     return {
@@ -113,4 +117,6 @@ def project_towers() -> dict[str, Callable[[], nn.Module]]:
         "EVA02 (timm)": tiny_eva02,
         "SigLIP (timm)": tiny_siglip,
         "CLIPA (mean pooling)": tiny_clipa,
+        "HF CLIPModel": lambda: hf_clip_from_open_clip(load_clip("toy-vit-v2").model),
+        "HF SiglipModel": lambda: hf_siglip_from_open_clip(tiny_siglip()),
     }

@@ -27,6 +27,7 @@ from surgery_lib.model.engine import (
 )
 from surgery_lib.model.gradients import DEFINED_ON as GRADIENT_TOWERS
 from surgery_lib.model.gradients import GradientMaps, gradient_maps
+from surgery_lib.model.hf_towers import HFCLIP, hf_clip_from_open_clip, hf_siglip_from_open_clip
 from surgery_lib.model.introspection import (
     ResidualContributions,
     attention_maps,
@@ -56,6 +57,7 @@ from surgery_lib.model.tiny_towers import tiny_clipa, tiny_eva02, tiny_siglip
 __all__ = [
     "DEFAULT_MODEL",
     "GRADIENT_TOWERS",
+    "HFCLIP",
     "HOOK_POINTS",
     "TOY_MODELS",
     "VIT_ONLY_DEFAULTS",
@@ -78,6 +80,8 @@ __all__ = [
     "dual_path_decomposition",
     "encode_prompts",
     "gradient_maps",
+    "hf_clip_from_open_clip",
+    "hf_siglip_from_open_clip",
     "image_normalisation",
     "is_surgery_applied",
     "load_clip",

@@ -148,8 +148,8 @@ class SigLIPAdapter(_TimmTower):
         pool = getattr(trunk, "attn_pool", None)
         if not isinstance(pool, AttentionPoolLatent):
             raise UnsupportedModelError(
-                f"{_type_name(visual)} with the timm trunk {_type_name(trunk)} without an attention-pool head "
-                f"(global_pool={trunk.global_pool!r}) is not supported: only SigLIP-style 'map' pooling"
+                f"{_type_name(visual)} with the timm trunk {_type_name(trunk)} without an attention-pool "
+                f"head (global_pool={trunk.global_pool!r}) is not supported: only SigLIP-style 'map' pooling"
             )
         if self.prefix != 0 or trunk.cls_token is not None:
             raise UnsupportedModelError("SigLIP-style tower with a class token is not supported")
@@ -314,7 +314,9 @@ class EvaAdapter(_TimmTower):
         return x, grid
 
     def _rope_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        """The rotary embedding ``(h·w, 2·d)`` of ``grid`` as the model builds it (``None``: no rope)."""
+        """The rotary embedding ``(h·w, 2·d)`` of ``grid`` as the model builds it (``None``: no rope). At
+        another grid than the cached native one it is built from the rope's own frequency bands, as timm
+        does for a model with dynamic image sizes (``get_embed(shape)``)."""
         rope = self.trunk.rope
         if rope is None:
             return None
@@ -322,11 +324,15 @@ class EvaAdapter(_TimmTower):
             return rope.get_embed()
         if getattr(rope, "_use_cached_embed", True) is False:
             return rope.get_embed(shape=list(grid))
-        native = (self.pos_grid[0] * self.patch_size[0], self.pos_grid[1] * self.patch_size[1])
-        raise UnsupportedModelError(
-            f"{_type_name(self.trunk)} caches its rotary embedding for the {self.pos_grid} grid; this "
-            f"input gives a {grid} grid: use its native input size {native[0]}×{native[1]}"
-        )
+        build = getattr(rope, "_build_embed_cat", None)
+        if build is None or getattr(rope, "bands", None) is None:
+            native = (self.pos_grid[0] * self.patch_size[0], self.pos_grid[1] * self.patch_size[1])
+            raise UnsupportedModelError(
+                f"{_type_name(self.trunk)} caches its rotary embedding for the {self.pos_grid} grid and its "
+                f"rope ({_type_name(rope)}) cannot build another; this input gives a {grid} grid: use its "
+                f"native input size {native[0]}×{native[1]}"
+            )
+        return build(list(grid), rope.bands, augment=False)
 
     def _rope_of(self, n_tokens: int) -> torch.Tensor | None:
         """The rotary embedding for a stream of ``n_tokens``: the embedded grid's, or — for an adapter

@@ -92,6 +92,10 @@ def timm_clip(
     return CustomTextCLIP(**clip_cfg).eval()
 
 
+TINY_CONTEXT = 32
+"""The text context of the tiny towers (tokens): the shipped data's longest prompts fit."""
+
+
 def _text_cfg(width: int, context_length: int, causal: bool) -> dict[str, object]:
     cfg: dict[str, object] = {"context_length": context_length, "vocab_size": 49408, "width": width}
     cfg.update({"heads": 2, "layers": 2})
@@ -121,7 +125,7 @@ def tiny_siglip(
         "embed_dim": width,
         "init_logit_bias": -10.0,
         "vision_cfg": {"image_size": size, "timm_model_name": name, "timm_pool": "map", "timm_proj": "none"},
-        "text_cfg": _text_cfg(width, 16, causal=False),
+        "text_cfg": _text_cfg(width, TINY_CONTEXT, causal=False),
     }
     return timm_clip("siglip", timm_kwargs, cfg, seed)
 
@@ -146,7 +150,7 @@ def tiny_eva02(
     cfg = {
         "embed_dim": 48,
         "vision_cfg": {"image_size": size, "timm_model_name": name, "timm_pool": "token", "timm_proj": None},
-        "text_cfg": _text_cfg(48, 16, causal=True),
+        "text_cfg": _text_cfg(48, TINY_CONTEXT, causal=True),
     }
     model = timm_clip("eva02", timm_kwargs, cfg, seed)
     _spread_eva_parameters(model, seed)
@@ -182,7 +186,7 @@ def tiny_clipa(seed: int = 0, grid: int = 4, patch: int = 8, width: int = 64, de
         final_ln_after_pool=True,
         no_ln_pre=True,
     )
-    text = CLIPTextCfg(**_text_cfg(32, 16, causal=False))
+    text = CLIPTextCfg(**_text_cfg(32, TINY_CONTEXT, causal=False))
     return CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
 
 
@@ -200,8 +204,8 @@ _SIGLIP_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 def load_tiny(name: str, pretrained: str | None = "default", device: str | torch.device = "cpu"):
     """A :data:`TINY_TOWERS` model as a :class:`~surgery_lib.model.loading.LoadedCLIP`: random weights
-    (seed 0), CLIP's tokenizer with the towers' 16-token context, the reference preprocessing with the
-    family's normalisation (SigLIP: 0.5 / 0.5).
+    (seed 0), CLIP's tokenizer with the towers' :data:`TINY_CONTEXT`-token context, the reference
+    preprocessing with the family's normalisation (SigLIP: 0.5 / 0.5).
 
     Raises:
         ValueError: ``pretrained`` other than ``"default"`` or ``None`` (these towers have no weights).
@@ -222,7 +226,7 @@ def load_tiny(name: str, pretrained: str | None = "default", device: str | torch
     size = int(size if isinstance(size, int) else size[0])
     return LoadedCLIP(
         model=model,
-        tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=16),
+        tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONTEXT),
         preprocess=open_clip.image_transform(size, is_train=False, mean=mean, std=std),
         reference_preprocess=reference_transform(size, mean, std),
         name=name,

@@ -9,7 +9,13 @@ import matplotlib.pyplot as plt
 import torch.nn.functional as F
 from PIL import Image
 
-from surgery_lib.model import LoadedCLIP, pool_attention, tower_info
+from surgery_lib.model import (
+    LoadedCLIP,
+    UnsupportedModelError,
+    pool_attention,
+    text_token_features,
+    tower_info,
+)
 from surgery_lib.ui.map_figures import map_grid
 from surgery_lib.ui.notebooks import skip_rest
 
@@ -47,4 +53,17 @@ def skip_without_class_token(loaded: LoadedCLIP, image: Image.Image, what: str) 
     return True
 
 
-__all__ = ["skip_without_class_token"]
+def skip_without_token_text_features(loaded: LoadedCLIP) -> bool:
+    """``False`` when ``loaded``'s text tower gives per-token features the way CLIP's does (causal, read at
+    the end token); otherwise say why the rest of the notebook does not apply, skip it and return ``True``."""
+    try:
+        text_token_features(loaded.model, loaded.tokenizer(["a photo"]))
+    except UnsupportedModelError as error:
+        skip_rest(
+            f"This notebook reads every text token's feature, which needs CLIP's causal text tower: {error}."
+        )
+        return True
+    return False
+
+
+__all__ = ["skip_without_class_token", "skip_without_token_text_features"]

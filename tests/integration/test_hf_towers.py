@@ -21,7 +21,7 @@ from surgery_lib.model import UnsupportedModelError, WeightsNotAvailableError, d
 from surgery_lib.model.gradients import LEGRAD_EMPTY_PROMPT, gradient_maps
 from surgery_lib.model.hf_towers import HFCLIP, hf_clip_from_open_clip, hf_siglip_from_open_clip
 from surgery_lib.model.text_encoding import short_context_plan
-from surgery_lib.model.tiny_towers import tiny_siglip
+from surgery_lib.model.tiny_towers import TINY_CONTEXT, tiny_siglip
 
 LABELS = ["cat", "dog", "a red car"]
 TOL = 1e-5
@@ -72,7 +72,11 @@ def clip_pair() -> tuple[torch.nn.Module, HFCLIP, object]:
 def siglip_pair() -> tuple[torch.nn.Module, HFCLIP, object]:
     """The tiny open_clip SigLIP, its SiglipModel twin and a tokenizer with its 16-token context."""
     model = _siglip_open_clip()
-    return model, hf_siglip_from_open_clip(model), open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    return (
+        model,
+        hf_siglip_from_open_clip(model),
+        open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONTEXT),
+    )
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])

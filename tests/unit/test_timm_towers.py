@@ -15,9 +15,9 @@ import surgery_lib as sl
 from surgery_lib.config import SurgeryConfig
 from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
 from surgery_lib.model import UnsupportedModelError, dense_forward, tower_info
-from surgery_lib.model.tiny_towers import tiny_eva02, tiny_siglip
+from surgery_lib.model.tiny_towers import TINY_CONTEXT, tiny_eva02, tiny_siglip
 
-TOKENIZER = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+TOKENIZER = open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONTEXT)
 TOWERS = {"siglip": tiny_siglip, "eva02": tiny_eva02}
 
 
@@ -183,11 +183,20 @@ def test_error_inside_the_forward_leaves_the_model_as_it_was(tower) -> None:
     assert_unchanged(model, before)
 
 
-def test_eva02_other_input_sizes_are_refused_with_the_native_size() -> None:
-    """timm caches EVA02's rotary embedding for the native grid: another grid is refused, naming the size."""
-    model = tiny_eva02()
-    with pytest.raises(UnsupportedModelError, match=r"native input size 96×96"):
-        dense_forward(model, _images(size=128), SurgeryConfig.off())
+def test_eva02_runs_at_other_input_sizes_with_the_ropes_own_bands() -> None:
+    """At another grid the rotary embedding is built from the rope's frequency bands, as timm builds it for
+    dynamic image sizes: a model made with ``dynamic_img_size=True`` and the same weights gives the same
+    image embedding."""
+    model = tiny_eva02(seed=5)
+    dynamic = tiny_eva02(seed=5)
+    dynamic.visual.trunk.rope._use_cached_embed = False  # timm's dynamic-size path: get_embed(shape)
+    x = _images(size=128)
+    with torch.no_grad():
+        tokens, grid = dense_forward(model, x, SurgeryConfig.off())
+        a = dense_forward(model, x, SurgeryConfig.off(), hook=lambda n, v: None)[0]
+        b = dense_forward(dynamic, x, SurgeryConfig.off(), hook=lambda n, v: None)[0]
+    assert grid == (8, 8) and tokens.shape[1] == 65
+    assert (a - b).abs().max() < 1e-6 and (a - tokens).abs().max() <= 1e-5 * tokens.abs().max()
 
 
 def test_siglip_runs_at_other_input_sizes() -> None:
