@@ -85,6 +85,7 @@ from surgery_lib import (
     load_clip,
     method_names,
     pretrained_for,
+    tower_info,
     with_spatial_prior,
 )
 from surgery_lib.analysis import (
@@ -96,6 +97,8 @@ from surgery_lib.analysis import (
     example_images,
     explain_protocol,
     interval_text,
+    method_tower_matrix,
+    project_towers,
     ranking,
     row_label,
     with_feature_surgery,
@@ -148,6 +151,19 @@ zoo_table = pd.DataFrame(configs, dtype=object)
 for b in BACKBONES:
     zoo_table[f"runs on {b}"] = zoo_table.method.isin(supported[b])
 zoo_table.set_index(zoo_table.method.map(method_title)).drop(columns="method").fillna("")
+
+# %% [markdown]
+# ## Which method runs on which tower
+# Beyond OpenAI's towers (README, "Towers"; `../shared/METHODS.md` §13 for the definitions): EVA02 (rotary
+# q/k, inner norm, SwiGLU), SigLIP (no class token: the attention pool makes the image embedding and reads
+# each token densely), CLIPA (the mean patch token), and Hugging Face `transformers` models. This matrix is
+# *computed*: every method runs on one small random-weight model of each family (the shipped toy models for
+# the first two columns), and a refusal is the library's own `UnsupportedModelError`, in a few words. The
+# same table is in the README (`surgery towers` prints it; a test keeps the two equal).
+
+# %%
+tower_matrix = method_tower_matrix({name: build() for name, build in project_towers().items()})
+pd.DataFrame(tower_matrix).T.rename(index=method_title)
 
 # %% [markdown]
 # ## The maps side by side
@@ -374,6 +390,9 @@ KIND_NAMES = {
     "gem": "mean of q-q, k-k, v-v",
 }
 for backbone, loaded in models.items():
+    if tower_info(loaded.model).class_token not in ("learned", "mean"):  # e.g. SigLIP: no class token
+        print(f"{backbone}: skipped — its stream has no class token whose attention row these panels show")
+        continue
     kinds = {}
     for m in ZOO:
         if m in METHODS and m in supported[backbone]:

@@ -54,6 +54,7 @@ from surgery_lib.eval.sets import (
     presence_records,
 )
 from surgery_lib.eval.tables import beats, interval_text, metric_bars, ranking, row_label, with_intervals
+from surgery_lib.eval.towers import markdown_matrix, method_tower_matrix, project_towers
 
 __all__ = [
     "ARGMAX",
@@ -81,10 +82,12 @@ __all__ = [
     "load_dataset",
     "map_records",
     "maps_for",
+    "markdown_matrix",
     "mask_area_shares",
     "mask_iou",
     "mean_average_precision",
     "mechanism",
+    "method_tower_matrix",
     "metric_bars",
     "multilabel_variants",
     "null_meter",
@@ -96,6 +99,7 @@ __all__ = [
     "position_permutation_test",
     "precision_recall_curve",
     "presence_records",
+    "project_towers",
     "random_text_shared_fraction",
     "ranking",
     "records_confusion",

@@ -398,6 +398,36 @@ class EvaAdapter(_TimmTower):
         """The engine's output tokens ``(B, 1 + N, D)`` from the final stream (class token first)."""
         return self.project(final)
 
+    def linearised_readout(self, final: torch.Tensor) -> tuple[object, torch.Tensor]:
+        """The trunk's final LayerNorm linearised at ``final`` ``(B, 1+N, C)`` (its own mean and standard
+        deviation), then the head (affine: timm's ``head`` Linear and open_clip's): ``(part, bias)`` with
+        the parts plus ``bias`` ``(D,)`` adding up to :meth:`project` ``(final)``, as for OpenAI's ViTs.
+
+        Raises:
+            UnsupportedModelError: the final norm is not a LayerNorm, or a norm follows the pooling.
+        """
+        t = self.trunk
+        ln = t.norm
+        if not isinstance(ln, nn.LayerNorm) or not isinstance(t.fc_norm, nn.Identity):
+            raise UnsupportedModelError(
+                f"cannot linearise the readout of {_type_name(t)}: norm {type(ln).__name__}, "
+                f"fc_norm {type(t.fc_norm).__name__}"
+            )
+        width = final.shape[-1]
+        with torch.no_grad():
+            zero = self._open_clip_head(t.head(torch.zeros(1, width, dtype=final.dtype))).float()[0]
+            matrix = self._open_clip_head(t.head(torch.eye(width, dtype=final.dtype))).float() - zero
+        final = final.float()
+        sigma = (final.var(dim=-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+        weight = ln.weight.float() if ln.weight is not None else torch.ones(width)
+
+        def part(x: torch.Tensor) -> torch.Tensor:
+            x = x.float()
+            return ((x - x.mean(dim=-1, keepdim=True)) / sigma * weight) @ matrix
+
+        bias = (ln.bias.float() @ matrix if ln.bias is not None else 0) + zero
+        return part, bias
+
 
 def timm_adapter(visual: nn.Module) -> SigLIPAdapter | EvaAdapter:
     """The adapter for an open_clip ``TimmModel`` image tower, or an error that names what is unsupported."""

@@ -290,3 +290,12 @@ def test_native_vit_with_average_pooling_gives_open_clips_embedding(after_pool: 
     assert tower_info(model).class_token == "avg"
     with pytest.raises(UnsupportedModelError, match="class token"):
         sl.model.attention_maps(model, x, block=0, query=0)
+
+
+def test_eva02_residual_contributions_add_up_to_its_tokens() -> None:
+    """EVA02's readout (final LayerNorm, then the head) linearises as OpenAI's does: the embedding's,
+    every block's attention and FFN parts and the bias add up to the output tokens."""
+    model = tiny_eva02(seed=7)
+    parts = sl.model.residual_contributions(model, _images(batch=1), METHODS["surgery"])
+    total = parts.embedding + parts.attention.sum(0) + parts.ffn.sum(0) + parts.bias
+    assert (total - parts.tokens).abs().max() <= 1e-4 * parts.tokens.abs().max()
