@@ -32,6 +32,8 @@ NUMERIC_MODULES = (
     "integration/test_eval_methods.py",
     "unit/test_surgery.py",
     "unit/test_features.py",
+    "unit/test_text_encoding.py",
+    "unit/test_timm_towers.py",
     "unit/test_fuzz.py",
     "unit/test_inputs.py",
     "unit/test_segmentation.py",
