@@ -5,6 +5,7 @@ claim checks and exercises, and the interactive explorers. A notebook imports fr
 from surgery_lib.ui.claims import Claim, check_claims, exercise
 from surgery_lib.ui.mechanism_figures import interval_lines, scatter
 from surgery_lib.ui.notebooks import skip_rest
+from surgery_lib.ui.tower_app import TowerApp
 from surgery_lib.ui.tower_guard import skip_without_class_token, skip_without_token_text_features
 from surgery_lib.ui.viz import (
     DEFAULT_CMAP,
@@ -35,6 +36,7 @@ __all__ = [
     "Claim",
     "Explorer",
     "SamExplorer",
+    "TowerApp",
     "attention_figure",
     "bar_chart",
     "caption_figure",

@@ -16,6 +16,7 @@ from surgery_lib.model.adapters import (
     tower_info,
 )
 from surgery_lib.model.attention import with_spatial_prior
+from surgery_lib.model.catalog import available_towers, load_tower, tower_spec
 from surgery_lib.model.engine import (
     HOOK_POINTS,
     VIT_ONLY_DEFAULTS,
@@ -74,6 +75,7 @@ __all__ = [
     "WeightsNotAvailableError",
     "apply_surgery",
     "attention_maps",
+    "available_towers",
     "check_image_batch",
     "class_token",
     "dense_forward",
@@ -85,6 +87,7 @@ __all__ = [
     "image_normalisation",
     "is_surgery_applied",
     "load_clip",
+    "load_tower",
     "max_depth",
     "patch_tokens",
     "pool_attention",
@@ -100,6 +103,7 @@ __all__ = [
     "tiny_eva02",
     "tiny_siglip",
     "tower_info",
+    "tower_spec",
     "trace_forward",
     "weights_path",
     "with_spatial_prior",

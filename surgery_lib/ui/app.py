@@ -32,31 +32,24 @@ _INTRO = """# Where does CLIP look? Raw CLIP vs CLIP Surgery
 Pick a method, tick or untick each modification of CLIP Surgery and watch the similarity maps change.
 The second panel shows where one image token sends its attention under each kind of attention (q-k is
 CLIP's own; v-v is the surgery's). The model is the one named below the maps; the images are held-out
-composites with known object masks."""
+composites with known object masks. When several models are on this machine, the tower picker at the
+top switches between them (README, "Towers")."""
 
 _CODE = """import os
-from surgery_lib import DEFAULT_MODEL, load_clip
-from surgery_lib.analysis import default_source, example_images
-from surgery_lib.figures import AttentionExplorer, Explorer
+from surgery_lib import DEFAULT_MODEL, tower_spec
+from surgery_lib.figures import TowerApp
 
 MODEL = os.environ.get("SURGERY_MODEL", DEFAULT_MODEL)
-loaded = load_clip(MODEL, pretrained=os.environ.get("SURGERY_PRETRAINED", "default"))
-classes, items = example_images(os.environ.get("SURGERY_IMAGES") or default_source(MODEL), limit=12)
-labels = list(dict.fromkeys(label for item in items[:3] for label in item.labels))[:3] or classes[:3]
-Explorer(
-    loaded,
-    items,
-    labels,
-    selected=[item.name for item in items[:3]],
+TowerApp(
+    tower_spec(MODEL, os.environ.get("SURGERY_PRETRAINED", "default")),
     figure_dir=FIGURES,
     max_exports=int(os.environ.get("SURGERY_APP_MAX_EXPORTS") or MAX_EXPORTS),
+    images=os.environ.get("SURGERY_IMAGES") or None,
 )"""
 
 MAX_EXPORTS = 50
 """How many exported figures the app's figure folder may hold (``$SURGERY_APP_MAX_EXPORTS``): every
 visitor can press "export figure", and each press writes files on the server."""
-
-_ATTENTION = "AttentionExplorer(loaded, items[0].image, block=-1)"
 
 
 def write_app_notebook(folder: Path) -> Path:
@@ -70,8 +63,6 @@ def write_app_notebook(folder: Path) -> Path:
     notebook.cells = [
         nbformat.v4.new_markdown_cell(_INTRO),
         nbformat.v4.new_code_cell(settings + _CODE),
-        nbformat.v4.new_markdown_cell("## Attention of one token"),
-        nbformat.v4.new_code_cell(_ATTENTION),
     ]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     folder.mkdir(parents=True, exist_ok=True)
