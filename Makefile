@@ -56,9 +56,11 @@ test-threads: setup
 		env $$conf $(PY) -m pytest -q -p no:cacheprovider -m "numeric and not realscale" || exit 1; \
 	done
 
-# make test-realscale - every notebook on ViT-B-16/RN50-sized random weights from an HF cache (~1 h on 2 cores)
+# make test-realscale - every notebook on ViT-B-16/RN50-sized random weights from an HF cache (~1 h on 2 cores),
+#                then every method and notebook 00 on ViT-B-16-SigLIP, EVA02-B-16 and ViT-L-14-336
 test-realscale: setup
-	@$(PY) -m pytest -q -s -m realscale tests/notebooks/test_real_weights_path.py
+	@$(PY) -m pytest -q -s -m realscale tests/notebooks/test_real_weights_path.py \
+		tests/integration/test_towers_realscale.py
 
 bench: setup
 	@$(PY) benchmarks/bench_surgery.py
