@@ -26,7 +26,14 @@ from surgery_lib.model import UnsupportedModelError
 from surgery_lib.ui.notebooks import notebook_paths, run_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.realscale]
-TOWERS = {"ViT-B-16-SigLIP": "webli", "EVA02-B-16": "merged2b_s8b_b131k", "ViT-L-14-336": "openai"}
+TOWERS = {
+    "ViT-B-16-SigLIP": "webli",
+    "EVA02-B-16": "merged2b_s8b_b131k",
+    "ViT-L-14-336": "openai",
+    "hf:openai/clip-vit-base-patch16": "default",
+}
+"""Tower -> pretrained tag (``default`` for a Hugging Face repository: the repo is the weights)."""
+HF_PROCESSOR = {"image_mean": [0.4815, 0.4578, 0.4082], "image_std": [0.2686, 0.2613, 0.2758], "resample": 3}
 LABELS = ["cat", "dog", "a red car"]
 
 
@@ -70,6 +77,17 @@ def _word_tokenizer(snapshot, context_length: int) -> None:
 def hf_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("hf_home")
     for name, tag in TOWERS.items():
+        if name.startswith("hf:"):  # a transformers CLIPModel of ViT-B/16's size, mapped from open_clip's
+            from test_hf_towers import _write_cache
+
+            from surgery_lib.model import hf_clip_from_open_clip
+
+            torch.manual_seed(0)
+            hf = hf_clip_from_open_clip(
+                open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
+            )
+            _write_cache(home / "hub", name[3:], hf, {**HF_PROCESSOR, "do_center_crop": True})
+            continue
         repo = open_clip.get_pretrained_cfg(name, tag)["hf_hub"].strip("/")
         torch.manual_seed(0)
         model = open_clip.create_model(name, pretrained=None)
