@@ -144,7 +144,7 @@ def _explain_parser(sub) -> None:
         default="inferno",
         help="colormap of the overlays (inferno, as the figures; jet: the paper's look)",
     )
-    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--device", default=None, help="cpu, cuda, mps... (default: $SURGERY_DEVICE, else cpu)")
     ex.add_argument(
         "--no-cache",
         action="store_true",
@@ -241,7 +241,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     try:
-        device = torch.device(args.device)
+        device = torch.device(args.device or os.environ.get("SURGERY_DEVICE") or "cpu")
     except (RuntimeError, TypeError, ValueError):
         raise UsageError(
             f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)"

@@ -67,7 +67,7 @@ def tower_spec(name: str, pretrained: str | None = "default") -> str:
     return name if pretrained in (None, "default", "") or name.startswith("hf:") else f"{name}@{pretrained}"
 
 
-def load_tower(spec: str, device: str = "cpu") -> LoadedCLIP:
+def load_tower(spec: str, device: str | None = None) -> LoadedCLIP:
     """Load the tower a spec of :func:`available_towers` names (``name@tag``: that open_clip tag)."""
     name, _, tag = spec.partition("@") if not spec.startswith("hf:") else (spec, "", "")
     return load_clip(name, pretrained=tag or "default", device=device)

@@ -356,11 +356,32 @@ def model_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Modu
     return build_model_from_openai_state_dict(sd).float().eval()
 
 
+DEVICE_ENV = "SURGERY_DEVICE"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else ``$SURGERY_DEVICE``, else the CPU, checked to exist on this machine.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA / MPS asked for where torch has none.
+    """
+    spec = device if device is not None else (os.environ.get(DEVICE_ENV) or "cpu")
+    try:
+        resolved = torch.device(spec)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {spec!r} (${DEVICE_ENV} or device=): {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA GPU on this machine")
+    if resolved.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {spec!r} asked for, but torch has no MPS backend on this machine")
+    return resolved
+
+
 def load_clip(
     name: str | None = DEFAULT_MODEL,
     pretrained: str | None = "default",
     checkpoint: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     quick_gelu: bool | None = None,
     reference_size: int | None = None,
     cache_dir: str | None = None,
@@ -386,6 +407,9 @@ def load_clip(
         quick_gelu: force the activation; by default QuickGELU for OpenAI weights (the ``openai``
             tag and OpenAI-format checkpoints loaded with ``name=None``), the config's otherwise.
         reference_size: input size of ``reference_preprocess`` (default: the native size).
+        device: where the model goes (``"cpu"``, ``"cuda"``, ``"mps"``…); default ``$SURGERY_DEVICE``, else
+            ``"cpu"`` — so notebooks, the CLI and the app follow ``SURGERY_DEVICE=cuda``. A device this
+            machine does not have is refused with a ``ValueError`` naming it.
 
     Hugging Face ``transformers`` models: ``name="hf:<org>/<name>"`` (e.g.
     ``load_clip("hf:openai/clip-vit-base-patch16")``, ``"hf:google/siglip-base-patch16-224"``) or
@@ -397,6 +421,7 @@ def load_clip(
     """
     import open_clip
 
+    device = resolve_device(device)
     if isinstance(name, str) and name.startswith("hf:"):
         if pretrained != "default" or checkpoint is not None or quick_gelu is not None:
             raise ValueError(

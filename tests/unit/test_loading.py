@@ -165,3 +165,19 @@ def test_a_tag_for_a_list_of_backbones_is_not_applied_to_the_toy_models():
     assert pretrained_for("toy-vit", "openai") == "default"
     assert pretrained_for("toy-rn", None) == "default"
     assert pretrained_for("ViT-B-16", "openai") == "openai"
+
+
+def test_the_device_comes_from_surgery_device(monkeypatch):
+    """``SURGERY_DEVICE`` picks the device when none is given; a missing device is refused by name."""
+    from surgery_lib.model.loading import resolve_device
+
+    monkeypatch.delenv("SURGERY_DEVICE", raising=False)
+    assert resolve_device().type == "cpu" and resolve_device("cpu").type == "cpu"
+    monkeypatch.setenv("SURGERY_DEVICE", "cpu")
+    assert load_clip("tiny-clipa").model.visual.conv1.weight.device.type == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("SURGERY_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            load_clip("tiny-clipa")
