@@ -27,6 +27,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 NUMERIC_MODULES = (
     "golden/test_golden.py",
     "golden/test_zoo_golden.py",
+    "golden/test_protocols_golden.py",
     "integration/test_eval_store.py",
     "integration/test_eval_store_v3.py",
     "integration/test_eval_methods.py",

@@ -101,6 +101,8 @@ def explain_protocol(preset: str | None, dataset: str | None = None) -> tuple[di
         raise ValueError(f"unknown protocol preset {preset!r}; expected one of {tuple(PROTOCOL_PRESETS)}")
     used, unused = {}, []
     for name, value in PROTOCOL_PRESETS[preset].items():
+        if name == "official":  # not a field: the official segmentor's own values (segmentation only)
+            continue
         if isinstance(value, dict):
             value = value.get(dataset, value[None])
         if name in EXPLAIN_PROTOCOL_FIELDS:

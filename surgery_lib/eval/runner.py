@@ -11,8 +11,9 @@ Tasks (datasets: :mod:`surgery_lib.data.datasets`):
   backward pass per class present) and the nulls of :data:`NULL_METHODS`; any dense method takes the
   feature-surgery switch ``<name>+fs`` / ``<name>-fs`` (:func:`resolve_eval_method`), and
   :func:`explain_protocol` says which part of a method's ``--protocol-preset`` applies to this task.
-* ``segment``: open-vocabulary segmentation (:mod:`surgery_lib.eval.segmentation`, ``--protocol paper`` or
-  ``sliding``), mIoU from the summed confusion matrix.
+* ``segment``: open-vocabulary segmentation (:mod:`surgery_lib.eval.segmentation`, ``--protocol paper``,
+  ``sliding`` (alias ``common``) or ``official``: SCLIP's, NACLIP's or ClearCLIP's own segmentor, exact),
+  mIoU from the summed confusion matrix.
 * ``multilabel``: image-level scores per class, mAP (:func:`surgery_lib.eval.metrics.mean_average_precision`);
   ``raw``: vanilla CLIP, softmax over the classes of 100 × the class token's cosine similarity;
   ``surgery``: the class token's feature-surgery similarity (the paper's multi-class form). On
@@ -108,8 +109,8 @@ from surgery_lib.eval.metrics import (
     mean_average_precision,
 )
 from surgery_lib.eval.nulls import centre_prior_map, random_map
-from surgery_lib.eval.presets import NULL_DRAWS, NULL_METHODS, resolve_eval_method
-from surgery_lib.eval.segmentation import ConfusionMatrix, Protocol, segment_samples
+from surgery_lib.eval.presets import FEATURE_SURGERY_SUFFIXES, NULL_DRAWS, NULL_METHODS, resolve_eval_method
+from surgery_lib.eval.segmentation import SEGMENTORS, ConfusionMatrix, Protocol, segment_samples
 from surgery_lib.eval.store import (
     _UNFINGERPRINTED_FORMATS,
     RECORD_FORMAT,
@@ -151,8 +152,16 @@ class EvalSettings:
             templates only) or a null of :data:`NULL_METHODS`.
         image_size: n×n input for explain, multilabel and the paper protocol (default: native); the
             short side for the sliding protocol (default: the dataset's).
-        protocol, window, stride, bg_threshold: segmentation protocol (``paper`` or ``sliding``;
-            default ``paper``).
+        protocol, window, stride, bg_threshold: segmentation protocol (``paper``, ``sliding`` — alias
+            ``common``, this project's common sliding-window protocol — or ``official``; default
+            ``paper``). ``official`` runs the official segmentor of SCLIP, NACLIP or ClearCLIP exactly
+            (:class:`~surgery_lib.eval.segmentation.OfficialProtocol`: its window placement and padding,
+            resizes, PAMR and post-processing, ``bg_threshold`` as its ``prob_thd``, ``window`` 0 the
+            whole image), with the values of ``protocol_preset`` (default: the method's own, which must
+            be one of those three).
+        area_thd: ``official`` with SCLIP's segmentor: its ``area_thd`` (a foreground class whose
+            argmax area is not above ``area_thd`` × the foreground area is dropped; default: the
+            preset's, 0.1 on VOC21, else off).
         templates: prompt template set of the text features (:data:`~surgery_lib.maps.text.TEMPLATE_SETS`:
             ``surgery85``, the default, ``openai80`` or ``single``). The empty prompt's features
             (CLIP Surgery's redundant features) always use ``surgery85``.
@@ -211,6 +220,7 @@ class EvalSettings:
     logit_scale: float | None = None
     pamr_steps: int | None = None
     protocol_preset: str | None = None
+    area_thd: float | None = None
     limit: int | None = None
     batch_size: int = 8
     device: str = "auto"
@@ -227,6 +237,10 @@ class EvalSettings:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {DATASETS}")
         resolved = resolve_eval_method(self.method)
+        if self.protocol == "common":
+            object.__setattr__(self, "protocol", "sliding")
+        if self.protocol == "official":
+            self._official_preset()
         if self.protocol_preset is not None:
             if self.protocol_preset not in PROTOCOL_PRESETS:
                 raise ValueError(
@@ -234,6 +248,8 @@ class EvalSettings:
                     f"expected one of {tuple(PROTOCOL_PRESETS)}"
                 )
             for name, value in PROTOCOL_PRESETS[self.protocol_preset].items():
+                if name == "official":  # the official segmentor's own values: see _official_preset
+                    continue
                 if isinstance(value, dict):
                     value = value.get(self.dataset, value[None])
                 if getattr(self, name) is None:
@@ -273,13 +289,41 @@ class EvalSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < 1:
+            whole = name == "window" and self.protocol == "official" and value == 0  # whole image
+            if value < 1 and not whole:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.area_thd is not None:
+            if self.protocol != "official" or self.protocol_preset != "sclip":
+                raise ValueError("area_thd is SCLIP's rule: it needs --protocol official with SCLIP's preset")
+            if not 0.0 <= self.area_thd <= 1.0:
+                raise ValueError(f"area_thd must be in [0, 1], got {self.area_thd}")
         if self.bg_threshold is not None and not 0.0 <= self.bg_threshold <= 1.0:
             raise ValueError(f"bg_threshold must be in [0, 1], got {self.bg_threshold}")
 
+    def _official_preset(self) -> None:
+        """``--protocol official``: the segmentor's preset (default: the method's own) and its
+        official-only values (``PROTOCOL_PRESETS[preset]["official"]``) for the fields left unset."""
+        if self.task != "segment":
+            raise ValueError(f"--protocol official is a segmentation protocol, not one of --task {self.task}")
+        if self.protocol_preset is None:
+            base = self.method
+            for suffix in FEATURE_SURGERY_SUFFIXES:
+                base = base.removesuffix(suffix)
+            object.__setattr__(self, "protocol_preset", base)
+        if self.protocol_preset not in SEGMENTORS:
+            raise ValueError(
+                f"--protocol official runs the official segmentor of {SEGMENTORS}: give one of them as "
+                f"--protocol-preset (method {self.method!r} has none of its own)"
+            )
+        for name, value in dict(PROTOCOL_PRESETS[self.protocol_preset]).get("official", {}).items():
+            if isinstance(value, dict):
+                value = value.get(self.dataset, value[None])
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
-PROTOCOLS: tuple[str, ...] = ("paper", "sliding")
+
+PROTOCOLS: tuple[str, ...] = ("paper", "sliding", "official")
+"""The segmentation protocols (``common`` is accepted as an alias of ``sliding``)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -308,7 +352,13 @@ def _parser() -> argparse.ArgumentParser:
         "the short side for the sliding protocol (default: the dataset's)"
     )
     p.add_argument("--image-size", type=int, help=size_help)
-    p.add_argument("--protocol", choices=PROTOCOLS, help="segmentation protocol (default paper)")
+    p.add_argument(
+        "--protocol",
+        choices=(*PROTOCOLS, "common"),
+        help="segmentation protocol (default paper); common = sliding (this project's common protocol); "
+        "official = the method's official segmentor, exact (SCLIP, NACLIP, ClearCLIP)",
+    )
+    p.add_argument("--area-thd", type=float, help="--protocol official, SCLIP: its area threshold")
     p.add_argument("--window", type=int, help="sliding window side (default 224)")
     p.add_argument("--stride", type=int, help="sliding window stride (default 112)")
     p.add_argument("--bg-threshold", type=float, help="background threshold (default 0.5)")
@@ -359,13 +409,15 @@ class _Context:
             args.protocol,
             dataset.name,
             image_size=args.image_size if args.protocol == "paper" else None,
-            short_side=args.image_size if args.protocol == "sliding" else None,
+            short_side=args.image_size if args.protocol in ("sliding", "official") else None,
             window=args.window,
             stride=args.stride,
             background_threshold=args.bg_threshold,
             logit_scale=args.logit_scale,
             templates=args.templates,
             pamr_steps=args.pamr_steps,
+            segmentor=args.protocol_preset if args.protocol == "official" else None,
+            area_threshold=args.area_thd,
         )
 
     def candidates(self, sample: Sample) -> list[int]:
@@ -557,9 +609,22 @@ def _settings(args: EvalSettings, model: nn.Module, dataset: Dataset | None = No
         settings["classes_sha256"] = _classes_sha256(dataset)
     # protocol options added later: recorded only when not at their defaults, so that runs written
     # before they existed (same defaults, same results) still resume
-    defaults = {"templates": "surgery85", "logit_scale": None, "pamr_steps": 0, "protocol_preset": None}
+    defaults = {
+        "templates": "surgery85",
+        "logit_scale": None,
+        "pamr_steps": 0,
+        "protocol_preset": None,
+        "area_thd": None,
+    }
     settings.update({k: getattr(args, k) for k, v in defaults.items() if getattr(args, k) != v})
+    if args.pamr_steps:  # PAMR's rule changed (it now follows the official code): older runs are refused
+        settings["pamr_rule"] = PAMR_RULE
     return {**settings, "weights_sha256": _weights_fingerprint(model)}
+
+
+PAMR_RULE = "official-v2"
+"""The PAMR a run with ``pamr_steps > 0`` used, recorded in its ``run.json``: runs written with the earlier
+rule (a softmax per dilation, no 0.1 factor) hold other numbers and are refused, not resumed."""
 
 
 def _check_settings(

@@ -1,16 +1,21 @@
-"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), as SCLIP and NACLIP apply it.
+"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), exactly as SCLIP and NACLIP run it.
 
-Written from the paper's description. For every pixel ``i`` and each of its 8 neighbours ``j`` on a
-3×3 grid with dilation ``d``, the kernel is ``-mean_c |I_c(i) - I_c(j)| / σ_c(i)``, where ``σ_c(i)`` is
-the standard deviation of channel ``c`` over the pixel and those 8 neighbours (the local colour
-statistics); a softmax over the 8 neighbours gives the affinities of dilation ``d``, and the affinities
-of all dilations are averaged (each pixel's weights sum to 1). One step replaces every pixel's mask
-values by the affinity-weighted mean of its neighbours' values; ``steps`` steps are iterated. Borders
-are padded by replication.
+Written from the paper and the description of the official module (``../shared/golden/protocols/FORMAT.md``
+§4). For dilations ``D`` (SCLIP / NACLIP: 8 and 16) the neighbourhood of a pixel ``p`` is the 3×3 grid at
+each dilation: ``O_d = {(a·d, b·d) : a, b ∈ {-1, 0, 1}}`` (row-major over ``(a, b)``); the neighbours
+``N`` are the 8 non-centre offsets of every dilation (16 for two dilations, dilation by dilation). Pixels
+outside the image read the nearest border pixel (replicate padding).
+
+* ``σ_k(p)``: the standard deviation of channel ``k`` over the ``9·|D|`` values of all the grids (the
+  centre counted once per dilation), unbiased (divisor ``9·|D| − 1``);
+* ``w_o(p) = softmax_{o ∈ N} mean_k [ −|I_k(p) − I_k(p + o)| / (1e-8 + 0.1 σ_k(p)) ]``: one softmax over
+  all ``8·|D|`` neighbours;
+* one step: ``M_c(p) ← Σ_{o ∈ N} w_o(p) M_c(p + o)`` (no centre term), iterated ``steps`` times.
 
 The update is a convex combination with the same weights for all classes, so it is linear in the
 masks: a distribution over classes stays one, a constant mask stays constant, and a per-class affine
-change of the maps (scaling logits, min-max normalising) commutes with it.
+change of the maps commutes with it. The neighbour sum is ``torch.sum`` over the stacked neighbours, as
+the official module computes it (a sequential sum differs by an ulp).
 """
 
 from __future__ import annotations
@@ -20,36 +25,37 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-_OFFSETS: tuple[tuple[int, int], ...] = tuple(
-    (dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
-)
+_GRID: tuple[tuple[int, int], ...] = tuple((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1))
+"""The 3×3 offsets in units of the dilation, row-major; the centre is ``(0, 0)`` (index 4)."""
 
 _EPS = 1e-8
+_SIGMA_SCALE = 0.1
 
 
-def _neighbours(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``(B, 8, C, H, W)``: the 8 neighbours of every pixel at ``dilation`` (replicated borders)."""
+def _taps(x: torch.Tensor, dilations: Sequence[int], centre: bool) -> torch.Tensor:
+    """``(B, K, P, H, W)``: ``x`` (``(B, K, H, W)``) read at every offset of every dilation (replicated
+    borders), dilation by dilation, row-major within a dilation; ``P = 9·|D|`` with ``centre``, else
+    ``8·|D|``."""
     h, w = x.shape[-2:]
-    padded = F.pad(x, (dilation,) * 4, mode="replicate")
     shifts = []
-    for dy, dx in _OFFSETS:
-        y0, x0 = dilation * (1 + dy), dilation * (1 + dx)
-        shifts.append(padded[..., y0 : y0 + h, x0 : x0 + w])
-    return torch.stack(shifts, dim=1)
-
-
-def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (8, 16)) -> list[torch.Tensor]:
-    """Per dilation, the affinities ``(B, 8, H, W)`` to the 8 neighbours, each already divided by the
-    number of dilations (so the weights of a pixel sum to 1 over all dilations and neighbours)."""
-    x = image.float()
-    out = []
     for d in dilations:
-        near = _neighbours(x, d)  # (B, 8, C, H, W)
-        local = torch.cat([near, x[:, None]], dim=1)
-        sigma = local.std(dim=1, unbiased=False)  # (B, C, H, W)
-        kernel = -((near - x[:, None]).abs() / (sigma[:, None] + _EPS)).mean(dim=2)  # (B, 8, H, W)
-        out.append(torch.softmax(kernel, dim=1) / len(dilations))
-    return out
+        padded = F.pad(x, (d, d, d, d), mode="replicate")
+        for a, b in _GRID:
+            if (a, b) == (0, 0) and not centre:
+                continue
+            y0, x0 = d * (1 + a), d * (1 + b)
+            shifts.append(padded[..., y0 : y0 + h, x0 : x0 + w])
+    return torch.stack(shifts, dim=2)
+
+
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (8, 16)) -> torch.Tensor:
+    """The affinities ``(B, 1, 8·|D|, H, W)`` of every pixel to its neighbours (they sum to 1 over the
+    neighbours), from an image ``(B, C, H, W)``."""
+    x = image.float()
+    sigma = _taps(x, dilations, centre=True).std(dim=2, keepdim=True)  # (B, C, 1, H, W), unbiased
+    diff = (x[:, :, None] - _taps(x, dilations, centre=False)).abs()  # (B, C, 8|D|, H, W)
+    kernel = (-diff / (_EPS + _SIGMA_SCALE * sigma)).mean(dim=1, keepdim=True)
+    return torch.softmax(kernel, dim=2)
 
 
 def pamr(
@@ -61,13 +67,14 @@ def pamr(
     """Refine per-class maps by the image's local colour affinities (see the module doc).
 
     Args:
-        image: ``(B, C, H, W)`` float (typically ``C = 3``; any per-channel affine normalisation gives
-            the same affinities up to the small epsilon).
-        masks: ``(B, K, H, W)`` maps (logits, similarities or probabilities) at the image's size.
+        image: ``(B, C, H, W)`` float, the guide (SCLIP / NACLIP: the normalised network input resized
+            bilinearly to the maps' size; any per-channel affine normalisation gives the same
+            affinities up to the small epsilon).
+        masks: ``(B, K, H, W)`` maps (SCLIP / NACLIP: the cosine logits) at the image's size.
         steps: refinement iterations (0 returns ``masks`` unchanged).
         dilations: neighbourhood dilations in pixels.
     Returns:
-        ``(B, K, H, W)`` refined maps, in ``masks``' dtype.
+        ``(B, K, H, W)`` refined maps (computed in float32), in ``masks``' dtype.
     """
     if image.ndim != 4 or masks.ndim != 4:
         raise ValueError(
@@ -87,12 +94,8 @@ def pamr(
         raise ValueError(f"dilations must be a non-empty list of ints >= 1, got {dilations!r}")
     if steps == 0:
         return masks
-    affinities = pamr_affinity(image, dilations)
+    weights = pamr_affinity(image, dilations)  # (B, 1, P, H, W)
     x = masks.float()
     for _ in range(steps):
-        refined = torch.zeros_like(x)
-        for d, weights in zip(dilations, affinities, strict=True):
-            near = _neighbours(x, d)  # (B, 8, K, H, W)
-            refined += (near * weights[:, :, None]).sum(dim=1)
-        x = refined
+        x = (_taps(x, dilations, centre=False) * weights).sum(dim=2)
     return x.to(masks.dtype)

@@ -30,6 +30,10 @@ METHODS = (
             "logit_scale": 50.0,
             "bg_threshold": {"voc": 0.5, "context": 0.15, "coco_object": 0.4, None: 0.5},
             "pamr_steps": 0,
+            "official": {
+                "window": {"cityscapes": 224, None: None},
+                "stride": {"cityscapes": 224, None: None},
+            },
         },
     ),
 )

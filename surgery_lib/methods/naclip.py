@@ -23,7 +23,12 @@ METHODS = (
         reference="Hajimiri et al., WACV 2025 (NACLIP); github.com/sinahmr/NACLIP",
         position=60,
         towers=("vit",),
-        protocol={**SCLIP_PROTOCOL, "logit_scale": 40.0, "pamr_steps": 10},  # SCLIP's windows and threshold
+        protocol={  # SCLIP's windows and threshold; official: configs/cfg_voc21.py runs the whole image
+            **SCLIP_PROTOCOL,
+            "logit_scale": 40.0,
+            "pamr_steps": 10,
+            "official": {"window": {"voc": 0, None: None}},
+        },
         knobs={"spatial_prior_sigma": (0, 10)},
     ),
 )

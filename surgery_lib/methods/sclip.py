@@ -13,8 +13,10 @@ SCLIP_PROTOCOL = {
     "logit_scale": {"voc": 65.0, "context": 50.0, "coco_object": 50.0, None: 40.0},
     "bg_threshold": 0.1,
     "pamr_steps": 0,
+    "official": {"area_thd": {"voc": 0.1, None: None}},
 }
-"""SCLIP's main-table protocol (NACLIP's README protocol starts from it)."""
+"""SCLIP's main-table protocol (NACLIP's README protocol starts from it); ``official``: the values only
+its official segmentor has (``--protocol official``: ``configs/cfg_voc21.py``'s ``area_thd``)."""
 
 METHODS = (
     Method(

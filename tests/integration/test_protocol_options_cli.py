@@ -28,3 +28,14 @@ def test_segment_with_pamr_steps(tmp_path):
     assert ev.main(_argv(tmp_path / "plain")) == 0
     plain = json.loads((tmp_path / "plain" / "run.json").read_text())
     assert "pamr_steps" not in plain and "templates" not in plain  # default runs: run.json as before
+
+
+def test_segment_with_the_official_protocol(tmp_path):
+    argv = _argv(tmp_path / "official", "--method", "naclip", "--protocol", "official", "--image-size", "64",
+                 "--window", "48", "--stride", "32")  # fmt: skip
+    assert ev.main(argv) == 0
+    run = json.loads((tmp_path / "official" / "run.json").read_text())
+    result = json.loads((tmp_path / "official" / "results.json").read_text())
+    assert (run["protocol"], run["protocol_preset"], run["window"]) == ("official", "naclip", 48)
+    assert 0.0 <= result["summary"]["mIoU"] <= 100.0
+    assert len(ev.image_records(tmp_path / "official")) == 2

@@ -69,3 +69,35 @@ def test_shape_errors_name_both_shapes():
         pamr(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2, 8, 8), dilations=(0,))
     with pytest.raises(TypeError, match="float"):
         pamr(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 2, 8, 8))
+
+
+def _clamped(x: torch.Tensor, y: int, xx: int) -> torch.Tensor:
+    """``x[..., y, xx]`` with the indices clamped to the image (replicate padding)."""
+    h, w = x.shape[-2:]
+    return x[..., min(max(y, 0), h - 1), min(max(xx, 0), w - 1)]
+
+
+def test_one_pixel_by_hand_official_rules():
+    """PAMR as SCLIP / NACLIP run it, one step at a border pixel, written out pixel by pixel: σ over the
+    9 taps of every dilation (centre once per dilation, unbiased), kernel -|ΔI| / (1e-8 + 0.1 σ)
+    averaged over the channels, one softmax over the 16 neighbours, no centre term."""
+    g = torch.Generator().manual_seed(3)
+    image, masks = torch.rand(1, 3, 9, 11, generator=g), torch.rand(1, 2, 9, 11, generator=g)
+    dilations, (y, x) = (1, 3), (0, 2)
+    taps = [(a * d, b * d) for d in dilations for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    near = [t for t in taps if t != (0, 0)]
+    values = torch.stack([_clamped(image[0], y + dy, x + dx) for dy, dx in taps])  # (18, 3)
+    sigma = values.double().std(dim=0)  # unbiased, divisor 17
+    centre = image[0, :, y, x].double()
+    kernel = torch.stack(
+        [
+            (-(centre - _clamped(image[0], y + dy, x + dx).double()).abs() / (1e-8 + 0.1 * sigma)).mean()
+            for dy, dx in near
+        ]
+    )
+    weights = torch.softmax(kernel, dim=0)
+    expected = sum(
+        w * _clamped(masks[0], y + dy, x + dx).double() for w, (dy, dx) in zip(weights, near, strict=True)
+    )
+    got = pamr(image, masks, steps=1, dilations=dilations)[0, :, y, x]
+    assert torch.allclose(got.double(), expected, atol=1e-6)

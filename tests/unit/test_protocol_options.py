@@ -162,3 +162,45 @@ def test_pamr_in_both_protocols(vit, tok, monkeypatch):
         Protocol(pamr_steps=-2)
     with pytest.raises(ValueError, match="unknown template set"):
         Protocol(templates="x")
+
+
+def test_official_and_common_protocols_in_the_settings():
+    common = _settings(protocol="common", protocol_preset="sclip")
+    assert common.protocol == "sliding" and common == _settings(protocol="sliding", protocol_preset="sclip")
+    sclip = _settings(protocol="official", method="sclip")  # the method's own preset by default
+    assert (sclip.protocol_preset, sclip.window, sclip.stride, sclip.logit_scale) == ("sclip", 224, 112, 65.0)
+    assert (sclip.bg_threshold, sclip.area_thd, sclip.pamr_steps) == (0.1, 0.1, 0)
+    ctx_sclip = EvalSettings(
+        task="segment", dataset="context", root=Path("r"), out=Path("o"), protocol="official", method="sclip"
+    )
+    assert ctx_sclip.area_thd is None and ctx_sclip.logit_scale == 50.0
+    naclip = _settings(protocol="official", method="naclip+fs")
+    assert (naclip.protocol_preset, naclip.window, naclip.pamr_steps) == ("naclip", 0, 10)  # VOC: whole image
+    assert _settings(protocol="official", method="naclip", window=224).window == 224  # explicit values win
+    clear = EvalSettings(
+        task="segment",
+        dataset="cityscapes",
+        root=Path("r"),
+        out=Path("o"),
+        protocol="official",
+        method="clearclip",
+    )
+    assert (clear.window, clear.stride, clear.image_size) == (224, 224, 448)
+    with pytest.raises(ValueError, match="official segmentor of"):
+        _settings(protocol="official", method="surgery")
+    with pytest.raises(ValueError, match="area_thd is SCLIP's"):
+        _settings(protocol="sliding", protocol_preset="sclip", area_thd=0.2)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        _settings(protocol="sliding", window=0)
+    argv = ["--task", "segment", "--dataset", "voc", "--root", "r", "--out", "o", "--protocol", "official",
+            "--area-thd", "0.3"]  # fmt: skip
+    parsed = EvalSettings(**{**vars(ev._parser().parse_args(argv)), "method": "sclip"})
+    assert (parsed.protocol, parsed.area_thd) == ("official", 0.3)
+    protocol = Protocol("official", segmentor="sclip", window=0, area_threshold=0.3, background_threshold=0.2)
+    official = protocol.official(patch=8)
+    assert (official.window, official.area_threshold, official.prob_threshold, official.patch) == (
+        0,
+        0.3,
+        0.2,
+        8,
+    )

@@ -159,3 +159,107 @@ def test_sliding_protocol(vit, texts):
         background=True,
     )
     assert all((p == -1).all() for p in all_bg)
+
+
+# --- the official protocols (SCLIP, NACLIP, ClearCLIP): known answers; exactness: the golden test ---
+
+
+def test_centred_padding_and_official_crops():
+    from surgery_lib.eval.segmentation import OfficialProtocol, centred_padding, official_crops
+
+    assert centred_padding(200, 300) == (2, 2, 4, 4)  # ClearCLIP: r = 4 (width), 8 (height)
+    assert centred_padding(224, 224) == (0, 0, 0, 0)
+    assert centred_padding(100, 99, patch=16) == (6, 7, 6, 6)
+    clear = official_crops(200, 300, OfficialProtocol("clearclip", window=224, stride=224, logit_scale=50))
+    assert [c.box for c in clear] == [(0, 200, 0, 224), (0, 200, 76, 300)]
+    assert [c.pad for c in clear] == [(0, 0, 4, 4)] * 2 and clear[0].padded_size == (208, 224)
+    sclip = official_crops(200, 300, OfficialProtocol("sclip", window=100, stride=60))
+    assert len(sclip) == 15 and sclip[4].box == (0, 100, 200, 300) and sclip[-1].box == (100, 200, 200, 300)
+    assert all(c.pad == (0, 0, 0, 0) for c in sclip)  # SCLIP / NACLIP never pad
+    whole = official_crops(200, 300, OfficialProtocol("clearclip", window=0))
+    assert [(c.box, c.pad) for c in whole] == [((0, 200, 0, 300), (0, 0, 0, 0))]
+
+
+def test_official_protocol_rules_and_errors():
+    from surgery_lib.eval.segmentation import OfficialProtocol
+
+    assert OfficialProtocol("sclip", pamr_steps=10).pamr_applied
+    assert not OfficialProtocol("sclip", window=0, pamr_steps=10).pamr_applied  # only in forward_slide
+    assert OfficialProtocol("naclip", window=0, pamr_steps=10).pamr_applied
+    with pytest.raises(ValueError, match="area_threshold is SCLIP's"):
+        OfficialProtocol("naclip", area_threshold=0.1)
+    with pytest.raises(ValueError, match="no PAMR"):
+        OfficialProtocol("clearclip", pamr_steps=2)
+    with pytest.raises(ValueError, match="unknown segmentor"):
+        OfficialProtocol("surgery")  # type: ignore[arg-type]
+
+
+def test_official_postprocess_known_answer():
+    from surgery_lib.eval.segmentation import OfficialProtocol, class_queries, official_postprocess
+
+    names, idx = class_queries("sky, cloud\ncat\ndog\n")
+    assert (names, idx) == (["sky", "cloud", "cat", "dog"], [0, 0, 1, 2])
+    assert class_queries("a,b\nc\n", ",")[0] == ["a", "b", "c"]
+    # 4 queries over 1 x 5 pixels: probabilities chosen through the log (logit_scale 1)
+    probs = torch.tensor(
+        [
+            [0.1, 0.5, 0.1, 0.2, 0.30],  # sky
+            [0.5, 0.1, 0.1, 0.2, 0.30],  # cloud
+            [0.3, 0.2, 0.7, 0.3, 0.35],  # cat
+            [0.1, 0.2, 0.1, 0.3, 0.05],  # dog
+        ]
+    )[:, None, :]
+    logits = probs.log()
+    plain = official_postprocess(logits, idx, OfficialProtocol("sclip", logit_scale=1.0))
+    assert torch.allclose(plain["probs_class"][0], probs.amax(0).new_tensor([[0.5, 0.5, 0.1, 0.2, 0.3]]))
+    assert plain["pred_argmax"].tolist() == [[0, 0, 1, 1, 1]]  # ties (0.3 vs 0.3): the first index
+    # prob_thd 0.32 (strict): the pixel whose maximum is 0.3 becomes background, 0.35 stays
+    thd = official_postprocess(logits, idx, OfficialProtocol("sclip", logit_scale=1.0, prob_threshold=0.32))
+    assert thd["pred"].tolist() == [[0, 0, 1, 0, 1]]
+    # area_thd 0.5: foreground areas cat 3, dog 0 -> dog dropped (0 > 1.5 is false); cat kept (3 > 1.5)
+    area = official_postprocess(logits, idx, OfficialProtocol("sclip", logit_scale=1.0, area_threshold=0.5))
+    assert area["area_keep"].tolist() == [1.0, 0.0] and (area["probs_area"][2] == 0).all()
+    assert area["pred"].tolist() == [[0, 0, 1, 1, 1]]
+    naclip = official_postprocess(logits, idx, OfficialProtocol("naclip", logit_scale=1.0))
+    assert torch.allclose(naclip["final_seg_logits"].sum(0), torch.ones(1, 5))  # renormalised
+    with pytest.raises(ValueError, match="one class per query"):
+        official_postprocess(logits, [0, 1], OfficialProtocol("sclip"))
+
+
+def test_official_segment_and_segment_image(vit, tokenizer):
+    from surgery_lib.eval.segmentation import (
+        OfficialProtocol,
+        official_segment,
+        preset_values,
+        segment_image,
+    )
+    from surgery_lib.methods import METHODS
+    from surgery_lib.model import LoadedCLIP
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(3, 40, 52, generator=g)
+    queries = torch.nn.functional.normalize(torch.randn(4, vit.text_projection.shape[1], generator=g), dim=-1)
+    protocol = OfficialProtocol("naclip", window=24, stride=16, pamr_steps=2, pamr_dilations=(1, 2))
+    steps = official_segment(vit, image, queries, [0, 0, 1, 2], METHODS["naclip"], protocol, (30, 35))
+    assert steps["pred"].shape == (30, 35) and steps["final_seg_logits"].shape == (3, 30, 35)
+    assert steps["count_mat"].min() >= 1 and len(steps["crop_logits"]) == 6
+    one = official_segment(
+        vit, image, queries, [0, 0, 1, 2], METHODS["naclip"], protocol, (30, 35), batch_size=1
+    )
+    assert torch.allclose(one["pamr_logits"], steps["pamr_logits"], atol=1e-5)  # batch = per window
+    assert preset_values("sclip", "voc", official=True)["area_thd"] == 0.1
+    assert (
+        "area_thd" not in preset_values("sclip", "voc")
+        and preset_values("naclip", "voc", True)["window"] == 0
+    )
+
+    loaded = LoadedCLIP(vit, tokenizer, None, None, "toy", "none", 32)  # type: ignore[arg-type]
+    pil = _images()[0]
+    labels, probs = segment_image(
+        loaded, pil, ["background", ["cat", "kitten"], "car"], "sclip", dataset="voc"
+    )
+    assert labels.shape == (30, 40) and probs.shape == (3, 30, 40) and labels.max() <= 2
+    common_labels, common_probs = segment_image(loaded, pil, ["cat", "car"], "sclip", protocol="common")
+    assert torch.equal(common_labels, common_probs.argmax(0))
+    with pytest.raises(ValueError, match="no official segmentor"):
+        segment_image(loaded, pil, ["cat", "car"], "maskclip")
