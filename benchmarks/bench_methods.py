@@ -63,8 +63,16 @@ from bench_surgery import format_table, time_interleaved  # noqa: E402
 
 from surgery_lib.config import GradientConfig, SurgeryConfig  # noqa: E402
 from surgery_lib.maps.explain import similarity  # noqa: E402
-from surgery_lib.methods import GRADIENT_METHODS, METHODS  # noqa: E402
-from surgery_lib.model import UnsupportedModelError, dense_forward, gradient_maps, tower_info  # noqa: E402
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, get_method  # noqa: E402
+from surgery_lib.model import (  # noqa: E402
+    SurgeryError,
+    UnsupportedModelError,
+    class_texts,
+    dense_forward,
+    gradient_maps,
+    tower_info,
+    with_vfm,
+)
 
 MODEL_NAME = "ViT-B-16"
 TARGET_FORWARD = 1.10  # forward-only method / vanilla forward, at most
@@ -154,11 +162,30 @@ def method_call(
         return lambda: gradient_maps(model, images, texts[:1], config)
 
     def forward() -> object:
-        with torch.inference_mode():
+        with torch.inference_mode(), class_texts(texts):  # ResCLIP's feedback reads the class texts
             tokens, _ = dense_forward(model, images, config)
             return similarity(F.normalize(tokens, dim=-1), texts, config)
 
     return forward
+
+
+_DINO: dict[int, nn.Module] = {}
+
+
+def _subject(model: nn.Module, method: str, size: int) -> nn.Module:
+    """What ``method`` runs on: the model, or — for a method that reads a vision foundation model
+    (ProxyCLIP) — the model paired with a DINO ViT-B/8 of random weights (its real cost, VFM included)."""
+    if not get_method(method).needs_vfm:
+        return model
+    if size not in _DINO:
+        from timm.models.vision_transformer import VisionTransformer
+
+        torch.manual_seed(0)
+        _DINO[size] = VisionTransformer(
+            img_size=size, patch_size=8, embed_dim=768, depth=12, num_heads=12, qkv_bias=True, num_classes=0
+        ).eval()
+    device = next(model.parameters()).device
+    return with_vfm(model, _DINO[size].to(device))
 
 
 @torch.no_grad()
@@ -172,7 +199,7 @@ def _why_not(call: Callable[[], object]) -> str:
     """Why the method does not run on this tower (its error), or "" when it runs."""
     try:
         call()
-    except UnsupportedModelError as error:
+    except (UnsupportedModelError, SurgeryError) as error:  # a tower, or an input too small (SC-CLIP)
         return str(error).split(":")[0]
     return ""
 
@@ -195,7 +222,9 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[Row]:
                 return model.visual(images)
 
         cases: dict[str, Callable[[], object]] = {CONTROL: vanilla}
-        cases.update({m: method_call(model, images, texts, configs[m]) for m in args.methods})
+        cases.update(
+            {m: method_call(_subject(model, m, args.size), images, texts, configs[m]) for m in args.methods}
+        )
         for name, fn in cases.items():
             kind = "control" if name == CONTROL else "gradient" if name in GRADIENT_METHODS else "forward"
             why_not = _why_not(fn) if name != CONTROL else ""

@@ -83,7 +83,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from surgery_lib import METHODS, UnsupportedModelError, encode_image_tokens, load_clip, pretrained_for
+from surgery_lib import (
+    METHODS,
+    UnsupportedModelError,
+    encode_image_tokens,
+    load_clip,
+    pretrained_for,
+    text_features,
+)
 from surgery_lib.analysis import (
     ARGMAX,
     Protocol,
@@ -107,10 +114,11 @@ rows, supported = [], {}
 for backbone in BACKBONES:
     loaded = load_clip(backbone, pretrained=pretrained_for(backbone, PRETRAINED))
     probe = torch.zeros(1, 3, loaded.image_size, loaded.image_size)
+    probe_texts = text_features(loaded.model, loaded.tokenizer, ["object", "stuff"])  # ResCLIP reads texts
     supported[backbone] = []
-    for method, config in METHODS.items():  # a method without a variant for this image tower raises
-        with contextlib.suppress(UnsupportedModelError):
-            encode_image_tokens(loaded.model, probe, config)
+    for method, config in METHODS.items():  # a method without a variant for this model raises
+        with contextlib.suppress(UnsupportedModelError):  # (ProxyCLIP: it needs a VFM beside CLIP)
+            encode_image_tokens(loaded.model, probe, config, texts=probe_texts)
             supported[backbone].append(method)
     rows += evaluation_table(
         "segment", [backbone], datasets, out_dir, methods=supported[backbone], pretrained=PRETRAINED,

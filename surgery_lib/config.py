@@ -69,6 +69,7 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = (
     "self_attn_iters",
     "spatial_prior_sigma",
     "pos_embed_interp",
+    "forward",
 )
 """The :class:`SurgeryConfig` fields that change the image tower's forward pass (the others act on the
 features): image tokens computed under one config can be reused for another that agrees on these."""

@@ -106,7 +106,7 @@ def maps_for(
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     texts = text_features(model, tokenizer, _with_vocabulary(labels, vocabulary))
-    tokens, grid = encode_image_tokens(model, _batch(loaded, item, image_size), config)
+    tokens, grid = encode_image_tokens(model, _batch(loaded, item, image_size), config, texts=texts)
     sim = configured_similarity(model, tokenizer, tokens, texts, config)[..., : len(labels)]
     return similarity_map(patch_tokens(sim), (item.image.height, item.image.width), grid)[0]
 

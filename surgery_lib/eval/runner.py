@@ -431,7 +431,8 @@ class _Context:
     def tokens(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, tuple[int, int]]:
         transform = reference_transform(self.size, *image_normalisation(self.model))
         config = self.config if isinstance(self.config, SurgeryConfig) else METHODS["raw"]
-        return encode_image_tokens(self.model, torch.stack([transform(s.image) for s in samples]), config)
+        images = torch.stack([transform(s.image) for s in samples])
+        return encode_image_tokens(self.model, images, config, texts=self.texts)
 
     def token_grid(self) -> tuple[int, int]:
         """The token grid ``(h, w)`` of the model at this run's input size (one vanilla forward)."""

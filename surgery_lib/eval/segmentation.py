@@ -218,7 +218,7 @@ def class_similarity(
     Returns:
         ``(B, T, h, w)`` float32 (class token dropped).
     """
-    tokens, (h, w) = encode_image_tokens(model, images, config)
+    tokens, (h, w) = encode_image_tokens(model, images, config, texts=texts)
     sim = patch_tokens(configured_similarity(model, tokenizer, tokens, texts, config))
     return sim.reshape(sim.shape[0], h, w, -1).permute(0, 3, 1, 2).float()
 
@@ -599,7 +599,7 @@ def query_logits(
     Returns:
         ``(B, Q, ⌊h/p⌋, ⌊w/p⌋)`` float32 on the token grid.
     """
-    tokens, (gh, gw) = encode_image_tokens(model, images, config)
+    tokens, (gh, gw) = encode_image_tokens(model, images, config, texts=queries)
     tokens = F.normalize(tokens.float(), dim=-1)[:, 1:]
     logits = tokens @ queries.to(tokens).t()  # (B, N, Q)
     return logits.permute(0, 2, 1).reshape(logits.shape[0], -1, gh, gw)

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery_lib.config import GradientConfig
-from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, get_method, method_names
 from surgery_lib.model import (
     GRADIENT_TOWERS,
+    TINY_VFM,
     UnsupportedModelError,
+    class_texts,
     dense_forward,
     gradient_maps,
     hf_clip_from_open_clip,
@@ -28,10 +30,12 @@ from surgery_lib.model import (
     tiny_eva02,
     tiny_siglip,
     tower_info,
+    with_vfm,
 )
 
 _REASONS = (
     ("has no variant for the ModifiedResNet", "ViT only"),
+    ("class token", "needs a class token"),
     ("needs the attention of a ViT", "needs ViT attention"),
     ("only, not on", None),  # gradient explainers: named by what they need, below
 )
@@ -40,6 +44,11 @@ _NEEDS = {
     ("learned",): "needs a class token",
     ("learned", "pooled"): "needs a class token or an attention pool",
 }
+
+
+MIN_GRID = 8
+"""Patches per side of the matrix's test image at least (its native size otherwise): SC-CLIP's outlier test
+needs 31 patch tokens, and a tower is judged, not an input size."""
 
 
 def _reason(method: str, error: UnsupportedModelError) -> str:
@@ -55,11 +64,18 @@ def _reason(method: str, error: UnsupportedModelError) -> str:
 
 
 def _runs(model: nn.Module, method: str, images: torch.Tensor, texts: torch.Tensor) -> str:
+    """ "✓" or why not; a method that needs a vision foundation model runs with a small random one."""
     config = METHODS.get(method) or GRADIENT_METHODS[method]
+    if get_method(method).needs_vfm:
+        try:
+            model = with_vfm(model, TINY_VFM)
+        except UnsupportedModelError as error:
+            return "✗ " + _reason(method, error)
     try:
         with torch.no_grad():
             if not isinstance(config, GradientConfig):
-                dense_forward(model, images, config)
+                with class_texts(texts):
+                    dense_forward(model, images, config)
                 return "✓"
         empty = texts[0] if tower_info(model).class_token == "pooled" else None
         gradient_maps(model, images, texts, config, empty_text_feature=empty)
@@ -87,7 +103,7 @@ def method_tower_matrix(
     matrix: dict[str, dict[str, str]] = {m: {} for m in methods or method_names()}
     for column, model in towers.items():
         stride = tower_info(model).stride
-        grid = tower_info(model).pos_grid
+        grid = [max(g, MIN_GRID) for g in tower_info(model).pos_grid]
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(1, 3, grid[0] * stride[0], grid[1] * stride[1], generator=generator)
         texts = F.normalize(torch.randn(2, _embed_dim(model, images), generator=generator), dim=-1)

@@ -33,6 +33,7 @@ from surgery_lib.maps.text import (
 )
 from surgery_lib.methods import resolve_method
 from surgery_lib.model.adapters import class_token, patch_tokens, tower_info
+from surgery_lib.model.engine import class_texts
 from surgery_lib.model.gradients import LEGRAD_EMPTY_PROMPT, gradient_maps
 from surgery_lib.model.surgery import dense_forward
 
@@ -43,7 +44,10 @@ def _min_input_hw(model: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def encode_image_tokens(
-    model: nn.Module, images: torch.Tensor, config: SurgeryConfig | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    config: SurgeryConfig | None = None,
+    texts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Normalised image tokens under ``config`` (paper preset by default).
 
@@ -52,12 +56,15 @@ def encode_image_tokens(
 
     Args:
         images: preprocessed ``(B, 3, H, W)``; any size, square or not.
+        texts: the class text features ``(T, D)``, for a method whose forward reads them (ResCLIP's
+            semantic feedback; :func:`~surgery_lib.model.needs_class_texts`); ignored by the others.
     Returns:
         tokens ``(B, 1 + h·w, D)`` float32 with unit-norm rows (class token first), grid ``(h, w)``.
     """
     check_image_batch(images, _min_input_hw(model))
     device = model_device(model)
-    tokens, grid = dense_forward(model, images.to(device), config or SurgeryConfig.paper())
+    with class_texts(texts):
+        tokens, grid = dense_forward(model, images.to(device), config or SurgeryConfig.paper())
     tokens = tokens.float()
     if not torch.isfinite(tokens).all():
         raise ValueError(
@@ -237,7 +244,7 @@ def explain(
         scores = zero_shot_probabilities(result.image_features, every_text, model)[:, : len(labels)]
         maps = similarity_map(relevance, out, result.grid)
         return Explanation(list(labels), sim, maps, result.grid, scores, resolved)
-    tokens, grid = encode_image_tokens(model, images, resolved)
+    tokens, grid = encode_image_tokens(model, images, resolved, texts=every_text)
     sim = configured_similarity(model, tokenizer, tokens, every_text, resolved)[..., : len(labels)]
     scores = zero_shot_probabilities(class_token(tokens), every_text, model)[:, : len(labels)]
     cosine = cosine_similarity(tokens, texts)

@@ -112,6 +112,15 @@ def get_method(name: str) -> Method:
     return REGISTRY[name]
 
 
+def needs_vfm(config: object) -> bool:
+    """Whether ``config`` runs the forward of a method that reads a vision foundation model beside CLIP
+    (:attr:`Method.needs_vfm`, e.g. ProxyCLIP's), whatever else was changed in it."""
+    forward = getattr(config, "forward", "")
+    return bool(forward) and any(
+        m.needs_vfm and getattr(m.config, "forward", "") == forward for m in REGISTRY.values()
+    )
+
+
 def method_config(method: str | SurgeryConfig | None) -> SurgeryConfig:
     """The config a method name (a key of :data:`METHODS`) or a config stands for; None: the paper's.
 
@@ -172,5 +181,6 @@ __all__ = [
     "method_config",
     "method_name",
     "method_names",
+    "needs_vfm",
     "resolve_method",
 ]

@@ -34,9 +34,12 @@ class Method:
         towers: the tower kinds it runs on (:data:`TOWERS`).
         protocol: its official evaluation protocol: values of the evaluation settings it fills
             (``protocol``, ``templates``, ``image_size``, ``window``, ``stride``, ``logit_scale``,
-            ``bg_threshold``, ``pamr_steps``; a dict value is per dataset, ``None``: any other), or
-            ``None`` when it has none of its own.
+            ``bg_threshold``, ``pamr_steps``; a dict value is per dataset, ``None``: any other; an
+            ``"official"`` sub-dict holds what only ``--protocol official`` reads), or ``None`` when it has
+            none of its own.
         knobs: the int config fields it uses beyond depth, with the Explorer's slider bounds.
+        needs_vfm: its forward also reads a vision foundation model paired with CLIP
+            (:func:`~surgery_lib.model.with_vfm`, e.g. ProxyCLIP); on a CLIP alone it refuses.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Method:
     towers: tuple[str, ...] = TOWERS
     protocol: Mapping[str, object] | None = None
     knobs: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    needs_vfm: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip() or " " in self.name:

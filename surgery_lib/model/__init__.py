@@ -23,8 +23,10 @@ from surgery_lib.model.engine import (
     HookFn,
     SurgeryError,
     Trace,
+    class_texts,
     dense_forward,
     max_depth,
+    needs_class_texts,
 )
 from surgery_lib.model.gradients import DEFINED_ON as GRADIENT_TOWERS
 from surgery_lib.model.gradients import GradientMaps, gradient_maps
@@ -54,14 +56,18 @@ from surgery_lib.model.text_encoding import (
     short_context_plan,
 )
 from surgery_lib.model.tiny_towers import tiny_clipa, tiny_eva02, tiny_siglip
+from surgery_lib.model.vfm import DEFAULT_VFM, TINY_VFM, CLIPWithVFM, load_vfm, with_vfm
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_VFM",
     "GRADIENT_TOWERS",
     "HFCLIP",
     "HOOK_POINTS",
+    "TINY_VFM",
     "TOY_MODELS",
     "VIT_ONLY_DEFAULTS",
+    "CLIPWithVFM",
     "GradientMaps",
     "HookFn",
     "LoadedCLIP",
@@ -77,6 +83,7 @@ __all__ = [
     "attention_maps",
     "available_towers",
     "check_image_batch",
+    "class_texts",
     "class_token",
     "dense_forward",
     "dual_path_decomposition",
@@ -88,7 +95,9 @@ __all__ = [
     "is_surgery_applied",
     "load_clip",
     "load_tower",
+    "load_vfm",
     "max_depth",
+    "needs_class_texts",
     "patch_tokens",
     "pool_attention",
     "pretrained_for",
@@ -107,4 +116,5 @@ __all__ = [
     "trace_forward",
     "weights_path",
     "with_spatial_prior",
+    "with_vfm",
 ]

@@ -14,7 +14,9 @@ are computed). It may return a tensor of the same shape, which the forward then 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -200,17 +202,51 @@ ForwardFn = Callable[[nn.Module, torch.Tensor, SurgeryConfig], tuple[torch.Tenso
 contract as :func:`dense_forward` (image embedding first, not normalised, the model untouched)."""
 
 _FORWARDS: dict[str, ForwardFn] = {}
+_NEED_TEXTS: set[str] = set()
+_CLASS_TEXTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "class_texts", default=None
+)
 
 
-def register_forward(name: str, fn: ForwardFn) -> None:
+def register_forward(name: str, fn: ForwardFn, needs_texts: bool = False) -> None:
     """Register a method's own forward under ``name`` (``SurgeryConfig(forward=name)`` runs it). A method
     file of :mod:`surgery_lib.methods` does this for a method whose forward the engine's fields cannot
-    express; registering a name twice with another function is refused."""
+    express; registering a name twice with another function is refused. ``needs_texts``: the forward reads
+    the class text features (ResCLIP's semantic feedback), given with :func:`class_texts`."""
     if not name or not callable(fn):
         raise ValueError(f"register_forward needs a name and a function, got {name!r}, {fn!r}")
     if _FORWARDS.get(name, fn) is not fn:
         raise ValueError(f"a forward is already registered as {name!r}")
     _FORWARDS[name] = fn
+    if needs_texts:
+        _NEED_TEXTS.add(name)
+
+
+def needs_class_texts(config: object) -> bool:
+    """Whether ``config``'s forward reads the class text features (its tokens then depend on the labels)."""
+    return getattr(config, "forward", "") in _NEED_TEXTS
+
+
+@contextlib.contextmanager
+def class_texts(texts: torch.Tensor | None) -> Iterator[None]:
+    """Give the forwards run inside the ``with`` block the class text features ``(T, D)`` (unit rows, one
+    per class name) — what a forward registered with ``needs_texts`` reads; ``None`` changes nothing.
+    ``explain``, the evaluation and the explorers pass theirs."""
+    if texts is None:
+        yield
+        return
+    if not isinstance(texts, torch.Tensor) or texts.ndim != 2 or texts.shape[0] < 1:
+        raise ValueError(f"class_texts needs text features (T, D), got {getattr(texts, 'shape', texts)!r}")
+    token = _CLASS_TEXTS.set(texts)
+    try:
+        yield
+    finally:
+        _CLASS_TEXTS.reset(token)
+
+
+def current_class_texts() -> torch.Tensor | None:
+    """The class text features of the innermost :func:`class_texts` block, or ``None``."""
+    return _CLASS_TEXTS.get()
 
 
 _PRESET_NAMES: dict[SurgeryConfig, str] = {}
@@ -398,6 +434,11 @@ def _own_forward(
         raise SurgeryError(
             f"no forward is registered as {config.forward!r} (registered: {known}; the method files of "
             "surgery_lib.methods register theirs when imported)"
+        )
+    if config.forward in _NEED_TEXTS and current_class_texts() is None:
+        raise SurgeryError(
+            f"the forward {config.forward!r} reads the class text features: explain, the evaluation and the "
+            "explorers pass them; from code, run it inside `with surgery_lib.model.class_texts(texts):`"
         )
     if trace is not None or hook is not None or attention_probs or block_kinds is not None:
         raise SurgeryError(

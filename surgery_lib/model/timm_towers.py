@@ -29,6 +29,7 @@ the model does. The dense readout is the head's: the trunk's ``norm`` (or ``fc_n
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -257,6 +258,11 @@ class SigLIPAdapter(_TimmTower):
         return torch.cat([pooled[:, None], self.dense_readout(self.final_norm(final))], dim=1)
 
 
+_GRIDS: weakref.WeakKeyDictionary[nn.Module, dict[int, tuple[int, int]]] = weakref.WeakKeyDictionary()
+"""Per EVA trunk, the grid of each patch count it was last embedded with: an adapter that did not embed the
+images itself (a gradient explainer's second look at a block) finds the rotary embedding of the stream."""
+
+
 class EvaAdapter(_TimmTower):
     """A timm ``Eva`` trunk with class-token pooling, as open_clip builds EVA02-CLIP. See the module doc."""
 
@@ -311,6 +317,7 @@ class EvaAdapter(_TimmTower):
         """
         x, grid = super().embed(images, interpolation)
         self._rope = self._rope_for(grid)
+        _GRIDS.setdefault(self.trunk, {})[grid[0] * grid[1]] = grid
         return x, grid
 
     def _rope_for(self, grid: tuple[int, int]) -> torch.Tensor | None:
@@ -344,6 +351,9 @@ class EvaAdapter(_TimmTower):
             return self._rope
         if patches == self.pos_grid[0] * self.pos_grid[1]:
             return self._rope_for(self.pos_grid)
+        grid = _GRIDS.get(self.trunk, {}).get(patches)  # the grid this tower last embedded with that count
+        if grid is not None:
+            return self._rope_for(grid)
         raise UnsupportedModelError(
             f"cannot tell the grid of {patches} patch tokens for the rotary embedding: embed the images "
             "with this adapter first"

@@ -23,8 +23,19 @@ from surgery_lib.eval.metrics import MapScores, map_scores
 from surgery_lib.maps.explain import configured_similarity, encode_image_tokens, explain
 from surgery_lib.maps.features import similarity_map, zero_shot_probabilities
 from surgery_lib.maps.text import text_features, validate_labels
-from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names, resolve_method
-from surgery_lib.model import LoadedCLIP, class_token, max_depth, patch_tokens, tower_info
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names, needs_vfm, resolve_method
+from surgery_lib.model import (
+    DEFAULT_VFM,
+    TINY_VFM,
+    TOY_MODELS,
+    LoadedCLIP,
+    class_token,
+    max_depth,
+    needs_class_texts,
+    patch_tokens,
+    tower_info,
+    with_vfm,
+)
 from surgery_lib.ui import viz
 from surgery_lib.ui.explorer_base import (
     _DEFAULTS,
@@ -79,12 +90,32 @@ class MapCache:
         self._tokens: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = _LRU(max_tokens)
         self._maps: dict[tuple, _Computed] = _LRU(max_maps)
         self.hits = self.misses = self.forwards = 0
+        self._paired: torch.nn.Module | None = None
 
-    def _image_tokens(self, key: str, image: Image.Image, config: SurgeryConfig):
-        arch = (key, *(getattr(config, name) for name in ARCHITECTURE_FIELDS))
+    def _model_for(self, config: SurgeryConfig) -> torch.nn.Module:
+        """The model ``config`` runs on: the loaded CLIP, or — for a method that reads a vision foundation
+        model (ProxyCLIP) — the CLIP paired with one, made once: the project's small random DINO beside a
+        project-built model, DINO ViT-B/8 (:func:`~surgery_lib.model.load_vfm`; an error if its weights
+        are not on this machine) beside real weights."""
+        if not needs_vfm(config):
+            return self.loaded.model
+        if self._paired is None:
+            toy = self.loaded.name in TOY_MODELS or self.loaded.name.startswith("tiny-")
+            self._paired = with_vfm(self.loaded.model, TINY_VFM if toy else DEFAULT_VFM)
+        return self._paired
+
+    def _image_tokens(self, key: str, image: Image.Image, config: SurgeryConfig, names: tuple[str, ...] = ()):
+        """The image's tokens under ``config``, cached per architecture — and per class list ``names`` for
+        a forward that reads the class texts (ResCLIP's feedback), whose tokens depend on them."""
+        model = self._model_for(config)
+        reads_texts = needs_class_texts(config)
+        arch = (key, *(getattr(config, name) for name in ARCHITECTURE_FIELDS), names if reads_texts else ())
         if arch not in self._tokens:
             batch = self.loaded.reference_preprocess(image).unsqueeze(0)
-            self._tokens[arch] = encode_image_tokens(self.loaded.model, batch, config)
+            texts = (
+                text_features(self.loaded.model, self.loaded.tokenizer, list(names)) if reads_texts else None
+            )
+            self._tokens[arch] = encode_image_tokens(model, batch, config, texts=texts)
             self.forwards += 1
         return self._tokens[arch]
 
@@ -119,7 +150,7 @@ class MapCache:
             self.forwards += 1
             computed = _Computed(result.maps[0], result.image_scores[0])
         else:
-            tokens, grid = self._image_tokens(key, image, method)
+            tokens, grid = self._image_tokens(key, image, method, tuple(names))
             texts = text_features(model, tokenizer, names)
             sim = configured_similarity(model, tokenizer, tokens, texts, method)[..., : len(labels)]
             probabilities = zero_shot_probabilities(class_token(tokens), texts, model)[0, : len(labels)]
@@ -543,7 +574,7 @@ class Explorer(_View):
                     inactive[name] = "ViT towers only"
         if values["depth"] == 0:
             for name in ARCHITECTURE_FIELDS:
-                if name != "depth":
+                if name != "depth" and name in self.controls:
                     inactive.setdefault(name, "depth 0: no architecture surgery")
         if self._native_grid:
             inactive.setdefault("pos_embed_interp", "native input size: nothing is resampled")

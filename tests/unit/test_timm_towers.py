@@ -13,7 +13,7 @@ from conftest import assert_unchanged, snapshot
 
 import surgery_lib as sl
 from surgery_lib.config import SurgeryConfig
-from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_names
+from surgery_lib.methods import GRADIENT_METHODS, METHODS, get_method, method_names
 from surgery_lib.model import UnsupportedModelError, dense_forward, tower_info
 from surgery_lib.model.tiny_towers import TINY_CONTEXT, tiny_eva02, tiny_siglip
 
@@ -106,9 +106,25 @@ def test_eva02_vv_attention_does_not_see_the_rotary_embedding() -> None:
     assert tower_info(model).rotary and not tower_info(no_rope).rotary
 
 
+FIRST_BATCH = (
+    "raw",
+    "surgery",
+    "surgery-no-fs",
+    "feature-surgery-only",
+    "maskclip",
+    "sclip",
+    "gem",
+    "clearclip",
+)
+"""Dense methods that must run on every token tower (NACLIP too, below: its prior follows the prefix)."""
+
+
 def test_every_method_runs_or_is_refused_by_name_and_leaves_the_model_as_it_was(tower) -> None:
-    """Every dense preset runs; each gradient explainer runs where ``DEFINED_ON`` says it is defined (by
-    the tower's kind of image embedding) and elsewhere refuses naming the method and the tower."""
+    """The first batch's dense presets and NACLIP run; each gradient explainer runs where ``DEFINED_ON``
+    says it is defined (by the tower's kind of image embedding) and elsewhere refuses naming the method and
+    the tower; the other methods run or refuse naming themselves (SC-CLIP, CLIPtrase: no class token on
+    SigLIP); a method that needs a vision foundation model gets a small random one."""
+    from surgery_lib.model import TINY_VFM, with_vfm
     from surgery_lib.model.gradients import DEFINED_ON
 
     _, model = tower
@@ -117,11 +133,17 @@ def test_every_method_runs_or_is_refused_by_name_and_leaves_the_model_as_it_was(
     kind = tower_info(model).class_token
     for method in method_names():
         explainer = getattr(METHODS.get(method) or GRADIENT_METHODS[method], "explainer", None)
+        subject = with_vfm(model, TINY_VFM) if get_method(method).needs_vfm else model
         if explainer is not None and kind not in DEFINED_ON[explainer]:
             with pytest.raises(UnsupportedModelError, match=f"'{explainer}'.*TimmModel"):
-                sl.explain(model, TOKENIZER, x, ["cat", "dog", "car"], method=method)
+                sl.explain(subject, TOKENIZER, x, ["cat", "dog", "car"], method=method)
             continue
-        result = sl.explain(model, TOKENIZER, x, ["cat", "dog", "car"], method=method)
+        try:
+            result = sl.explain(subject, TOKENIZER, x, ["cat", "dog", "car"], method=method)
+        except UnsupportedModelError as error:
+            assert method not in (*FIRST_BATCH, "naclip") and explainer is None, (method, error)
+            assert f"'{method}'" in str(error), error
+            continue
         assert result.maps.shape == (1, 96, 96, 3), method
         assert torch.isfinite(result.maps).all(), method
     assert_unchanged(model, before)
@@ -299,3 +321,16 @@ def test_eva02_residual_contributions_add_up_to_its_tokens() -> None:
     parts = sl.model.residual_contributions(model, _images(batch=1), METHODS["surgery"])
     total = parts.embedding + parts.attention.sum(0) + parts.ffn.sum(0) + parts.bias
     assert (total - parts.tokens).abs().max() <= 1e-4 * parts.tokens.abs().max()
+
+
+def test_eva02_gradient_explainers_at_another_grid_find_its_rotary_embedding() -> None:
+    """Grad-ECLIP looks at the last block again with an adapter of its own after the forward: the rotary
+    embedding of the grid the forward embedded with is found (it was refused before)."""
+    from surgery_lib.model import gradient_maps
+
+    model = tiny_eva02(seed=8)
+    texts = torch.nn.functional.normalize(
+        torch.randn(2, 48, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
+    result = gradient_maps(model, _images(size=128, batch=1), texts, GRADIENT_METHODS["grad_eclip"])
+    assert result.relevance.shape == (1, 2, 8, 8) and torch.isfinite(result.relevance).all()
