@@ -46,7 +46,14 @@ from surgery_lib.eval.nulls import (
 )
 from surgery_lib.eval.presets import NULL_METHODS, explain_protocol, with_feature_surgery
 from surgery_lib.eval.runner import image_records
-from surgery_lib.eval.segmentation import ARGMAX, Protocol, paired_miou, records_confusion, segment_samples
+from surgery_lib.eval.segmentation import (
+    ARGMAX,
+    Protocol,
+    paired_miou,
+    records_confusion,
+    segment_image,
+    segment_samples,
+)
 from surgery_lib.eval.sets import (
     caption_word_records,
     combined_point_records,
@@ -107,6 +114,7 @@ __all__ = [
     "redundancy_records",
     "redundancy_subtraction_records",
     "row_label",
+    "segment_image",
     "segment_samples",
     "shared_fraction",
     "sign_flip_test",

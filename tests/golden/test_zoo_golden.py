@@ -38,7 +38,7 @@ ZOO_FILES = (
     ]
 )
 
-NOT_YET = frozenset({"scclip", "resclip", "cliptrase", "proxyclip"})
+NOT_YET = frozenset()
 """The ``meta.method`` or ``meta.variant`` of the files whose method is not implemented yet (issue 22)."""
 
 DENSE = {
@@ -49,6 +49,10 @@ DENSE = {
     "gem": "gem",
     "clearclip": "clearclip",
     "naclip": "naclip",
+    "resclip": "resclip",
+    "scclip": "scclip",
+    "cliptrase": "cliptrase",
+    "proxyclip": "proxyclip",
 }
 """``meta.method`` -> the name of its preset in ``METHODS``."""
 GRADIENT = ("gradcam", "attn_gradcam", "chefer", "legrad", "grad_eclip")
@@ -126,6 +130,65 @@ def _check(errors: dict[str, float], name: str, got: torch.Tensor, want: torch.T
     assert err <= atol, f"{name}: max abs error {err:.3g} > {atol:.3g}"
 
 
+def _with_proxyclip_vfm(model: torch.nn.Module, vfm_weights: Path, meta: dict) -> torch.nn.Module:
+    """ProxyCLIP's CLIP paired with the file's DINO (FORMAT.md "DINO tower": timm key names, heads from
+    ``meta.vfm.arch``); neither model is modified."""
+    from surgery_lib.model.vfm import dino_from_state_dict, with_vfm
+
+    dino = dino_from_state_dict(safetensors.torch.load_file(vfm_weights), meta["vfm"]["arch"]["num_heads"])
+    return with_vfm(model, dino)
+
+
+def _check_cliptrase(
+    errors: dict[str, float], model: torch.nn.Module, images: torch.Tensor, want: dict
+) -> None:
+    """CLIPtrase's ``cluster_affinity`` (the recalibrated patch affinity fed to DBSCAN), atol 1e-5."""
+    from surgery_lib.methods.cliptrase import cluster_affinity
+
+    _check(errors, "cluster_affinity", cluster_affinity(model, images), want["cluster_affinity"], 1e-5)
+
+
+def _check_scclip(
+    errors: dict[str, float], model: torch.nn.Module, images: torch.Tensor, meta: dict, want: dict
+) -> None:
+    """SC-CLIP's block indices against ``meta.params``; ``lof_outliers`` (row-major patch indices per
+    image) equal, ``lof_scores`` atol 1e-5."""
+    from surgery_lib.methods.scclip import scclip_run, scclip_settings
+
+    params, settings = meta["params"], scclip_settings(model.visual.transformer.layers)
+    official = ("pre_adjust_idx", "post_adjust_idx", "multi_start_idx", "multi_end_idx")
+    ours = (settings.pre_adjust, settings.post_adjust, settings.multi_start, settings.multi_end + 1)
+    assert ours == tuple(params[key] for key in official), f"SC-CLIP's block indices: {ours}"
+    assert settings.res_cls == params["res_cls"]
+    _, _, outliers, scores = scclip_run(model, images, METHODS["scclip"])
+    indices = torch.stack([torch.nonzero(row).flatten() for row in outliers]).float()
+    assert indices.shape == want["lof_outliers"].shape and torch.equal(indices, want["lof_outliers"]), indices
+    errors["lof_outliers"] = 0.0
+    _check(errors, "lof_scores", scores, want["lof_scores"], 1e-5)
+
+
+def _check_resclip(
+    model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, meta: dict, want: dict
+) -> None:
+    """ResCLIP's four variants (one ``meta.method``): the preset of ``meta.params`` (base, use_sfr) through
+    ``encode_image_tokens`` with the file's texts given to SFR (``class_texts``); ``sfr_class_map`` equal."""
+    from surgery_lib.methods.resclip import class_texts, resclip_forward
+
+    params, errors = meta["params"], {}
+    name = {"naclip": "resclip", "clearclip": "resclip-clearclip", "sclip": "resclip-sclip"}[params["base"]]
+    config = METHODS[name if params["use_sfr"] else "resclip-rcs"]
+    with class_texts(texts):
+        tokens, grid = encode_image_tokens(model, images, config)
+    assert list(grid) == list(meta["grid"])
+    _check(errors, "patch_tokens", tokens[:, 1:], want["patch_tokens"], ATOL["patch_tokens"])
+    _check(errors, "similarity", tokens[:, 1:] @ texts.t(), want["similarity"], ATOL["similarity"])
+    if "sfr_class_map" in want:
+        class_map = resclip_forward(model, images, config, texts).class_map.float()
+        assert torch.equal(class_map, want["sfr_class_map"]), (class_map != want["sfr_class_map"]).sum()
+        errors["sfr_class_map"] = 0.0
+    print(f"{meta['variant']}: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+
+
 @pytest.mark.parametrize("path", [_param(p) for p in ZOO_FILES])
 def test_zoo_golden(path: Path) -> None:
     case = torch.load(path, weights_only=True)
@@ -134,8 +197,13 @@ def test_zoo_golden(path: Path) -> None:
     weights = path.parent / meta["weights_file"]
     timm_tower = "timm_kwargs" in meta.get("arch", {})
     model = _timm_model(weights, meta["arch"]) if timm_tower else _model(weights)
+    if meta["method"] == "proxyclip":
+        model = _with_proxyclip_vfm(model, path.parent / meta["vfm_weights_file"], meta)
     images, texts = case["images"].float(), case["text_features"].float()
     method = _method(path, meta)
+    if meta["method"] == "resclip":
+        _check_resclip(model, images, texts, meta, want)  # its variants and SFR's texts
+        return
     errors: dict[str, float] = {}
 
     if isinstance(method, SurgeryConfig):
@@ -147,6 +215,10 @@ def test_zoo_golden(path: Path) -> None:
         for key, value in got.items():
             if key in want:
                 _check(errors, key, value, want[key], ATOL[key])
+        if meta["method"] == "cliptrase":
+            _check_cliptrase(errors, model, images, want)
+        if meta["method"] == "scclip":
+            _check_scclip(errors, model, images, meta, want)
     else:
         runs = {"relevance": method}
         if "relevance_start_layer_0" in want:

@@ -11,7 +11,15 @@ from conftest import assert_unchanged, make_rn, make_vit, random_images, snapsho
 
 from surgery_lib import UnsupportedModelError, apply_surgery, encode_image_tokens, explain
 from surgery_lib.config import POS_EMBED_INTERPS, GradientConfig, SurgeryConfig
-from surgery_lib.methods import GRADIENT_METHODS, METHODS, method_config, method_names, resolve_method
+from surgery_lib.methods import (
+    GRADIENT_METHODS,
+    METHODS,
+    get_method,
+    method_config,
+    method_names,
+    resolve_method,
+)
+from surgery_lib.model import TINY_VFM, with_vfm
 from surgery_lib.model.attention import attend, attention_weights, spatial_prior
 from surgery_lib.model.gradients import attention_gradcam, chefer_relevancy, gradcam, gradient_maps
 from surgery_lib.model.introspection import attention_maps, residual_contributions
@@ -79,10 +87,17 @@ def test_every_preset_is_constructible_and_runs_on_a_vit(vit, name):
     preset = METHODS[name]
     assert SurgeryConfig(**dataclasses.asdict(preset)) == preset
     assert method_config(name) is preset and resolve_method(name) is preset
-    tokens, grid = encode_image_tokens(vit, random_images(vit, hw=(40, 24)), preset)  # non-native grid
-    assert grid == (5, 3) and tokens.shape == (2, 16, 32)
-    assert torch.isfinite(tokens).all()
-    torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(2, 16))
+    # a non-native grid of 6 × 7 patches (SC-CLIP's outlier test needs at least 31); ProxyCLIP reads a VFM
+    # beside CLIP (a small random DINO here) and answers on its grid, twice as fine
+    model = with_vfm(vit, TINY_VFM) if get_method(name).needs_vfm else vit
+    texts = torch.nn.functional.normalize(
+        torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    tokens, grid = encode_image_tokens(model, random_images(vit, hw=(48, 56)), preset, texts=texts)
+    assert grid == ((12, 14) if get_method(name).needs_vfm else (6, 7))
+    n = 1 + grid[0] * grid[1]
+    assert tokens.shape == (2, n, 32) and torch.isfinite(tokens).all()
+    torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(2, n))
 
 
 def test_presets_match_the_methods_spec():
