@@ -110,6 +110,7 @@ def hf_home(tmp_path_factory):
 
 _EVERY_METHOD = """
 import json, sys, time, torch
+import surgery_lib as sl
 from surgery_lib.methods import GRADIENT_METHODS, get_method, method_names
 from surgery_lib.model import TINY_VFM, UnsupportedModelError, with_vfm
 
