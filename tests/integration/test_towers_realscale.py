@@ -149,7 +149,7 @@ def test_every_method_on_a_real_scale_tower_from_the_hf_cache(name, hf_home, cap
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    assert [r["method"] for r in rows] == method_names()
+    assert [r["method"] for r in rows] == list(method_names())
     for row in rows:
         if "refused" in row:
             assert row["explainer"] in row["refused"], row
