@@ -158,8 +158,9 @@ def method_call(
     model: nn.Module, images: torch.Tensor, texts: torch.Tensor, config: SurgeryConfig | GradientConfig
 ) -> Callable[[], object]:
     """One call of the method: maps' worth of work for ``images`` (see the module doc)."""
-    if isinstance(config, GradientConfig):
-        return lambda: gradient_maps(model, images, texts[:1], config)
+    if isinstance(config, GradientConfig):  # LeGrad on SigLIP also reads its "empty" text embedding
+        empty = texts[1] if tower_info(model).class_token == "pooled" else None
+        return lambda: gradient_maps(model, images, texts[:1], config, empty_text_feature=empty)
 
     def forward() -> object:
         with torch.inference_mode(), class_texts(texts):  # ResCLIP's feedback reads the class texts
